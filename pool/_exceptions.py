@@ -1,0 +1,70 @@
+"""The exceptions the public API raises.
+
+Tree::
+
+    BaseException
+     └── Interrupted                 raised *inside an agent* when its stop is requested
+    Exception
+     └── PoolError                   anything the pool reports about an execution or itself
+          ├── ExecutionError         an execution did not produce a value; ``.outcome`` has it all
+          │    ├── ExecutionInterrupted   it was stopped (cancel, timeout, shutdown)
+          │    ├── ExecutionFailed        the agent raised
+          │    └── WorkerCrashed          its worker process died (exit code or signal)
+          ├── PoolClosed             submit/cancel after shutdown()
+          └── PoolBroken             the supervisor process died; nothing new can run
+
+Bad arguments raise the built-in ``TypeError`` / ``ValueError`` with a
+sentence that names the argument and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared import Interrupted
+
+if TYPE_CHECKING:
+    from ._models import ExecutionResult
+
+__all__ = (
+    "ExecutionError",
+    "ExecutionFailed",
+    "ExecutionInterrupted",
+    "Interrupted",
+    "PoolBroken",
+    "PoolClosed",
+    "PoolError",
+    "WorkerCrashed",
+)
+
+
+class PoolError(Exception):
+    """Base class of everything the pool raises about executions or itself."""
+
+
+class ExecutionError(PoolError):
+    """An execution ended without a value; ``outcome`` is its full ExecutionResult."""
+
+    def __init__(self, message: str, outcome: "ExecutionResult"):
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class ExecutionInterrupted(ExecutionError):
+    """The execution was stopped before it returned."""
+
+
+class ExecutionFailed(ExecutionError):
+    """The agent raised an exception; ``outcome.error`` has its type, message and traceback."""
+
+
+class WorkerCrashed(ExecutionError):
+    """The worker running the execution died (exit code or signal in ``outcome``)."""
+
+
+class PoolClosed(PoolError, RuntimeError):
+    """The pool was shut down; it takes no new work."""
+
+
+class PoolBroken(PoolError, RuntimeError):
+    """The supervisor process died; the pool cannot run anything any more."""

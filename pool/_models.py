@@ -1,0 +1,181 @@
+"""Pydantic models of the public API: tunables, results, snapshots.
+
+Owns: the shape of everything the pool hands back to its user. The client
+builds these from supervisor frames (``ExecutionResult.from_wire``); nothing
+else constructs them from raw dicts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+
+from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage
+
+__all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo")
+
+
+class Escalation(BaseModel):
+    """How long each stage of a stop may take before the next, harder one.
+
+    ``graceful`` stop: flag, wait ``grace``; SIGTERM, wait ``term_grace``;
+    SIGKILL of the worker's process group. ``immediate`` skips the first wait.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    grace: float = Field(5.0, ge=0.0, allow_inf_nan=False)
+    """Seconds a flagged agent has to stop on its own (at its next ``ctx.check()``)
+    before SIGTERM. Longer lets agents save work cleanly; shorter frees stuck
+    workers sooner."""
+
+    term_grace: float = Field(2.0, ge=0.0, allow_inf_nan=False)
+    """Seconds after SIGTERM (which raises ``Interrupted`` in the agent, so its
+    ``finally`` blocks run) before SIGKILL of the whole process group. Longer
+    gives clean-up code time; shorter bounds the worst case."""
+
+    def __init__(self, grace: float = 5.0, term_grace: float = 2.0, **kw):
+        super().__init__(grace=grace, term_grace=term_grace, **kw)
+
+
+class ErrorInfo(BaseModel):
+    """The exception an agent raised, or why its worker died."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+def _ns_to_s(a: int | None, b: int | None) -> float | None:
+    if not a or not b:
+        return None
+    return (b - a) / 1e9
+
+
+class InterruptInfo(BaseModel):
+    """The stop request that ended (or tried to end) an execution, with its timeline.
+
+    Timestamps are ``time.monotonic_ns()`` values (one clock for every process
+    on the machine); the ``*_latency`` fields are derived seconds.
+    """
+
+    mode: InterruptMode
+    reason: InterruptReason
+    source: InterruptSource
+    message: str | None = None
+    stage: Stage | None = None
+    requested_ns: int | None = None
+    observed_ns: int | None = None
+    """When the agent first saw the request (flag read or SIGTERM handler)."""
+    sigterm_ns: int | None = None
+    sigterm_deadline_ns: int | None = None
+    sigkill_ns: int | None = None
+    sigkill_deadline_ns: int | None = None
+    ended_ns: int | None = None
+
+    @computed_field
+    @property
+    def observe_latency(self) -> float | None:
+        """Seconds from the request to the agent seeing it."""
+        return _ns_to_s(self.requested_ns, self.observed_ns)
+
+    @computed_field
+    @property
+    def stop_latency(self) -> float | None:
+        """Seconds from the request to the execution having ended."""
+        return _ns_to_s(self.requested_ns, self.ended_ns)
+
+
+class ExecutionResult(BaseModel):
+    """How one execution ended: exactly one per submitted execution."""
+
+    id: str
+    status: ExecutionStatus
+    value: Any = None
+    error: ErrorInfo | None = None
+    interrupt: InterruptInfo | None = None
+    worker_id: int | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    """Exit status of a worker that died on its own (CRASHED)."""
+    signal: int | None = None
+    """Signal number that killed the worker (CRASHED, or INTERRUPTED at stage sigkill)."""
+    started_at: _dt.datetime | None = None
+    ended_at: _dt.datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExecutionStatus.COMPLETED
+
+    @classmethod
+    def from_wire(cls, d: dict, value: Any = None) -> "ExecutionResult":
+        """Build from the supervisor's ENDED frame (trusted: no validation)."""
+        err = d.get("error")
+        intr = d.get("interrupt")
+        return cls.model_construct(
+            id=d["id"],
+            status=ExecutionStatus.from_code(d["status"]),
+            value=value,
+            error=ErrorInfo.model_construct(type=err[0], message=err[1], traceback=err[2]) if err else None,
+            interrupt=_interrupt_from_wire(intr) if intr else None,
+            worker_id=d.get("worker_id"),
+            pid=d.get("pid"),
+            exit_code=d.get("exit_code"),
+            signal=d.get("signal"),
+            started_at=_wall(d.get("started_ns")),
+            ended_at=_wall(d.get("ended_wall_ns")),
+        )
+
+
+def _interrupt_from_wire(d: dict) -> InterruptInfo:
+    return InterruptInfo.model_construct(
+        mode=InterruptMode.from_code(d["mode"]),
+        reason=InterruptReason.from_code(d["reason"]),
+        source=InterruptSource.from_code(d["source"]),
+        message=d.get("message"),
+        stage=Stage.from_code(d["stage"]) if d.get("stage") is not None else None,
+        requested_ns=d.get("requested_ns"),
+        observed_ns=d.get("observed_ns") or None,
+        sigterm_ns=d.get("sigterm_ns"),
+        sigterm_deadline_ns=d.get("sigterm_deadline_ns"),
+        sigkill_ns=d.get("sigkill_ns"),
+        sigkill_deadline_ns=d.get("sigkill_deadline_ns"),
+        ended_ns=d.get("ended_ns"),
+    )
+
+
+def _wall(ns: int | None) -> _dt.datetime | None:
+    if not ns:
+        return None
+    return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc)
+
+
+class WorkerInfo(BaseModel):
+    """One worker process as the supervisor sees it."""
+
+    id: int
+    pid: int
+    state: str  # starting | idle | busy | stopping
+    execution_id: str | None = None
+
+
+class ExecutionInfo(BaseModel):
+    """A point-in-time view of one execution."""
+
+    id: str
+    status: ExecutionStatus
+    worker_id: int | None = None
+
+
+def check_timeout(name: str, value: Any) -> float | None:
+    """Validate a timeout argument: None or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of seconds or None, got {value!r}")
+    return float(value)

@@ -1,0 +1,504 @@
+"""The user-side API: :class:`Pool` and :class:`Execution`.
+
+Owns: the user's view of every execution it submitted (status, outcome) and
+the supervisor process it forked. A reader thread is the only writer of
+execution state on this side: it applies the supervisor's frames (STARTED,
+CANCELLING, ENDED, REPLY) in order. User threads only send frames, under
+``_lock``, and wait on futures.
+
+The supervisor is forked from the calling thread before the reader thread
+starts, so functions defined in ``__main__`` or a test module are found by
+name in the workers without re-importing anything.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import importlib
+import itertools
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import traceback
+import uuid
+import weakref
+from typing import Any, Callable, Iterable, Iterator
+
+import psutil
+
+from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
+from shared._wire import Channel, Msg, packb
+
+from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, WorkerCrashed
+from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
+from ._proc import killpg
+
+__all__ = ("Pool", "Execution")
+
+_open_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_SUBMIT_BATCH = 2000  # executions per SUBMIT frame in map(): bounds one frame's size
+
+
+class Execution:
+    """A handle on one submitted execution; its state is updated as frames arrive."""
+
+    __slots__ = ("id", "_pool", "_future", "_status", "_worker_id", "__weakref__")
+
+    def __init__(self, pool: "Pool", id: str):
+        self.id = id
+        self._pool = pool
+        self._future: cf.Future[ExecutionResult] = cf.Future()
+        self._status = ExecutionStatus.QUEUED
+        self._worker_id: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Execution {self.id!r} {self._status.value}>"
+
+    @property
+    def status(self) -> ExecutionStatus:
+        return self._status
+
+    @property
+    def worker_id(self) -> int | None:
+        """The worker that runs (or ran) it; None while queued."""
+        return self._worker_id
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self, mode: InterruptMode | str = InterruptMode.GRACEFUL, **kw) -> bool:
+        """Stop this execution; see :meth:`Pool.cancel`."""
+        return self._pool.cancel(self.id, mode, **kw)
+
+    def outcome(self, timeout: float | None = None) -> ExecutionResult:
+        """Wait for the end and return how it ended. Never raises for the agent's
+        own failure; raises ``TimeoutError`` if it is still live after ``timeout``."""
+        try:
+            return self._future.result(timeout)
+        except cf.TimeoutError:
+            raise TimeoutError(f"execution {self.id!r} is still {self._status.value} after {timeout} s") from None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The agent's return value, or raise ExecutionInterrupted / ExecutionFailed / WorkerCrashed."""
+        out = self.outcome(timeout)
+        if out.status is ExecutionStatus.COMPLETED:
+            return out.value
+        if out.status is ExecutionStatus.INTERRUPTED:
+            i = out.interrupt
+            how = f" ({i.reason.value}, {i.mode.value}, ended at stage {i.stage.value})" if i and i.stage else ""
+            raise ExecutionInterrupted(f"execution {self.id!r} was interrupted{how}", out)
+        if out.status is ExecutionStatus.FAILED:
+            e = out.error
+            raise ExecutionFailed(f"execution {self.id!r} failed: {e.type}: {e.message}", out)
+        raise WorkerCrashed(out.error.message if out.error else f"execution {self.id!r} crashed", out)
+
+    def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
+        """Call ``fn(execution)`` from the pool's reader thread once it has ended."""
+        self._future.add_done_callback(lambda _f: fn(self))
+
+
+def _agent_ref(fn: Any, cache: dict) -> tuple[str, str]:
+    """(module, qualname) by which a worker finds ``fn``; a clear error if it cannot."""
+    if isinstance(fn, str):
+        if fn in cache:
+            return cache[fn]
+        module, sep, qualname = fn.partition(":")
+        if not sep or not module or not qualname:
+            raise ValueError(f"agent {fn!r} must be written as 'module:function', e.g. 'mypkg.agents:research'")
+    else:
+        try:
+            return cache[fn]
+        except (KeyError, TypeError):
+            pass
+        if not callable(fn):
+            raise TypeError(f"agent must be a function taking (ctx, input), got {type(fn).__name__} {fn!r}")
+        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+        if module is None or qualname is None:
+            raise TypeError(
+                f"agent {fn!r} has no __module__/__qualname__; pass a function defined with def at module level"
+            )
+        if "<lambda>" in qualname or "<locals>" in qualname:
+            what = "a lambda" if "<lambda>" in qualname else "a function defined inside another function"
+            raise TypeError(
+                f"agent {module}.{qualname} is {what}, which a worker cannot find by name; "
+                "define it with def at the top level of an importable module"
+            )
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise TypeError(f"agent {module}:{qualname} cannot be imported ({type(exc).__name__}: {exc}); "
+                        "check the module path and the function name") from exc  # fmt: skip
+    if not isinstance(fn, str) and obj is not fn:
+        raise TypeError(f"agent {fn!r} is not the object found at {module}:{qualname}; pass the module-level function")
+    if not callable(obj):
+        raise TypeError(f"agent {module}:{qualname} is a {type(obj).__name__}, not a function")
+    ref = (module, qualname)
+    try:
+        cache[fn] = ref
+    except TypeError:
+        pass  # unhashable callable: just not cached
+    return ref
+
+
+def _check_id(id: Any) -> str:
+    if not isinstance(id, str) or not id or len(id) > 256 or "\x00" in id:
+        raise ValueError(f"execution id must be a non-empty string of at most 256 characters without NUL, got {id!r}")
+    return id
+
+
+def _parse(enum_cls, value, name: str):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in enum_cls)
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}") from None
+
+
+class Pool:
+    """A supervisor process with ``workers`` agent workers; stops any execution on demand.
+
+    ``capacity`` is the number of slots in the shared flag array: how many
+    executions can be running or being stopped at once (at least ``workers``;
+    the default leaves room for replacement workers while killed ones are reaped).
+    """
+
+    def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None):
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a whole number of at least 1, got {workers!r}")
+        if escalation is None:
+            escalation = Escalation()
+        if not isinstance(escalation, Escalation):
+            raise TypeError(f"escalation must be an Escalation(grace=..., term_grace=...), got {escalation!r}")
+        if capacity is None:
+            capacity = 2 * workers + 2
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < workers:
+            raise ValueError(f"capacity must be a whole number of at least workers={workers}, got {capacity!r}")
+        self.escalation = escalation
+        self._workers = workers
+        self._lock = threading.Lock()  # guards sending and _execs/_replies membership
+        self._execs: dict[str, Execution] = {}
+        self._replies: dict[int, cf.Future] = {}
+        self._req_ids = itertools.count(1)
+        self._ref_cache: dict = {}
+        self._worker_procs: dict[int, tuple[int, float]] = {}  # id -> (pid, create_time), for the last-resort kill
+        self._closed = False
+        self._broken: str | None = None
+        ours, theirs = socket.socketpair()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()  # or the child would write our buffered output again
+            except (AttributeError, ValueError, OSError):
+                pass
+        pid = os.fork()
+        if pid == 0:  # the supervisor
+            code = 0
+            try:
+                ours.close()
+                for other in list(_open_pools):
+                    os.close(other._sock.detach())  # keep only our own client socket
+                from ._supervisor import supervisor_main
+
+                supervisor_main(theirs, workers, capacity, escalation.grace, escalation.term_grace)
+            except BaseException:
+                traceback.print_exc()
+                code = 70
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.supervisor_pid = pid
+        self._sock = ours
+        _open_pools.add(self)
+        self._reader = threading.Thread(target=self._read_loop, name=f"pool-reader-{pid}", daemon=True)
+        self._reader.start()
+
+    # -- context manager ---------------------------------------------------
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+        self.shutdown(wait=True, cancel=interrupted)
+
+    # -- submitting ----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._broken:
+            raise PoolBroken(self._broken)
+        if self._closed:
+            raise PoolClosed("this pool was shut down; create a new Pool to run more work")
+
+    def _prepare(self, fn, input, id, timeout, escalation) -> list:
+        module, qualname = _agent_ref(fn, self._ref_cache)
+        id = uuid.uuid4().hex[:16] if id is None else _check_id(id)
+        timeout = check_timeout("timeout", timeout)
+        grace = term_grace = None
+        if escalation is not None:
+            if not isinstance(escalation, Escalation):
+                raise TypeError(f"escalation must be an Escalation(grace=..., term_grace=...), got {escalation!r}")
+            grace, term_grace = escalation.grace, escalation.term_grace
+        try:
+            payload = pickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(
+                f"the input of execution {id!r} cannot be pickled ({type(exc).__name__}: {exc}); "
+                "pass plain data (str, numbers, lists, dicts) or picklable objects"
+            ) from exc
+        return [id, module, qualname, payload, timeout, grace, term_grace]
+
+    def _register(self, items: list[list]) -> list[Execution]:
+        """Record and send SUBMIT frames; caller holds ``_lock``."""
+        execs = []
+        seen = set()
+        for item in items:
+            id = item[0]
+            old = self._execs.get(id)
+            if (old is not None and not old.done()) or id in seen:
+                raise ValueError(f"execution id {id!r} is already in use by a live execution; pick another id")
+            seen.add(id)
+        for item in items:
+            ex = self._execs[item[0]] = Execution(self, item[0])
+            execs.append(ex)
+        for i in range(0, len(items), _SUBMIT_BATCH):
+            self._send([Msg.SUBMIT, items[i : i + _SUBMIT_BATCH]])
+        return execs
+
+    def submit(self, fn: Callable | str, input: Any = None, *, id: str | None = None, timeout: float | None = None,
+               escalation: Escalation | None = None) -> Execution:  # fmt: skip
+        """Queue ``fn(ctx, input)``; ``fn`` is a module-level function or a 'module:function' string.
+
+        ``timeout`` (seconds of running) stops the execution through the escalation
+        policy with reason TIMEOUT; ``escalation`` overrides the pool's for this one.
+        """
+        self._check_open()
+        item = self._prepare(fn, input, id, timeout, escalation)
+        with self._lock:
+            self._check_open()
+            return self._register([item])[0]
+
+    def map(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None) -> list:
+        """Run ``fn`` over ``inputs``; return the values in input order.
+
+        ``timeout`` is per execution, as in :meth:`submit`. The first execution (in
+        input order) that does not complete raises its error, after the rest were cancelled.
+        """
+        self._check_open()
+        items = [self._prepare(fn, x, None, timeout, None) for x in inputs]
+        with self._lock:
+            self._check_open()
+            execs = self._register(items)
+        try:
+            return [ex.result() for ex in execs]
+        except BaseException:
+            for ex in execs:
+                if not ex.done():
+                    self.cancel(ex.id, InterruptMode.GRACEFUL, reason=InterruptReason.PARENT_CANCELLED,
+                                message="another execution of the same map() failed")  # fmt: skip
+            raise
+
+    @staticmethod
+    def as_completed(executions: Iterable[Execution], timeout: float | None = None) -> Iterator[Execution]:
+        """Yield the executions as they end (any status), like concurrent.futures.as_completed."""
+        by_future = {ex._future: ex for ex in executions}
+        try:
+            for fut in cf.as_completed(by_future, timeout=timeout):
+                yield by_future[fut]
+        except cf.TimeoutError:
+            raise TimeoutError(f"{sum(not f.done() for f in by_future)} executions still live after {timeout} s") from None
+
+    # -- stopping ------------------------------------------------------------
+
+    def cancel(self, id: str, mode: InterruptMode | str = InterruptMode.GRACEFUL,
+               reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
+               source: InterruptSource | str = InterruptSource.USER) -> bool:  # fmt: skip
+        """Stop execution ``id``. True if it was queued or running; False if unknown or ended.
+
+        ``graceful``: flag, then SIGTERM after ``grace``, then SIGKILL after ``term_grace``;
+        ``immediate``: flag and SIGTERM now; ``kill``: SIGKILL of its process group now.
+        Repeated requests are idempotent and only escalate. When this returns True the
+        flag is already set.
+        """
+        mode = _parse(InterruptMode, mode, "mode")
+        reason = _parse(InterruptReason, reason, "reason")
+        source = _parse(InterruptSource, source, "source")
+        ex = self._execs.get(id)
+        if ex is None or ex.done() or self._broken:
+            return False
+        return self._call(lambda req: [Msg.CANCEL, req, id, mode.code, reason.code, source.code, message])
+
+    def cancel_worker(self, worker_id: int, mode: InterruptMode | str = InterruptMode.GRACEFUL,
+                      reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
+                      source: InterruptSource | str = InterruptSource.USER) -> bool:  # fmt: skip
+        """Stop whatever execution worker ``worker_id`` runs. False if it runs nothing."""
+        mode = _parse(InterruptMode, mode, "mode")
+        reason = _parse(InterruptReason, reason, "reason")
+        source = _parse(InterruptSource, source, "source")
+        if self._broken:
+            return False
+        return self._call(lambda req: [Msg.CANCEL_WORKER, req, worker_id, mode.code, reason.code, source.code, message])
+
+    # -- inspecting ------------------------------------------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        """The live workers: id, pid, state (starting, idle, busy, stopping), current execution."""
+        self._check_open_or_draining()
+        rows = self._call(lambda req: [Msg.QUERY, req, "workers"])
+        return [WorkerInfo(id=i, pid=p, state=s, execution_id=e) for i, p, s, e in rows]
+
+    def executions(self) -> list[ExecutionInfo]:
+        """A snapshot of every execution submitted to this pool, in submission order."""
+        with self._lock:
+            execs = list(self._execs.values())
+        return [ExecutionInfo(id=e.id, status=e._status, worker_id=e._worker_id) for e in execs]
+
+    def execution(self, id: str) -> Execution:
+        try:
+            return self._execs[id]
+        except KeyError:
+            raise KeyError(f"no execution with id {id!r} was submitted to this pool") from None
+
+    def _check_open_or_draining(self) -> None:
+        if self._broken:
+            raise PoolBroken(self._broken)
+        if not self._reader.is_alive():
+            raise PoolClosed("this pool was shut down")
+
+    # -- shutting down ---------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, cancel: bool | InterruptMode | str = False) -> None:
+        """Take no more work; with ``cancel`` stop everything queued or running
+        (graceful, or the given mode); with ``wait`` return once the supervisor
+        and all workers are gone."""
+        mode = 0
+        if cancel:
+            mode = (InterruptMode.GRACEFUL if cancel is True else _parse(InterruptMode, cancel, "cancel")).code
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            try:
+                if first or mode:
+                    self._send([Msg.SHUTDOWN, mode])
+            except (PoolBroken, OSError):
+                pass  # already gone: the reader thread has settled everything
+        if wait and threading.current_thread() is not self._reader:
+            self._reader.join()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _send(self, msg: list) -> None:
+        try:
+            self._sock.sendall(packb(msg))
+        except OSError as exc:
+            raise PoolBroken(self._broken or f"the supervisor process (pid {self.supervisor_pid}) is gone") from exc
+
+    def _call(self, build: Callable[[int], list]):
+        fut: cf.Future = cf.Future()
+        with self._lock:
+            if not self._reader.is_alive():
+                raise PoolClosed("this pool was shut down")
+            req = next(self._req_ids)
+            self._replies[req] = fut
+            self._send(build(req))
+        return fut.result()
+
+    def _read_loop(self) -> None:
+        chan = Channel(self._sock)
+        clean = False
+        try:
+            while True:
+                msg = chan.recv()
+                if msg is None:
+                    break
+                kind = msg[0]
+                if kind == Msg.ENDED:
+                    self._on_ended(msg[1], msg[2], msg[3])
+                elif kind == Msg.STARTED:
+                    ex = self._execs.get(msg[1])
+                    if ex is not None and not ex.done():
+                        ex._worker_id = msg[2]
+                        ex._status = ExecutionStatus.RUNNING
+                elif kind == Msg.CANCELLING:
+                    ex = self._execs.get(msg[1])
+                    if ex is not None and not ex.done():
+                        ex._status = ExecutionStatus.CANCELLING
+                elif kind == Msg.REPLY:
+                    fut = self._replies.pop(msg[1], None)
+                    if fut is not None:
+                        fut.set_result(msg[2])
+                elif kind == Msg.WORKER:
+                    self._worker_procs[msg[1]] = (msg[2], msg[3])
+                elif kind == Msg.GONE:
+                    clean = True
+        except OSError:
+            pass  # the socket broke: treated as the supervisor being gone
+        finally:
+            self._on_supervisor_gone(clean)
+
+    def _on_ended(self, id: str, d: dict, value: bytes | None) -> None:
+        ex = self._execs.get(id)
+        if ex is None or ex.done():
+            return
+        if value is not None:
+            try:
+                value = pickle.loads(value)
+            except Exception as exc:
+                d["status"] = ExecutionStatus.FAILED.code
+                d["error"] = [type(exc).__name__, f"the result of execution {id!r} cannot be unpickled here: {exc}",
+                              traceback.format_exc()]  # fmt: skip
+                value = None
+        out = ExecutionResult.from_wire(d, value)
+        ex._status = out.status
+        ex._worker_id = out.worker_id
+        ex._future.set_result(out)
+
+    def _on_supervisor_gone(self, clean: bool) -> None:
+        how = ""
+        try:
+            _, status = os.waitpid(self.supervisor_pid, 0)
+            how = f" with exit code {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status) else (
+                f" by signal {signal.Signals(os.WTERMSIG(status)).name}")  # fmt: skip
+        except ChildProcessError:
+            pass  # someone else reaped it; we only lose the exit status
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        _open_pools.discard(self)
+        if not clean:
+            self._broken = f"the supervisor process (pid {self.supervisor_pid}) died{how}; create a new Pool"
+            for pid, create_time in self._worker_procs.values():
+                # Workers die with their supervisor (PR_SET_PDEATHSIG); this is the
+                # last resort for their tools, guarded against pid reuse by start time.
+                try:
+                    if abs(psutil.Process(pid).create_time() - create_time) < 0.01:
+                        killpg(pid)
+                except psutil.Error:
+                    pass  # already gone
+        reason = self._broken or "the pool shut down before this execution ended"
+        for ex in list(self._execs.values()):
+            if not ex.done():
+                out = ExecutionResult(
+                    id=ex.id,
+                    status=ExecutionStatus.CRASHED,
+                    error={"type": "SupervisorDied" if self._broken else "PoolClosed", "message": reason},
+                    worker_id=ex._worker_id,
+                )
+                ex._status = out.status
+                ex._future.set_result(out)
+        for fut in list(self._replies.values()):
+            fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
+        self._replies.clear()
+
+
+@atexit.register
+def _shutdown_open_pools() -> None:
+    for pool in list(_open_pools):
+        pool.shutdown(wait=True, cancel=True)

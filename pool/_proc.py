@@ -1,0 +1,63 @@
+"""Process-control helpers: prctl flags and race-tolerant killing of process trees.
+
+Owns nothing; stateless functions used by the supervisor and the client.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+import psutil
+
+__all__ = ("set_pdeathsig", "set_child_subreaper", "kill_tree", "killpg")
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}, {arg}) failed: {os.strerror(err)}")
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies."""
+    _prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+def set_child_subreaper() -> None:
+    """Adopt orphaned descendants (e.g. a tool an agent started with setsid)
+    so they can be found and killed instead of escaping to init."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def killpg(pgid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a process group; False if it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        # The group emptied between our decision and the call (or the pid was
+        # reused by a process of another user): nothing of ours is left in it.
+        return False
+
+
+def kill_tree(procs: list[psutil.Process], sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to every process in ``procs`` and their descendants."""
+    seen = {}
+    for p in procs:
+        seen[p.pid] = p
+        try:
+            for c in p.children(recursive=True):
+                seen[c.pid] = c
+        except psutil.Error:
+            pass  # exited while we listed it: its children were reparented to us
+    for p in seen.values():
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass  # exited (or reaped) since we listed it: nothing to kill

@@ -1,0 +1,131 @@
+"""The worker process: runs one agent call at a time for the supervisor.
+
+Owns: the worker's own process (its process group, signal dispositions and
+exit) and the observed_ns word of the slot it currently runs in. It imports
+only ``shared`` and the standard library.
+
+Signals: SIGTERM raises :class:`Interrupted` in the agent (stage
+``sigterm``), so its ``finally`` blocks run; it is *armed* only while agent
+code runs. Outside the agent (resolving, pickling, sending the result) a
+SIGTERM only marks the worker for exit after its result is out, and the send
+itself runs with SIGTERM blocked so a result frame is never cut in half. A
+worker that saw SIGTERM always exits after its result: the supervisor
+replaces it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import signal
+import sys
+import traceback
+
+from shared import Context, ExecutionStatus, Interrupted, Stage
+from shared._wire import Channel, Msg
+
+from ._proc import set_pdeathsig
+
+__all__ = ("worker_main",)
+
+_armed = False  # True only while agent code runs: SIGTERM then raises into it
+_idle = True  # waiting for a task: SIGTERM simply ends the worker
+_term_seen = False  # a SIGTERM arrived: exit once the current result is sent
+_current: Context | None = None  # the execution whose agent code is running
+_SIGTERM = {signal.SIGTERM}
+
+
+def _on_sigterm(signum, frame):
+    global _armed, _term_seen
+    _term_seen = True
+    if _idle:
+        os._exit(0)
+    if _armed:
+        _current._observe()
+        _armed = False  # raise once; a second SIGTERM must not hit the agent's finally
+        raise Interrupted("worker received SIGTERM", stage=Stage.SIGTERM)
+
+
+def resolve(module: str, qualname: str):
+    """Import ``module`` and walk ``qualname``; raise an actionable error if absent."""
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int) -> None:
+    """Serve tasks until told to exit, the supervisor vanishes, or a SIGTERM stop."""
+    global _idle
+    os.setpgid(0, 0)  # own process group: SIGKILL reaches tools the agent starts
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != supervisor_pid:  # it died before prctl took effect
+        os._exit(1)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
+    sys.stdin = None  # agents must not read the user's terminal
+    cache: dict[tuple[str, str], object] = {}
+    pending: list = []
+    chan.send([Msg.READY, os.getpid()])
+    while True:
+        _idle = True
+        msg = pending.pop(0) if pending else chan.recv()
+        _idle = False
+        if msg is None or msg[0] == Msg.EXIT:
+            os._exit(0)
+        if msg[0] != Msg.TASK:
+            continue  # a late INTERRUPT for an execution that already ended
+        _, exec_id, control_index, armed, module, qualname, payload = msg
+        signal.signal(signal.SIGTERM, _on_sigterm)  # an agent may have changed it
+        ctx = Context(words, control_index, armed, chan, exec_id, worker_id)
+        status, value, error, stage = _run(ctx, cache, module, qualname, payload)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
+        try:
+            chan.send([Msg.RESULT, exec_id, status.code, value, error, stage, ctx._observed_ns()])
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
+        pending.extend(ctx._pending)
+        if _term_seen or stage == Stage.SIGTERM.code:
+            os._exit(0)
+
+
+def _error(exc: BaseException, prefix: str = "") -> list:
+    tb = "".join(traceback.format_exception(exc))
+    return [type(exc).__name__, prefix + str(exc), tb]
+
+
+def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes):
+    """Run one execution; return (status, pickled value, error, stage code)."""
+    global _armed, _current
+    _current = ctx
+    try:
+        key = (module, qualname)
+        fn = cache.get(key)
+        if fn is None:
+            fn = cache[key] = resolve(module, qualname)
+        inp = pickle.loads(payload)
+    except Exception as exc:
+        return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {module}:{qualname} or its input: "), None
+    try:
+        _armed = True
+        try:
+            result = fn(ctx, inp)
+        finally:
+            _armed = False
+    except Interrupted as exc:
+        return ExecutionStatus.INTERRUPTED, None, None, exc.stage.code
+    except BaseException as exc:  # the agent's own failure, SystemExit included
+        return ExecutionStatus.FAILED, None, _error(exc), None
+    try:
+        return ExecutionStatus.COMPLETED, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), None, None
+    except Exception as exc:
+        return (
+            ExecutionStatus.FAILED,
+            None,
+            _error(exc, f"the result of execution {ctx.execution_id!r} cannot be pickled; return plain data: "),
+            None,
+        )

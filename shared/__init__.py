@@ -1,0 +1,30 @@
+"""What the supervisor and the workers both use.
+
+The shared-memory flag array and its slot layout (``_flags``), the wire
+format (``_wire``), the codes that cross process boundaries (``_types``) and
+the worker-side context an agent receives (``_context``). This package never
+imports ``pool``.
+"""
+
+from ._context import Context, InterruptRequest
+from ._flags import FlagArray
+from ._types import (
+    ExecutionStatus,
+    InterruptMode,
+    InterruptReason,
+    InterruptSource,
+    Interrupted,
+    Stage,
+)
+
+__all__ = (
+    "Context",
+    "ExecutionStatus",
+    "FlagArray",
+    "InterruptMode",
+    "InterruptReason",
+    "InterruptSource",
+    "InterruptRequest",
+    "Interrupted",
+    "Stage",
+)

@@ -1,0 +1,134 @@
+"""The worker-side view of one execution: the ``ctx`` an agent receives.
+
+Owns: the agent's reads of its slot (the fast path of :meth:`Context.check`)
+and the one write a worker makes to the control part of a slot, the
+``observed_ns`` stamp. The stop request's details (its free-text message)
+arrive on the worker's channel, which the supervisor writes *before* it sets
+the flag; the same channel is the doorbell that wakes :meth:`Context.sleep`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import select
+import time
+
+from ._flags import OBSERVED_NS, REASON, REQUESTED_NS
+from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted, Stage
+from ._wire import Msg
+
+__all__ = ("Context", "InterruptRequest")
+
+
+@dataclasses.dataclass(frozen=True)
+class InterruptRequest:
+    """What the supervisor asked for when it stopped this execution."""
+
+    mode: InterruptMode
+    reason: InterruptReason
+    source: InterruptSource
+    message: str | None
+    requested_ns: int  # time.monotonic_ns() in the supervisor when it was written
+
+
+class Context:
+    """Handed to every agent as ``ctx``; valid only during its execution."""
+
+    __slots__ = ("_words", "_ctl", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending")
+
+    def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int):
+        self._words = words
+        self._ctl = control_index
+        self._armed = armed
+        self._chan = chan
+        self.execution_id = execution_id
+        self.worker_id = worker_id
+        self._details: dict | None = None
+        self._pending: list = []  # frames read off the channel that are not ours to handle
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a stop of this execution was requested.
+
+        The fast path is one read of the slot word and one compare.
+        """
+        if self._words[self._ctl] != self._armed:
+            self._stop(Stage.FLAG)
+
+    @property
+    def interrupted(self) -> bool:
+        """True once a stop of this execution has been requested (does not raise)."""
+        word = self._words[self._ctl]
+        return word != self._armed and word >> 8 == self._armed >> 8
+
+    @property
+    def interrupt(self) -> InterruptRequest | None:
+        """The stop request's details, or None while none was made."""
+        if not self.interrupted and self._details is None:
+            return None
+        self._read_channel()
+        w, b = self._words, self._ctl
+        d = self._details or {}
+        mode = d.get("mode") or (w[b] & 0xFF)
+        reason = w[b + REASON]
+        return InterruptRequest(
+            mode=InterruptMode.from_code(mode),
+            reason=InterruptReason.from_code(d.get("reason") or (reason >> 8) or 1),
+            source=InterruptSource.from_code(d.get("source") or (reason & 0xFF) or 3),
+            message=d.get("message"),
+            requested_ns=d.get("requested_ns") or w[b + REQUESTED_NS],
+        )
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep like ``time.sleep``, but end early (within about 1 ms) when a
+        stop is requested, by raising :class:`Interrupted` like :meth:`check`."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        fd = self._chan.fileno()
+        while True:
+            self.check()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            readable, _, _ = select.select((fd,), (), (), remaining)
+            if readable:
+                self._read_channel()
+                if self._details is not None:  # the doorbell rang for us
+                    self._stop(Stage.FLAG)
+
+    # -- slow path -------------------------------------------------------
+
+    def _read_channel(self) -> None:
+        for msg in self._chan.poll():
+            if msg[0] == Msg.INTERRUPT and msg[1] == self.execution_id and msg[2] == self._armed:
+                _, _, _, mode, reason, source, message, requested_ns = msg
+                self._details = {
+                    "mode": mode,
+                    "reason": reason,
+                    "source": source,
+                    "message": message,
+                    "requested_ns": requested_ns,
+                }
+            else:
+                self._pending.append(msg)
+
+    def _observe(self) -> None:
+        slot_observed = self._ctl + OBSERVED_NS
+        if self._words[slot_observed] == 0:
+            self._words[slot_observed] = time.monotonic_ns()
+
+    def _stop(self, stage: Stage) -> None:
+        word = self._words[self._ctl]
+        if stage is Stage.FLAG and (word >> 8 != self._armed >> 8 or word & 0xFF == 0):
+            # Not for this generation (cannot happen while we run) or the doorbell
+            # rang without a flag: only a request we can see stops us.
+            if self._details is None:
+                return
+        self._observe()
+        request = self.interrupt
+        what = f"{request.reason.value}, {request.mode.value}" if request else "stop requested"
+        text = f"execution {self.execution_id!r} was asked to stop ({what})"
+        if request and request.message:
+            text += f": {request.message}"
+        raise Interrupted(text, stage=stage)
+
+    def _observed_ns(self) -> int:
+        return self._words[self._ctl + OBSERVED_NS]

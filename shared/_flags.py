@@ -1,0 +1,139 @@
+"""The shared-memory flag array: one 64-byte slot of u64 words per execution slot.
+
+Owns: the memory layout and every read and write of it. The supervisor
+creates the array before it forks any worker, so workers inherit the mapping;
+it is an anonymous ``MAP_SHARED`` mapping, which has no name in ``/dev/shm``
+and therefore cannot leak a segment, whoever dies and however.
+
+Layout (all words little-endian u64, accessed only through one
+``memoryview.cast('Q')``: an aligned 8-byte store is atomic, while
+``struct.pack_into`` is not)::
+
+    header  [magic, layout version, slot count, 0, 0, 0, 0, 0]   64 bytes
+    slot i  [control, reason, requested_ns, observed_ns,
+             cost, progress, 0, 0]                              64 bytes each
+
+``control = (generation << 8) | request``; request 0 is none, otherwise an
+``InterruptMode`` code. ``reason = (reason_code << 8) | source_code``.
+
+Writers: the supervisor is the only writer of control, reason and
+requested_ns (single writer: no locks, no lost updates). The worker running
+in the slot writes observed_ns (once), cost and progress.
+
+The generation is bumped every time a slot is armed for a new execution, and
+the supervisor arms a slot only when the previous execution in it has ended
+and its worker no longer runs agent code for it; a worker compares its slot's
+control word with the exact value it was started with, so a late request
+aimed at an earlier generation can never stop the next execution (ABA).
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+__all__ = ("FlagArray", "LAYOUT_MAGIC", "LAYOUT_VERSION", "SLOT_BYTES", "SLOT_WORDS")
+
+LAYOUT_MAGIC = 0x4C4F4F50_49525054  # "TPRIPOOL" read little-endian
+LAYOUT_VERSION = 1
+SLOT_BYTES = 64  # one cache line: two workers never share one
+SLOT_WORDS = SLOT_BYTES // 8
+HEADER_WORDS = SLOT_WORDS
+
+# word offsets inside a slot
+CONTROL = 0
+REASON = 1
+REQUESTED_NS = 2
+OBSERVED_NS = 3
+COST = 4
+PROGRESS = 5
+
+_REQUEST_MASK = 0xFF
+
+
+class FlagArray:
+    """``slots`` control slots in one anonymous shared mapping.
+
+    Create it in the supervisor before forking workers; a forked worker uses
+    the same object (inherited) through :meth:`base` and :attr:`words`.
+    """
+
+    __slots__ = ("_map", "words", "slots")
+
+    def __init__(self, slots: int):
+        if not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"a flag array needs at least one slot, got {slots!r}")
+        self.slots = slots
+        self._map = mmap.mmap(-1, SLOT_BYTES * (slots + 1), flags=mmap.MAP_SHARED)
+        self.words = memoryview(self._map).cast("Q")
+        w = self.words
+        w[0], w[1], w[2] = LAYOUT_MAGIC, LAYOUT_VERSION, slots
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._map)
+
+    def base(self, slot: int) -> int:
+        """Index in :attr:`words` of the first word (control) of ``slot``."""
+        if not 0 <= slot < self.slots:
+            raise IndexError(f"slot {slot} is outside 0..{self.slots - 1}")
+        return (slot + 1) * SLOT_WORDS
+
+    # -- supervisor side -------------------------------------------------
+
+    def arm(self, slot: int) -> int:
+        """Give ``slot`` to a new execution: bump its generation, clear every
+        word, and return the control value the execution must compare with."""
+        b = self.base(slot)
+        w = self.words
+        control = ((w[b + CONTROL] >> 8) + 1) << 8
+        for i in range(1, SLOT_WORDS):
+            w[b + i] = 0
+        w[b + CONTROL] = control  # last: a reader that sees it sees cleared words
+        return control
+
+    def request(
+        self, slot: int, armed: int, mode_code: int, reason_code: int, source_code: int, now_ns: int | None = None
+    ) -> int | None:
+        """Post a stop request for the execution armed with ``armed``.
+
+        Returns the ``requested_ns`` stamp, or None if the slot has been armed
+        for another execution since (the request is stale and is dropped).
+        Requests only escalate: a weaker or equal mode changes nothing and
+        returns the original stamp.
+        """
+        b = self.base(slot)
+        w = self.words
+        current = w[b + CONTROL]
+        if current >> 8 != armed >> 8:
+            return None
+        if current & _REQUEST_MASK >= mode_code:
+            return w[b + REQUESTED_NS]
+        now = now_ns or time.monotonic_ns()
+        if current & _REQUEST_MASK == 0:
+            w[b + REASON] = (reason_code << 8) | source_code
+            w[b + REQUESTED_NS] = now
+        w[b + CONTROL] = (armed & ~_REQUEST_MASK) | mode_code
+        return w[b + REQUESTED_NS]
+
+    # -- reads (either side) ---------------------------------------------
+
+    def read(self, slot: int) -> dict[str, int]:
+        b = self.base(slot)
+        w = self.words
+        control = w[b + CONTROL]
+        reason = w[b + REASON]
+        return {
+            "generation": control >> 8,
+            "request": control & _REQUEST_MASK,
+            "reason": reason >> 8,
+            "source": reason & 0xFF,
+            "requested_ns": w[b + REQUESTED_NS],
+            "observed_ns": w[b + OBSERVED_NS],
+            "cost": w[b + COST],
+            "progress": w[b + PROGRESS],
+        }
+
+    def close(self) -> None:
+        self.words.release()
+        self._map.close()

@@ -1,0 +1,106 @@
+"""Enumerations and the worker-side exception shared by supervisor and workers.
+
+Owns: the numeric codes that cross process boundaries (in shared-memory words
+and msgpack frames). Each enum's integer value is its wire code, so changing a
+value is a layout change (bump ``shared._flags.LAYOUT_VERSION``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = (
+    "ExecutionStatus",
+    "InterruptMode",
+    "InterruptReason",
+    "InterruptSource",
+    "Stage",
+    "Interrupted",
+)
+
+
+class _CodedEnum(str, enum.Enum):
+    """A string enum that also carries a small integer wire code."""
+
+    def __new__(cls, value: str, code: int):
+        obj = str.__new__(cls, value)
+        obj._value_ = value
+        obj.code = code
+        return obj
+
+    @classmethod
+    def from_code(cls, code: int):
+        return _BY_CODE[cls][code]
+
+    def __str__(self) -> str:  # "graceful", not "InterruptMode.GRACEFUL"
+        return self.value
+
+
+class ExecutionStatus(_CodedEnum):
+    QUEUED = ("queued", 0)
+    RUNNING = ("running", 1)
+    CANCELLING = ("cancelling", 2)
+    COMPLETED = ("completed", 3)
+    FAILED = ("failed", 4)
+    INTERRUPTED = ("interrupted", 5)
+    CRASHED = ("crashed", 6)
+
+    @property
+    def terminal(self) -> bool:
+        return self.code >= 3
+
+
+class InterruptMode(_CodedEnum):
+    """How hard to stop: each mode starts further along flag → SIGTERM → SIGKILL."""
+
+    GRACEFUL = ("graceful", 1)
+    IMMEDIATE = ("immediate", 2)
+    KILL = ("kill", 3)
+
+
+class InterruptReason(_CodedEnum):
+    USER_CANCELLED = ("user_cancelled", 1)
+    TIMEOUT = ("timeout", 2)
+    BUDGET_EXCEEDED = ("budget_exceeded", 3)
+    STALLED = ("stalled", 4)
+    PARENT_CANCELLED = ("parent_cancelled", 5)
+    SHUTDOWN = ("shutdown", 6)
+    PRIORITY_OVERRIDE = ("priority_override", 7)
+    CUSTOM = ("custom", 8)
+
+
+class InterruptSource(_CodedEnum):
+    USER = ("user", 1)
+    SIGNAL = ("signal", 2)
+    PROGRAMMATIC = ("programmatic", 3)
+    TIMEOUT = ("timeout", 4)
+    BUDGET = ("budget", 5)
+    SYSTEM = ("system", 6)
+
+
+class Stage(_CodedEnum):
+    """The escalation stage that ended an interrupted execution."""
+
+    QUEUED = ("queued", 0)
+    FLAG = ("flag", 1)
+    SIGTERM = ("sigterm", 2)
+    SIGKILL = ("sigkill", 3)
+
+
+_BY_CODE = {
+    cls: {m.code: m for m in cls}
+    for cls in (ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage)
+}
+
+
+class Interrupted(BaseException):
+    """Raised inside an agent when a stop of its execution was requested.
+
+    Derives from BaseException (like KeyboardInterrupt and asyncio's
+    CancelledError) so that ``except Exception`` in agent code cannot swallow
+    it; ``finally`` blocks and context managers still run.
+    """
+
+    def __init__(self, message: str = "execution interrupted", *, stage: Stage = Stage.FLAG):
+        super().__init__(message)
+        self.stage = stage

@@ -1,0 +1,126 @@
+"""Agents used by the tests: module-level, so workers find them by name."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from pool import Interrupted
+
+
+def identity(ctx, x):
+    return x
+
+
+def count(ctx, n):
+    total = 0
+    for i in range(n):
+        ctx.check()
+        total += i
+    return total
+
+
+def check_forever(ctx, marker=None):
+    """Checks its flag in a loop; records that it started."""
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+    while True:
+        ctx.check()
+
+
+def spin(ctx, marker):
+    """Never checks; writes 'finally' to ``marker`` during clean-up."""
+    Path(marker).write_text(str(os.getpid()))
+    try:
+        while True:
+            pass
+    finally:
+        Path(marker).write_text("finally ran")
+
+
+def ignore_term_sleep(ctx, marker=None):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+    time.sleep(1000)
+
+
+def spawn_tools(ctx, pidfile):
+    """Starts a child in its process group and one that called setsid, then hangs ignoring SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    a = subprocess.Popen(["sleep", "1000"])
+    b = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    Path(pidfile).write_text(f"{a.pid} {b.pid} {os.getpid()}")
+    time.sleep(1000)
+
+
+def sleeper(ctx, seconds):
+    ctx.sleep(seconds)
+    return seconds
+
+
+def write_pid_and_sleep(ctx, path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(1000)
+
+
+def fail(ctx, message):
+    raise ValueError(message)
+
+
+def exit3(ctx, _):
+    os._exit(3)
+
+
+def segfault(ctx, _):
+    ctypes.string_at(0)
+
+
+def unpicklable_result(ctx, _):
+    import threading
+
+    return threading.Lock()
+
+
+def whoami(ctx, _):
+    return {"execution_id": ctx.execution_id, "worker_id": ctx.worker_id, "pid": os.getpid()}
+
+
+def swallow_exceptions(ctx, _):
+    """A broad ``except Exception`` must not swallow Interrupted."""
+    while True:
+        try:
+            ctx.check()
+        except Exception:
+            return "swallowed"
+
+
+def report_interrupt(ctx, _):
+    """Catches Interrupted and returns what ctx says about the request."""
+    try:
+        while True:
+            ctx.check()
+    except Interrupted as exc:
+        i = ctx.interrupt
+        return {
+            "interrupted": ctx.interrupted,
+            "mode": i.mode.value,
+            "reason": i.reason.value,
+            "source": i.source.value,
+            "message": i.message,
+            "text": str(exc),
+        }
+
+
+def sleep_and_time(ctx, seconds):
+    """Returns how long ctx.sleep actually slept (monotonic seconds) when cut short."""
+    t0 = time.monotonic_ns()
+    try:
+        ctx.sleep(seconds)
+    except Interrupted:
+        return {"slept_ns": time.monotonic_ns() - t0, "t0": t0}
+    return None

@@ -1,0 +1,75 @@
+"""Process lifecycle across the user process, the supervisor and the leak guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+
+import pool
+from tests.conftest import find_leaks, kill_leaks, snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+USER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from pool import Pool, Escalation
+    from tests import agents
+    p = Pool(workers=2, escalation=Escalation(grace=0.2, term_grace=0.2))
+    ex = p.submit(agents.check_forever, None)
+    ex2 = p.submit(agents.ignore_term_sleep, None)
+    while len([w for w in p.workers() if w.state == "busy"]) < 2:
+        time.sleep(0.01)
+    print(json.dumps({"supervisor": p.supervisor_pid, "workers": [w.pid for w in p.workers()]}), flush=True)
+    time.sleep(1000)
+    """
+)
+
+
+def test_user_process_killed_supervisor_stops_its_workers_and_exits():
+    user = subprocess.Popen([sys.executable, "-c", USER_SCRIPT], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(user.stdout.readline())
+        procs = [psutil.Process(info["supervisor"])] + [psutil.Process(p) for p in info["workers"]]
+        user.kill()
+        user.wait(timeout=10)
+        # grace + term_grace = 0.4 s for the SIGTERM-ignoring agent; generous bound for CI load
+        gone, alive = psutil.wait_procs(procs, timeout=5)
+        assert alive == [], f"still running after the user process died: {alive}"
+    finally:
+        user.kill()
+        user.wait()
+
+
+def test_leak_guard_reports_an_escaped_process_and_a_shm_segment():
+    baseline = snapshot()
+    stray = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    shm = Path("/dev/shm") / f"pooltest-{os.getpid()}"
+    shm.write_bytes(b"x")
+    try:
+        leaks = find_leaks(baseline, wait=0.2)
+        assert any(f"process {stray.pid}" in leak for leak in leaks)
+        assert any(str(shm) in leak for leak in leaks)
+    finally:
+        shm.unlink()
+        kill_leaks(baseline)
+        stray.wait()
+    assert find_leaks(baseline, wait=0.2) == []
+
+
+def test_public_names_match_all():
+    exported = {name for name in dir(pool) if not name.startswith("_")}
+    modules = {"Pool"} | {n for n in exported if isinstance(getattr(pool, n), type(os))}
+    assert set(pool.__all__) == exported - (modules - {"Pool"})
+    for name in ("Pool", "Escalation", "InterruptMode", "InterruptReason", "ExecutionStatus", "Interrupted"):
+        assert name in pool.__all__
+    assert issubclass(pool.Interrupted, BaseException) and not issubclass(pool.Interrupted, Exception)
+    assert issubclass(pool.ExecutionInterrupted, pool.PoolError)
+    assert issubclass(pool.ExecutionFailed, pool.PoolError) and issubclass(pool.WorkerCrashed, pool.PoolError)
