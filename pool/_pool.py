@@ -96,6 +96,15 @@ class Execution:
             raise ExecutionFailed(f"execution {self.id!r} failed: {e.type}: {e.message}", out)
         raise WorkerCrashed(out.error.message if out.error else f"execution {self.id!r} crashed", out)
 
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the execution has started on a worker (True) or ended without
+        ever starting, e.g. cancelled while queued (False). ``TimeoutError`` after ``timeout``."""
+        cond = self._pool._changed
+        with cond:
+            if not cond.wait_for(lambda: self._worker_id is not None or self._future.done(), timeout):
+                raise TimeoutError(f"execution {self.id!r} is still {self._status.value} after {timeout} s")
+        return self._worker_id is not None
+
     def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
         """Call ``fn(execution)`` from the pool's reader thread once it has ended."""
         self._future.add_done_callback(lambda _f: fn(self))
@@ -184,6 +193,7 @@ class Pool:
         self.escalation = escalation
         self._workers = workers
         self._lock = threading.Lock()  # guards sending and _execs/_replies membership
+        self._changed = threading.Condition()  # notified by the reader thread when an execution starts or ends
         self._execs: dict[str, Execution] = {}
         self._replies: dict[int, cf.Future] = {}
         self._req_ids = itertools.count(1)
@@ -423,8 +433,10 @@ class Pool:
                 elif kind == Msg.STARTED:
                     ex = self._execs.get(msg[1])
                     if ex is not None and not ex.done():
-                        ex._worker_id = msg[2]
-                        ex._status = ExecutionStatus.RUNNING
+                        with self._changed:
+                            ex._worker_id = msg[2]
+                            ex._status = ExecutionStatus.RUNNING
+                            self._changed.notify_all()
                 elif kind == Msg.CANCELLING:
                     ex = self._execs.get(msg[1])
                     if ex is not None and not ex.done():
@@ -455,9 +467,14 @@ class Pool:
                               traceback.format_exc()]  # fmt: skip
                 value = None
         out = ExecutionResult.from_wire(d, value)
-        ex._status = out.status
-        ex._worker_id = out.worker_id
-        ex._future.set_result(out)
+        self._settle(ex, out)
+
+    def _settle(self, ex: Execution, out: ExecutionResult) -> None:
+        with self._changed:
+            ex._status = out.status
+            ex._worker_id = out.worker_id if out.worker_id is not None else ex._worker_id
+            ex._future.set_result(out)
+            self._changed.notify_all()
 
     def _on_supervisor_gone(self, clean: bool) -> None:
         how = ""
@@ -491,8 +508,7 @@ class Pool:
                     error={"type": "SupervisorDied" if self._broken else "PoolClosed", "message": reason},
                     worker_id=ex._worker_id,
                 )
-                ex._status = out.status
-                ex._future.set_result(out)
+                self._settle(ex, out)
         for fut in list(self._replies.values()):
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
         self._replies.clear()

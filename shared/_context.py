@@ -13,7 +13,7 @@ import dataclasses
 import select
 import time
 
-from ._flags import OBSERVED_NS, REASON, REQUESTED_NS
+from ._flags import OBSERVED_NS, PENDING, REASON, REQUESTED_NS
 from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted, Stage
 from ._wire import Msg
 
@@ -34,11 +34,12 @@ class InterruptRequest:
 class Context:
     """Handed to every agent as ``ctx``; valid only during its execution."""
 
-    __slots__ = ("_words", "_ctl", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending")
+    __slots__ = ("_words", "_ctl", "_flag", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending")
 
     def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int):
         self._words = words
         self._ctl = control_index
+        self._flag = control_index + PENDING  # 0 until a stop is requested: the fast-path word
         self._armed = armed
         self._chan = chan
         self.execution_id = execution_id
@@ -49,16 +50,16 @@ class Context:
     def check(self) -> None:
         """Raise :class:`Interrupted` if a stop of this execution was requested.
 
-        The fast path is one read of the slot word and one compare.
+        The fast path is one read of the slot's pending word and one test.
         """
-        if self._words[self._ctl] != self._armed:
+        if self._words[self._flag]:
             self._stop(Stage.FLAG)
 
     @property
     def interrupted(self) -> bool:
         """True once a stop of this execution has been requested (does not raise)."""
-        word = self._words[self._ctl]
-        return word != self._armed and word >> 8 == self._armed >> 8
+        # The slot is re-armed (pending cleared) only after this execution ended.
+        return self._words[self._flag] != 0
 
     @property
     def interrupt(self) -> InterruptRequest | None:

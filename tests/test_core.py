@@ -255,8 +255,7 @@ def test_cancel_worker_stops_what_it_runs(pool, tmp_path):
 
 def test_ctx_sleep_ends_early_when_a_stop_is_requested(pool):
     ex = pool.submit(agents.sleep_and_time, 30)
-    while ex.status is not ExecutionStatus.RUNNING:
-        time.sleep(0.01)
+    assert ex.wait_started(timeout=10)
     time.sleep(0.1)  # let it enter ctx.sleep
     pool.cancel(ex.id)
     out = ex.outcome(timeout=10)
@@ -268,14 +267,12 @@ def test_ctx_sleep_ends_early_when_a_stop_is_requested(pool):
 
 def test_interrupted_is_not_swallowed_by_except_exception_and_ctx_reports_details(pool):
     ex = pool.submit(agents.swallow_exceptions, None)
-    while ex.status is not ExecutionStatus.RUNNING:
-        time.sleep(0.01)
+    assert ex.wait_started(timeout=10)
     pool.cancel(ex.id)
     assert ex.outcome(timeout=10).status is ExecutionStatus.INTERRUPTED
 
     ex = pool.submit(agents.report_interrupt, None)
-    while ex.status is not ExecutionStatus.RUNNING:
-        time.sleep(0.01)
+    assert ex.wait_started(timeout=10)
     pool.cancel(ex.id, reason="budget_exceeded", message="spent $5")
     got = ex.result(timeout=10)
     assert got["interrupted"] is True
@@ -303,3 +300,17 @@ def test_shutdown_with_cancel_stops_running_and_queued_work(tmp_path):
     assert running.outcome(timeout=0).interrupt.reason is InterruptReason.SHUTDOWN
     assert queued.outcome(timeout=0).interrupt.stage is Stage.QUEUED
     assert not psutil.pid_exists(pool.supervisor_pid)
+
+
+def test_wait_started_tells_running_from_cancelled_while_queued(tmp_path):
+    with Pool(workers=1, escalation=FAST) as pool:
+        running = pool.submit(agents.check_forever, None)
+        queued = pool.submit(agents.identity, 1)
+        assert running.wait_started(timeout=10) is True
+        assert running.status is ExecutionStatus.RUNNING
+        with pytest.raises(TimeoutError, match="still queued"):
+            queued.wait_started(timeout=0.05)
+        pool.cancel(queued.id)
+        assert queued.wait_started(timeout=10) is False
+        running.cancel()
+        assert running.outcome(timeout=10).interrupt.stage is Stage.FLAG

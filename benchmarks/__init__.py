@@ -1,0 +1,1 @@
+"""interrupt-pool benchmarks: ``python -m benchmarks`` (``--quick`` for a smoke run)."""
