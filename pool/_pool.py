@@ -213,7 +213,9 @@ class Pool:
             try:
                 ours.close()
                 for other in list(_open_pools):
-                    os.close(other._sock.detach())  # keep only our own client socket
+                    fd = other._sock.detach()  # keep only our own client socket: another pool's
+                    if fd >= 0:  # user end held here would hide that user's death from its supervisor
+                        os.close(fd)
                 from ._supervisor import supervisor_main
 
                 supervisor_main(theirs, workers, capacity, escalation.grace, escalation.term_grace)
