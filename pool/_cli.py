@@ -1,15 +1,36 @@
 """The ``pool`` command line (also ``python -m pool``).
 
 Owns: argument parsing, exit codes and terminal output. Every command is a
-thin layer over the public API; errors are one line unless ``--debug``.
+thin layer over the public API and the control socket. Data (result lines,
+``--json``) goes to stdout; progress, events and tables go to stderr, so
+``pool run ... > results.jsonl`` works. Errors are one line, exit code 2,
+with a traceback only under ``--debug``.
+
+Exit codes: 0 every execution completed; 1 some failed, crashed or were
+interrupted (or ``wait`` of one that did not complete); 2 bad input or no
+such pool/execution; 130 after Ctrl+C.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import os
+import queue
+import signal
 import sys
 import time
+from pathlib import Path
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared import ExecutionStatus, InterruptMode, InterruptReason
+
+from ._control import ControlError, find_execution, find_pool, list_pools, request, result_line
+from ._events import Event, EventKind
 from ._models import Escalation
 from ._pool import Pool
 
@@ -17,84 +38,458 @@ __all__ = ("main",)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+_STATUS_STYLE = {
+    "queued": "dim", "running": "cyan", "cancelling": "yellow", "completed": "green",
+    "failed": "red", "interrupted": "magenta", "crashed": "bold red",
+}  # fmt: skip
+
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def _ms(ns: int | None, base: int | None) -> str:
-    if not ns or not base:
-        return "-"
-    return f"+{(ns - base) / 1e6:.1f} ms"
+def _err_console() -> Console:
+    return Console(stderr=True, highlight=False)
 
 
-def _timeline(out) -> str:
-    i = out.interrupt
-    parts = [f"requested ({i.reason.value}, {i.mode.value})"]
-    if i.observed_ns:
-        parts.append(f"observed {_ms(i.observed_ns, i.requested_ns)}")
-    if i.sigterm_ns:
-        parts.append(f"SIGTERM {_ms(i.sigterm_ns, i.requested_ns)}")
-    if i.sigkill_ns:
-        parts.append(f"SIGKILL {_ms(i.sigkill_ns, i.requested_ns)}")
-    parts.append(f"ended {_ms(i.ended_ns, i.requested_ns)} at stage {i.stage.value if i.stage else '-'}")
-    return " → ".join(parts)
+# -- shared pieces -------------------------------------------------------------------
+
+
+def resolve_agent(spec: str) -> str:
+    """Check that MODULE:FUNC names an importable function; return it unchanged."""
+    module, sep, func = spec.partition(":")
+    if not sep or not module or not func:
+        raise CliError(f"agent {spec!r} must be MODULE:FUNC, e.g. mypkg.agents:research")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise CliError(f"cannot import module {module!r} ({exc}); run from the directory that contains it "
+                       "or install it") from exc  # fmt: skip
+    obj = mod
+    for part in func.split("."):
+        if not hasattr(obj, part):
+            raise CliError(f"module {module!r} has no function {func!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CliError(f"{spec} is a {type(obj).__name__}, not a function")
+    return spec
+
+
+def read_inputs(path: str) -> list[tuple[str, object]]:
+    """JSON Lines, one input per line; ids from an "id" field, else the line number."""
+    if path == "-":
+        lines, name = sys.stdin.read().splitlines(), "<stdin>"
+    else:
+        try:
+            lines, name = Path(path).read_text().splitlines(), path
+        except FileNotFoundError:
+            raise CliError(f"inputs file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read inputs file {path}: {exc}") from None
+    items, seen = [], set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{name} line {n} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                           "inputs must be JSON Lines: one JSON value per line") from None  # fmt: skip
+        ident = str(obj["id"]) if isinstance(obj, dict) and "id" in obj else str(n)
+        if ident in seen:
+            raise CliError(f"{name} line {n}: id {ident!r} is used twice; ids must be unique")
+        seen.add(ident)
+        items.append((ident, obj))
+    if not items:
+        raise CliError(f"{name} has no inputs")
+    return items
+
+
+def _seconds(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds, got {text!r}") from None
+        if value < 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number of seconds >= 0, got {text}")
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[max(0, min(len(s) - 1, round(q / 100 * (len(s) - 1))))]
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def summary_table(outcomes: list) -> Table:
+    """Counts by status, and the interrupt latencies of the interrupted executions."""
+    counts: dict[str, int] = {}
+    for out in outcomes:
+        counts[out.status.value] = counts.get(out.status.value, 0) + 1
+    t = Table(title="summary", title_justify="left")
+    t.add_column("status")
+    t.add_column("count", justify="right")
+    for status in ExecutionStatus:
+        if status.value in counts:
+            t.add_row(f"[{_STATUS_STYLE[status.value]}]{status.value}[/]", str(counts[status.value]))
+    stopped = [o.interrupt for o in outcomes if o.interrupt and o.interrupt.stage]
+    if stopped:
+        obs = [i.observe_latency for i in stopped if i.observe_latency is not None]
+        end = [i.stop_latency for i in stopped if i.stop_latency is not None]
+        stages: dict[str, int] = {}
+        for i in stopped:
+            stages[i.stage.value] = stages.get(i.stage.value, 0) + 1
+        t.add_section()
+        t.add_row("stages", ", ".join(f"{k} {v}" for k, v in stages.items()))
+        t.add_row("observed p50 / p99", f"{_fmt_ms(_pct(obs, 50))} / {_fmt_ms(_pct(obs, 99))}")
+        t.add_row("stopped p50 / p99", f"{_fmt_ms(_pct(end, 50))} / {_fmt_ms(_pct(end, 99))}")
+    return t
+
+
+class EventPrinter:
+    """Prints events as coloured lines; stop timings relative to each request."""
+
+    def __init__(self, console: Console, t0_ns: int, only_stops: bool = False):
+        self.console, self.t0, self.only_stops = console, t0_ns, only_stops
+        self.requested: dict[str, int] = {}
+
+    def __call__(self, ev: Event) -> None:
+        k = ev.kind
+        if k is EventKind.REQUESTED and ev.execution_id:
+            self.requested[ev.execution_id] = ev.mono_ns
+        base = self.requested.get(ev.execution_id or "")
+        if self.only_stops and base is None:
+            return
+        rel = f" +{(ev.mono_ns - base) / 1e6:.1f} ms" if base is not None and k is not EventKind.REQUESTED else ""
+        what = {
+            EventKind.REQUESTED: lambda: f"[yellow]requested[/] ({ev.reason.value if ev.reason else '-'}, {ev.mode.value if ev.mode else '-'})",
+            EventKind.ESCALATED: lambda: f"[yellow]escalated[/] to {ev.mode.value if ev.mode else '-'}{rel}",
+            EventKind.OBSERVED: lambda: f"[cyan]observed[/]{rel}",
+            EventKind.SIGTERM: lambda: f"[red]SIGTERM[/]{rel} ({ev.late_ms:.1f} ms after its deadline)",
+            EventKind.SIGKILL: lambda: f"[bold red]SIGKILL[/] process group{rel}"
+            + (f" ({ev.late_ms:.1f} ms after its deadline)" if ev.late_ms is not None else ""),
+            EventKind.ENDED: lambda: f"[{_STATUS_STYLE[ev.status.value]}]ended {ev.status.value}[/]{rel}"
+            + (f" at stage {ev.stage.value}" if ev.stage else ""),
+            EventKind.STARTED: lambda: "[cyan]started[/]",
+            EventKind.SUBMITTED: lambda: "submitted",
+            EventKind.WORKER_STARTED: lambda: f"worker {ev.worker_id} started (pid {ev.pid})",
+            EventKind.WORKER_EXITED: lambda: f"worker {ev.worker_id} exited (pid {ev.pid}, {ev.message})",
+        }[k]()
+        who = ev.execution_id or f"worker {ev.worker_id}"
+        self.console.print(f"{(ev.mono_ns - self.t0) / 1e9:7.3f}s  {who:<16} {what}")
+        if k is EventKind.ENDED:
+            self.requested.pop(ev.execution_id, None)
+
+
+class _CtrlC:
+    """Ctrl+C escalates: first graceful, then immediate, then kill; never raises."""
+
+    MODES = (InterruptMode.GRACEFUL, InterruptMode.IMMEDIATE, InterruptMode.KILL)
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.presses = 0
+        self.pool: Pool | None = None
+
+    def __call__(self, signum, frame) -> None:
+        mode = self.MODES[min(self.presses, 2)]
+        self.presses += 1
+        self.console.print(f"[yellow]Ctrl+C: stopping every execution ({mode.value}); "
+                           f"{'press again to escalate' if mode is not InterruptMode.KILL else 'killing'}[/]")  # fmt: skip
+        if self.pool is not None:
+            self.pool.cancel_all(mode, InterruptReason.USER_CANCELLED, "Ctrl+C", source="signal")
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    agent = resolve_agent(args.agent)
+    items = read_inputs(args.inputs)
+    escalation = Escalation(grace=args.grace, term_grace=args.term_grace)
+    if args.timeout is not None and args.timeout <= 0:
+        raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    out_file = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
+    console = _err_console()
+    ctrl_c = _CtrlC(console)
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    t0 = time.monotonic_ns()
+    name = args.name or agent.partition(":")[2].replace(".", "-")
+    printer = EventPrinter(console, t0) if args.events else None
+    try:
+        with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer) as pool:
+            ctrl_c.pool = pool
+            done: queue.SimpleQueue = queue.SimpleQueue()
+            execs = pool._submit_batch(agent, items, args.timeout)
+            for ex in execs:
+                ex.add_done_callback(done.put)
+            outcomes = []
+            progress = Progress(
+                TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                console=console, transient=False, disable=args.no_progress,
+            )  # fmt: skip
+            with progress:
+                task = progress.add_task("run", total=len(execs), counts="", rate="")
+                while len(outcomes) < len(execs):
+                    try:
+                        ex = done.get(timeout=0.1)  # a UI refresh tick, not supervisor polling
+                    except queue.Empty:
+                        ex = None
+                    while ex is not None:
+                        out = ex.outcome()
+                        outcomes.append(out)
+                        out_file.write(json.dumps(result_line(out)) + "\n")
+                        out_file.flush()
+                        try:
+                            ex = done.get_nowait()
+                        except queue.Empty:
+                            ex = None
+                    counts: dict[str, int] = {}
+                    for e in execs:
+                        counts[e.status.value] = counts.get(e.status.value, 0) + 1
+                    elapsed = (time.monotonic_ns() - t0) / 1e9
+                    progress.update(
+                        task, completed=len(outcomes),
+                        counts=" ".join(f"[{_STATUS_STYLE[k]}]{k} {v}[/]" for k, v in counts.items()),
+                        rate=f"{len(outcomes) / elapsed:.1f}/s" if elapsed > 0 else "",
+                    )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if args.out:
+            out_file.close()
+    console.print(summary_table(outcomes))
+    if ctrl_c.presses:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all(o.status is ExecutionStatus.COMPLETED for o in outcomes) else EXIT_FAILED
+
+
+def cmd_status(args) -> int:
+    pools = [find_pool(args.name)] if args.name else list_pools()
+    statuses = []
+    for addr in pools:
+        try:
+            statuses.append(request(addr, {"op": "status"})["status"])
+        except ControlError:
+            if args.name:
+                raise
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+        return EXIT_OK
+    console = Console(highlight=False)
+    if not statuses:
+        console.print("no pool is running")
+        return EXIT_OK
+    for st in statuses:
+        counts = ", ".join(f"{k} {v}" for k, v in st["counts"].items()) or "no executions"
+        console.print(f"[bold]{st['name']}[/]  pid {st['pid']}  supervisor {st['supervisor_pid']}  ({counts})")
+        wt = Table("worker", "pid", "state", "execution", title="workers", title_justify="left")
+        for w in st["workers"]:
+            wt.add_row(str(w["id"]), str(w["pid"]), w["state"], w["execution_id"] or "-")
+        console.print(wt)
+        et = Table("execution", "status", "worker", "elapsed", "stage", title="executions", title_justify="left")
+        rows = st["executions"]
+        live = [r for r in rows if r["status"] in ("queued", "running", "cancelling")]
+        shown = live + [r for r in rows if r not in live][-max(0, 20 - len(live)):]
+        for r in shown:
+            et.add_row(r["id"], f"[{_STATUS_STYLE[r['status']]}]{r['status']}[/]",
+                       "-" if r["worker"] is None else str(r["worker"]),
+                       "-" if r["elapsed"] is None else f"{r['elapsed']:.2f}s", r["stage"] or "-")  # fmt: skip
+        console.print(et)
+        if len(shown) < len(rows):
+            console.print(f"({len(rows) - len(shown)} more ended executions; --json lists all)")
+    return EXIT_OK
+
+
+def _reason_fields(text: str | None) -> dict:
+    if text is None:
+        return {}
+    try:
+        return {"reason": InterruptReason(text).value}
+    except ValueError:
+        return {"reason": InterruptReason.CUSTOM.value, "message": text}
+
+
+def cmd_cancel(args) -> int:
+    if (args.id is None) == (args.worker is None):
+        raise CliError("give either an execution ID or --worker W")
+    fields = {"mode": args.mode, **_reason_fields(args.reason)}
+    if args.worker is not None:
+        addr = find_pool(args.name)
+        live = request(addr, {"op": "cancel_worker", "worker": args.worker, **fields})["live"]
+        what = f"worker {args.worker} of {addr!r}"
+    else:
+        addr = find_execution(args.id, args.name)
+        live = request(addr, {"op": "cancel", "id": args.id, **fields})["live"]
+        what = f"execution {args.id!r} in {addr!r}"
+    if live:
+        print(f"stopping {what} ({args.mode})")
+        return EXIT_OK
+    print(f"{what} was not running anything that could be stopped (already ended or idle)", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_serve(args) -> int:
+    console = _err_console()
+    escalation = Escalation(grace=args.grace, term_grace=args.term_grace)
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    printer = EventPrinter(console, time.monotonic_ns()) if args.events else None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer)
+    console.print(f"serving pool {args.name!r} (pid {os.getpid()}, {args.workers} workers) on {pool._control.path}")
+    try:
+        while stop["signal"] is None:
+            signal.pause()
+    finally:
+        console.print(f"{signal.Signals(stop['signal'] or signal.SIGTERM).name}: draining (graceful stop of "
+                      f"everything, bounded by grace {args.grace:g} s + term grace {args.term_grace:g} s)")  # fmt: skip
+        pool.cancel_all(InterruptMode.GRACEFUL, InterruptReason.SHUTDOWN, "pool serve is shutting down", source="signal")
+        pool.shutdown(wait=True)
+    return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    try:
+        value = json.loads(args.input)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--input is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if args.timeout is not None and args.timeout <= 0:
+        raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    addr = find_pool(args.name)
+    reply = request(addr, {"op": "submit", "agent": args.agent, "input": value, "id": args.id, "timeout": args.timeout})
+    print(reply["id"])
+    return EXIT_OK
+
+
+def cmd_wait(args) -> int:
+    addr = find_execution(args.id, args.name)
+    reply = request(addr, {"op": "wait", "id": args.id, "timeout": args.timeout}, timeout=None)
+    print(json.dumps(reply["result"]))
+    return EXIT_OK if reply["result"]["status"] == "completed" else EXIT_FAILED
 
 
 def cmd_demo(args) -> int:
     from . import _demo
 
-    t0 = time.monotonic()
-    print(f"pool demo: {len(_demo.batch())} simulated agents on {args.workers} workers; "
-          f"cancelling {', '.join(_demo.CANCELS)} while they run")  # fmt: skip
-    with Pool(workers=args.workers, escalation=Escalation(grace=0.5, term_grace=0.5)) as pool:
-        execs = {jid: pool.submit(agent, inp, id=jid) for jid, agent, inp in _demo.batch()}
-        pending_cancels = sorted(_demo.CANCELS.items(), key=lambda kv: kv[1])
-        outcomes = {}
-        remaining = set(execs)
-        while remaining:
-            now = time.monotonic() - t0
-            while pending_cancels and pending_cancels[0][1] <= now:
-                jid, _ = pending_cancels.pop(0)
-                pool.cancel(jid, message="cancelled by the demo")
-            wait = pending_cancels[0][1] - now if pending_cancels else None
-            try:
-                for ex in pool.as_completed([execs[j] for j in remaining], timeout=wait):
-                    out = outcomes[ex.id] = ex.outcome()
-                    remaining.discard(ex.id)
-                    line = f"{time.monotonic() - t0:6.2f}s  {ex.id:<14} {out.status.value:<11}"
-                    if out.interrupt and out.interrupt.stage:
-                        line += " " + _timeline(out)
-                    print(line, flush=True)
-                    if pending_cancels and pending_cancels[0][1] <= time.monotonic() - t0:
-                        break
-            except TimeoutError:
-                pass
-    counts: dict[str, int] = {}
-    for out in outcomes.values():
-        counts[out.status.value] = counts.get(out.status.value, 0) + 1
-    print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" in {time.monotonic() - t0:.1f} s")
-    expected_stopped = set(_demo.CANCELS)
-    bad = [j for j, o in outcomes.items() if (o.status.value == "interrupted") != (j in expected_stopped)]
-    return EXIT_OK if not bad else EXIT_FAILED
+    console = _err_console()
+    jobs = _demo.batch()
+    console.print(f"[bold]pool demo[/]: {len(jobs)} simulated agents on {args.workers} workers "
+                  f"(grace 0.5 s, term grace 0.5 s); stopping {', '.join(_demo.CANCELS)} while they run")  # fmt: skip
+    t0 = time.monotonic_ns()
+    printer = EventPrinter(console, t0, only_stops=True)
+    with Pool(workers=args.workers, escalation=Escalation(grace=0.5, term_grace=0.5), on_event=printer) as pool:
+        execs = [pool.submit(agent, inp, id=jid) for jid, agent, inp in jobs]
+        for jid, at in sorted(_demo.CANCELS.items(), key=lambda kv: kv[1]):
+            delay = at - (time.monotonic_ns() - t0) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+            pool.cancel(jid, message="cancelled by the demo")
+        outcomes = [ex.outcome() for ex in execs]
+    console.print(summary_table(outcomes))
+    wrong = [o.id for o in outcomes if (o.status is ExecutionStatus.INTERRUPTED) != (o.id in _demo.CANCELS)]
+    stages = {o.id: o.interrupt.stage.value for o in outcomes if o.interrupt and o.interrupt.stage}
+    console.print(f"finished in {(time.monotonic_ns() - t0) / 1e9:.1f} s; stop stages: "
+                  + ", ".join(f"{k} {v}" for k, v in stages.items()))  # fmt: skip
+    if wrong:
+        console.print(f"[red]unexpected outcome for {', '.join(wrong)}[/]")
+    return EXIT_OK if not wrong else EXIT_FAILED
+
+
+# -- parser ------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pool", description="Run many AI agents at once and stop any one of them on demand.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a built-in batch of simulated agents and stop some of them")
-    demo.add_argument("--workers", type=int, default=6)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def escalation_args(sp):
+        sp.add_argument("--grace", type=_seconds("--grace"), default=5.0, help="seconds from flag to SIGTERM (5)")
+        sp.add_argument("--term-grace", type=_seconds("--term-grace"), default=2.0,
+                        help="seconds from SIGTERM to SIGKILL (2)")  # fmt: skip
+        sp.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+
+    run = sub.add_parser("run", help="run a batch: one execution per JSON line of --inputs")
+    run.add_argument("agent", metavar="MODULE:FUNC")
+    run.add_argument("--inputs", required=True, metavar="FILE", help="JSON Lines, one input per line; - for stdin")
+    run.add_argument("--timeout", type=_seconds("--timeout"), default=None, help="seconds each execution may run")
+    run.add_argument("--out", metavar="FILE", help="write result lines here (default: stdout)")
+    run.add_argument("--name", help="pool name for 'pool status/cancel' (default: the function name)")
+    run.add_argument("--events", action="store_true", help="print every event as it happens")
+    run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    escalation_args(run)
+    run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="show running pools, their workers and executions")
+    st.add_argument("--name", help="only this pool (NAME or NAME@PID)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
+
+    ca = sub.add_parser("cancel", help="stop one execution (or what a worker runs)")
+    ca.add_argument("id", nargs="?", metavar="ID")
+    ca.add_argument("--worker", type=int, metavar="W", help="stop whatever worker W runs")
+    ca.add_argument("--mode", choices=[m.value for m in InterruptMode], default="graceful")
+    ca.add_argument("--reason", metavar="TEXT", help="a reason name (e.g. budget_exceeded) or free text")
+    ca.add_argument("--name", help="the pool (NAME or NAME@PID); needed only when ambiguous")
+    ca.set_defaults(func=cmd_cancel)
+
+    se = sub.add_parser("serve", help="a long-lived pool that takes work from 'pool submit'")
+    se.add_argument("--name", required=True)
+    se.add_argument("--events", action="store_true", help="print every event as it happens")
+    escalation_args(se)
+    se.set_defaults(func=cmd_serve)
+
+    su = sub.add_parser("submit", help="submit one execution to a 'pool serve' pool; prints its id")
+    su.add_argument("name", metavar="NAME")
+    su.add_argument("agent", metavar="MODULE:FUNC")
+    su.add_argument("--input", required=True, metavar="JSON")
+    su.add_argument("--id")
+    su.add_argument("--timeout", type=_seconds("--timeout"), default=None)
+    su.set_defaults(func=cmd_submit)
+
+    wa = sub.add_parser("wait", help="block until an execution ends; print its result line")
+    wa.add_argument("id", metavar="ID")
+    wa.add_argument("--name", help="the pool (NAME or NAME@PID); needed only when ambiguous")
+    wa.add_argument("--timeout", type=_seconds("--timeout"), default=None)
+    wa.set_defaults(func=cmd_wait)
+
+    demo = sub.add_parser("demo", help="the built-in batch of simulated agents, stopped through every stage")
+    demo.add_argument("--workers", type=_positive_int, default=6)
     demo.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like 'python -m': agents in the current directory import
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ValueError, TypeError) as exc:
+    except (CliError, ControlError, ValueError, TypeError) as exc:
         if args.debug:
             raise
         print(f"pool: error: {exc}", file=sys.stderr)

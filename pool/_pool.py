@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import uuid
 import weakref
@@ -33,6 +34,7 @@ import psutil
 from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
 from shared._wire import Channel, Msg, packb
 
+from ._events import Event, EventKind
 from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, WorkerCrashed
 from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
 from ._proc import killpg
@@ -177,7 +179,8 @@ class Pool:
     the default leaves room for replacement workers while killed ones are reaped).
     """
 
-    def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None):
+    def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None,
+                 *, name: str | None = None, on_event: Callable[[Event], Any] | None = None):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -190,8 +193,18 @@ class Pool:
             capacity = 2 * workers + 2
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < workers:
             raise ValueError(f"capacity must be a whole number of at least workers={workers}, got {capacity!r}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be a function taking an Event, got {on_event!r}")
+        if name is not None:
+            from ._control import check_name
+
+            check_name(name)
         self.escalation = escalation
+        self.name = name
         self._workers = workers
+        self._listeners: list[Callable[[Event], Any]] = [on_event] if on_event else []
+        self._event_queues: list = []  # one SimpleQueue per live events() iterator
+        self._control = None
         self._lock = threading.Lock()  # guards sending and _execs/_replies membership
         self._changed = threading.Condition()  # notified by the reader thread when an execution starts or ends
         self._execs: dict[str, Execution] = {}
@@ -230,6 +243,14 @@ class Pool:
         _open_pools.add(self)
         self._reader = threading.Thread(target=self._read_loop, name=f"pool-reader-{pid}", daemon=True)
         self._reader.start()
+        if name is not None:
+            from ._control import ControlServer
+
+            try:
+                self._control = ControlServer(self, name)
+            except BaseException:
+                self.shutdown(wait=True, cancel=InterruptMode.KILL)
+                raise
 
     # -- context manager ---------------------------------------------------
 
@@ -276,9 +297,12 @@ class Pool:
             if (old is not None and not old.done()) or id in seen:
                 raise ValueError(f"execution id {id!r} is already in use by a live execution; pick another id")
             seen.add(id)
+        watched = self._watched
         for item in items:
             ex = self._execs[item[0]] = Execution(self, item[0])
             execs.append(ex)
+            if watched:
+                self._emit(Event.model_construct(kind=EventKind.SUBMITTED, mono_ns=time.monotonic_ns(), execution_id=ex.id))
         for i in range(0, len(items), _SUBMIT_BATCH):
             self._send([Msg.SUBMIT, items[i : i + _SUBMIT_BATCH]])
         return execs
@@ -296,17 +320,22 @@ class Pool:
             self._check_open()
             return self._register([item])[0]
 
+    def _submit_batch(self, fn: Callable | str, items: list[tuple[str | None, Any]], timeout: float | None = None
+                      ) -> list[Execution]:  # fmt: skip
+        """Submit (id, input) pairs in as few frames as possible; all or none."""
+        self._check_open()
+        prepared = [self._prepare(fn, x, id, timeout, None) for id, x in items]
+        with self._lock:
+            self._check_open()
+            return self._register(prepared)
+
     def map(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None) -> list:
         """Run ``fn`` over ``inputs``; return the values in input order.
 
         ``timeout`` is per execution, as in :meth:`submit`. The first execution (in
         input order) that does not complete raises its error, after the rest were cancelled.
         """
-        self._check_open()
-        items = [self._prepare(fn, x, None, timeout, None) for x in inputs]
-        with self._lock:
-            self._check_open()
-            execs = self._register(items)
+        execs = self._submit_batch(fn, [(None, x) for x in inputs], timeout)
         try:
             return [ex.result() for ex in execs]
         except BaseException:
@@ -377,6 +406,10 @@ class Pool:
         except KeyError:
             raise KeyError(f"no execution with id {id!r} was submitted to this pool") from None
 
+    def _live_rows(self) -> list[list]:
+        """[id, status code, worker id, elapsed s, stage] of every live execution, from the supervisor."""
+        return self._call(lambda req: [Msg.QUERY, req, "executions"])
+
     def _check_open_or_draining(self) -> None:
         if self._broken:
             raise PoolBroken(self._broken)
@@ -384,6 +417,19 @@ class Pool:
             raise PoolClosed("this pool was shut down")
 
     # -- shutting down ---------------------------------------------------------
+
+    def cancel_all(self, mode: InterruptMode | str = InterruptMode.GRACEFUL,
+                   reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
+                   source: InterruptSource | str = InterruptSource.USER) -> None:  # fmt: skip
+        """Stop every queued and running execution (idempotent; only escalates)."""
+        mode = _parse(InterruptMode, mode, "mode")
+        reason = _parse(InterruptReason, reason, "reason")
+        source = _parse(InterruptSource, source, "source")
+        with self._lock:
+            try:
+                self._send([Msg.CANCEL_ALL, mode.code, reason.code, source.code, message])
+            except PoolBroken:
+                pass  # nothing left to stop: the reader thread settles every execution
 
     def shutdown(self, wait: bool = True, cancel: bool | InterruptMode | str = False) -> None:
         """Take no more work; with ``cancel`` stop everything queued or running
@@ -397,7 +443,7 @@ class Pool:
             self._closed = True
             try:
                 if first or mode:
-                    self._send([Msg.SHUTDOWN, mode])
+                    self._send([Msg.SHUTDOWN, mode, InterruptReason.SHUTDOWN.code, InterruptSource.USER.code])
             except (PoolBroken, OSError):
                 pass  # already gone: the reader thread has settled everything
         if wait and threading.current_thread() is not self._reader:
@@ -439,6 +485,9 @@ class Pool:
                             ex._worker_id = msg[2]
                             ex._status = ExecutionStatus.RUNNING
                             self._changed.notify_all()
+                        if self._watched:
+                            self._emit(Event.model_construct(kind=EventKind.STARTED, mono_ns=time.monotonic_ns(),
+                                                             execution_id=msg[1], worker_id=msg[2], pid=msg[3]))  # fmt: skip
                 elif kind == Msg.CANCELLING:
                     ex = self._execs.get(msg[1])
                     if ex is not None and not ex.done():
@@ -449,12 +498,49 @@ class Pool:
                         fut.set_result(msg[2])
                 elif kind == Msg.WORKER:
                     self._worker_procs[msg[1]] = (msg[2], msg[3])
+                elif kind == Msg.EVENT:
+                    if self._watched:
+                        self._emit(Event.from_wire(*msg[1:]))
                 elif kind == Msg.GONE:
                     clean = True
         except OSError:
             pass  # the socket broke: treated as the supervisor being gone
         finally:
             self._on_supervisor_gone(clean)
+
+    @property
+    def _watched(self) -> bool:
+        return bool(self._listeners or self._event_queues)
+
+    def _emit(self, event: Event) -> None:
+        for q in list(self._event_queues):
+            q.put(event)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop result delivery
+                traceback.print_exc()
+
+    def events(self) -> Iterator[Event]:
+        """Iterate over events from now on until the pool has shut down."""
+        import queue
+
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        with self._lock:
+            if not self._reader.is_alive():
+                return
+            self._event_queues.append(q)
+        try:
+            while True:
+                ev = q.get()
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            try:
+                self._event_queues.remove(q)
+            except ValueError:
+                pass
 
     def _on_ended(self, id: str, d: dict, value: bytes | None) -> None:
         ex = self._execs.get(id)
@@ -477,6 +563,13 @@ class Pool:
             ex._worker_id = out.worker_id if out.worker_id is not None else ex._worker_id
             ex._future.set_result(out)
             self._changed.notify_all()
+        if self._watched:
+            i = out.interrupt
+            self._emit(Event.model_construct(
+                kind=EventKind.ENDED, mono_ns=time.monotonic_ns(), execution_id=ex.id, worker_id=out.worker_id,
+                pid=out.pid, status=out.status, stage=i.stage if i else None, mode=i.mode if i else None,
+                reason=i.reason if i else None, message=out.error.message if out.error else None,
+            ))  # fmt: skip
 
     def _on_supervisor_gone(self, clean: bool) -> None:
         how = ""
@@ -514,6 +607,10 @@ class Pool:
         for fut in list(self._replies.values()):
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
         self._replies.clear()
+        for q in list(self._event_queues):
+            q.put(None)  # ends each events() iterator
+        if self._control is not None:
+            self._control.close()
 
 
 @atexit.register

@@ -11,9 +11,10 @@ import signal
 
 import psutil
 
-__all__ = ("set_pdeathsig", "set_child_subreaper", "kill_tree", "killpg")
+__all__ = ("set_pdeathsig", "set_child_subreaper", "set_name", "kill_tree", "killpg")
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -22,6 +23,11 @@ def _prctl(option: int, arg: int) -> None:
     if _libc.prctl(option, arg, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}, {arg}) failed: {os.strerror(err)}")
+
+
+def set_name(name: str) -> None:
+    """Name this process (as ps, top and psutil's name() show it); at most 15 bytes."""
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:

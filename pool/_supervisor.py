@@ -45,7 +45,7 @@ import psutil
 from shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason, InterruptSource, Stage
 from shared._wire import Channel, Msg
 
-from ._proc import kill_tree, killpg, set_child_subreaper
+from ._proc import kill_tree, killpg, set_child_subreaper, set_name
 from ._worker import worker_main
 
 __all__ = ("supervisor_main",)
@@ -133,6 +133,10 @@ class Supervisor:
             self.client.queue(msg)
             self.dirty.add(self.client)
 
+    def _event(self, kind: str, ex: "_Exec | None", w: "_Worker | None", mono_ns: int | None = None, **data) -> None:
+        self._send_client([Msg.EVENT, kind, ex.id if ex else None, w.id if w else None,
+                           mono_ns or time.monotonic_ns(), data or None])  # fmt: skip
+
     def _send_worker(self, w: _Worker, msg: list, now: bool = False) -> None:
         w.chan.queue(msg)
         if now:
@@ -195,7 +199,7 @@ class Supervisor:
         if signal.SIGCHLD in data:
             self._reap()
         if signal.SIGTERM in data or signal.SIGHUP in data:
-            self._begin_shutdown(InterruptMode.GRACEFUL, InterruptSource.SIGNAL)
+            self._begin_shutdown(InterruptMode.GRACEFUL.code, InterruptSource.SIGNAL)
 
     # -- client ------------------------------------------------------------
 
@@ -209,7 +213,7 @@ class Supervisor:
             self.client_gone = True
             self.sel.unregister(self.client.sock)
             self.client.close()
-            self._begin_shutdown(InterruptMode.GRACEFUL, InterruptSource.SYSTEM)
+            self._begin_shutdown(InterruptMode.GRACEFUL.code, InterruptSource.SYSTEM)
             return
         for msg in msgs:
             self._handle_client(msg)
@@ -236,7 +240,12 @@ class Supervisor:
         elif kind == Msg.QUERY:
             self._send_client([Msg.REPLY, msg[1], self._query(msg[2])])
         elif kind == Msg.SHUTDOWN:
-            self._begin_shutdown(msg[1] or None, InterruptSource.USER)
+            _, mode, reason, source = msg
+            self._begin_shutdown(mode or None, InterruptSource.from_code(source), InterruptReason.from_code(reason))
+        elif kind == Msg.CANCEL_ALL:
+            _, mode, reason, source, message = msg
+            for ex in list(self.execs.values()):
+                self._escalate(ex, mode, reason, source, message)
 
     def _query(self, what: str):
         if what == "workers":
@@ -245,16 +254,26 @@ class Supervisor:
             now = time.monotonic_ns()
             return [
                 [ex.id, ex.status.code, ex.worker.id if ex.worker else None,
-                 (now - ex.started_ns) / 1e9 if ex.started_ns else None, ex.mode]
+                 (now - ex.started_ns) / 1e9 if ex.started_ns else None, self._live_stage(ex)]
                 for ex in self.execs.values()
             ]  # fmt: skip
         return None
 
-    def _begin_shutdown(self, cancel_mode: int | None, source: InterruptSource) -> None:
+    @staticmethod
+    def _live_stage(ex: _Exec) -> str | None:
+        """The furthest stop stage reached so far by a live execution."""
+        if ex.sigkill_ns:
+            return "sigkill"
+        if ex.sigterm_ns:
+            return "sigterm"
+        return "flag" if ex.mode else None
+
+    def _begin_shutdown(self, cancel_mode: int | None, source: InterruptSource,  # cancel_mode: a wire code
+                        reason: InterruptReason = InterruptReason.SHUTDOWN) -> None:  # fmt: skip
         self.stopping = True
         if cancel_mode:
             for ex in list(self.execs.values()):
-                self._escalate(ex, int(cancel_mode), InterruptReason.SHUTDOWN.code, source.code, "the pool is shutting down")
+                self._escalate(ex, int(cancel_mode), reason.code, source.code, "the pool is shutting down")
 
     def _maybe_retire_idle(self) -> None:
         if self.stopping and not self.execs:
@@ -299,6 +318,7 @@ class Supervisor:
         self.by_pid[pid] = w
         self.sel.register(ours, selectors.EVENT_READ, lambda key, mask, w=w: self._on_worker(w, mask))
         self._send_client([Msg.WORKER, wid, pid, create_time])
+        self._event("worker_started", None, w, pid=pid)
 
     def _fds(self) -> list[int]:
         """Descriptors a freshly forked worker must close: holding the client
@@ -331,13 +351,20 @@ class Supervisor:
             if w.state == "starting":
                 w.state = "idle"
                 self.idle.append(w)
+        elif kind == Msg.OBSERVED:
+            ex = w.exec
+            if ex is not None and ex.id == msg[1] and not ex.observed_ns:
+                ex.observed_ns = msg[2]
+                self._event("observed", ex, w, msg[2])
         elif kind == Msg.RESULT:
             _, id, status, value, error, stage, observed_ns = msg
             ex = w.exec
             if ex is None or ex.id != id:
                 return
             w.exec = None
-            ex.observed_ns = observed_ns or None
+            if observed_ns and not ex.observed_ns:
+                ex.observed_ns = observed_ns
+                self._event("observed", ex, w, observed_ns)
             stage = Stage.from_code(stage) if stage is not None else None
             if w.state == "stopping" or stage is Stage.SIGTERM:
                 w.state = "stopping"  # it was signalled: it exits, and keeps its slot until reaped
@@ -382,6 +409,7 @@ class Supervisor:
         now = time.monotonic_ns()
         if ex.status is ExecutionStatus.QUEUED:
             ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns = mode, reason, source, message, now
+            self._event("requested", ex, None, now, mode=mode, reason=reason, message=message)
             self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
             return True
         if ex.status not in _LIVE:
@@ -393,6 +421,9 @@ class Supervisor:
             ex.reason, ex.source, ex.message, ex.requested_ns = reason, source, message, now
             ex.status = ExecutionStatus.CANCELLING
             self._send_client([Msg.CANCELLING, ex.id])
+            self._event("requested", ex, w, now, mode=mode, reason=reason, message=message)
+        else:
+            self._event("escalated", ex, w, now, mode=mode)
         ex.mode = mode
         # Details (and the doorbell for ctx.sleep) go out before the flag, so an
         # agent that sees the flag finds them already in its socket.
@@ -418,6 +449,7 @@ class Supervisor:
         except ProcessLookupError:
             pass  # it exited on its own just now; reaping settles the execution
         ex.sigterm_ns = time.monotonic_ns()
+        self._event("sigterm", ex, w, ex.sigterm_ns, late_ms=(ex.sigterm_ns - ex.sigterm_deadline_ns) / 1e6)
         w.state = "stopping"
         ex.sigkill_deadline_ns = ex.sigterm_ns + int(ex.term_grace * 1e9)
         w.kill_timer = self._at(ex.term_grace, self._sigkill, w)  # bound to the worker: fires even if it answers
@@ -425,17 +457,17 @@ class Supervisor:
     def _sigkill(self, w: _Worker) -> None:
         if w.killed or w.pid not in self.by_pid:
             return
-        try:
-            procs = [psutil.Process(w.pid)]
-        except psutil.Error:
-            procs = []  # already exited: its group is swept when reaped
-        # Descendants that left the process group (setsid) first, then the group itself.
-        kill_tree(procs)
+        now = time.monotonic_ns()
         killpg(w.pid)  # the worker is unreaped, so its pid (= pgid) cannot have been reused
+        # Descendants that left the group (setsid) re-parent to us, the subreaper, as
+        # their parents die; _sweep_orphans kills them when we reap.
         w.killed = True
         w.state = "stopping"
-        if w.exec is not None and w.exec.status in _LIVE:
-            w.exec.sigkill_ns = time.monotonic_ns()
+        ex = w.exec if w.exec is not None and w.exec.status in _LIVE else None
+        if ex is not None:
+            ex.sigkill_ns = now
+        late = (now - ex.sigkill_deadline_ns) / 1e6 if ex is not None and ex.sigkill_deadline_ns else None
+        self._event("sigkill", ex, w, now, pid=w.pid, late_ms=late)
 
     # -- reaping -----------------------------------------------------------
 
@@ -453,6 +485,7 @@ class Supervisor:
                     os.waitpid(info.si_pid, 0)  # an adopted orphan
                 except ChildProcessError:
                     pass
+                self._sweep_orphans()  # its own children have just been re-parented to us
                 continue
             self._worker_exited(w, info)
 
@@ -480,6 +513,8 @@ class Supervisor:
             w.kill_timer.cancelled = True
         exit_code = info.si_status if info.si_code == os.CLD_EXITED else None
         signo = info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else None
+        self._event("worker_exited", None, w, pid=w.pid,
+                    message=f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name}")  # fmt: skip
         ex = w.exec
         if ex is not None and ex.status in _LIVE:
             w.exec = None
@@ -550,6 +585,7 @@ def supervisor_main(client: socket.socket, workers: int, capacity: int, grace: f
     """Entry point in the freshly forked supervisor process; returns when it is done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C belongs to the user process
     set_child_subreaper()
+    set_name("pool-supervisor")
     sup = Supervisor(client, workers, capacity, grace, term_grace)
     signal.set_wakeup_fd(sup.wake_w, warn_on_full_buffer=False)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):

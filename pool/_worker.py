@@ -25,7 +25,7 @@ import traceback
 from shared import Context, ExecutionStatus, Interrupted, Stage
 from shared._wire import Channel, Msg
 
-from ._proc import set_pdeathsig
+from ._proc import set_name, set_pdeathsig
 
 __all__ = ("worker_main",)
 
@@ -42,8 +42,8 @@ def _on_sigterm(signum, frame):
     if _idle:
         os._exit(0)
     if _armed:
-        _current._observe()
         _armed = False  # raise once; a second SIGTERM must not hit the agent's finally
+        _current._observe()
         raise Interrupted("worker received SIGTERM", stage=Stage.SIGTERM)
 
 
@@ -60,6 +60,7 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int) -> No
     global _idle
     os.setpgid(0, 0)  # own process group: SIGKILL reaches tools the agent starts
     set_pdeathsig(signal.SIGKILL)
+    set_name(f"pool-worker-{worker_id}")
     if os.getppid() != supervisor_pid:  # it died before prctl took effect
         os._exit(1)
     signal.set_wakeup_fd(-1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import select
+import signal
 import time
 
 from ._flags import OBSERVED_NS, PENDING, REASON, REQUESTED_NS
@@ -18,6 +19,8 @@ from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted
 from ._wire import Msg
 
 __all__ = ("Context", "InterruptRequest")
+
+_SIGTERM = {signal.SIGTERM}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +115,19 @@ class Context:
                 self._pending.append(msg)
 
     def _observe(self) -> None:
+        """Stamp the first sight of the request in the slot and tell the supervisor
+        (for the live event stream). SIGTERM is blocked around the send: its handler
+        raises, and a frame cut in half would corrupt the channel."""
         slot_observed = self._ctl + OBSERVED_NS
         if self._words[slot_observed] == 0:
-            self._words[slot_observed] = time.monotonic_ns()
+            now = self._words[slot_observed] = time.monotonic_ns()
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
+            try:
+                self._chan.send([Msg.OBSERVED, self.execution_id, now])
+            except OSError:
+                pass  # the supervisor is gone; PDEATHSIG ends us
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _stop(self, stage: Stage) -> None:
         word = self._words[self._ctl]

@@ -25,7 +25,8 @@ class Msg:
     CANCEL = 2  # [CANCEL, req, id, mode, reason, source, message]
     CANCEL_WORKER = 3  # [CANCEL_WORKER, req, worker_id, mode, reason, source, message]
     QUERY = 4  # [QUERY, req, what]
-    SHUTDOWN = 5  # [SHUTDOWN, cancel_mode_code or 0]
+    SHUTDOWN = 5  # [SHUTDOWN, cancel_mode_code or 0, reason, source]
+    CANCEL_ALL = 6  # [CANCEL_ALL, mode, reason, source, message]
     # supervisor → user
     STARTED = 10  # [STARTED, id, worker_id, pid, started_wall_ns]
     ENDED = 11  # [ENDED, id, result dict, value bytes | None]
@@ -33,6 +34,7 @@ class Msg:
     WORKER = 13  # [WORKER, worker_id, pid, create_time]
     CANCELLING = 14  # [CANCELLING, id]
     GONE = 15  # [GONE]: clean exit, nothing more will come
+    EVENT = 16  # [EVENT, kind, id, worker_id, mono_ns, data]
     # supervisor → worker
     TASK = 20  # [TASK, id, control_index, armed, module, qualname, input]
     INTERRUPT = 21  # [INTERRUPT, id, armed, mode, reason, source, message, requested_ns]
@@ -40,6 +42,7 @@ class Msg:
     # worker → supervisor
     READY = 30  # [READY, pid]
     RESULT = 31  # [RESULT, id, status, value, error, stage, observed_ns]
+    OBSERVED = 32  # [OBSERVED, id, observed_ns]: first sight of a stop request
 
 
 packb = msgpack.Packer(use_bin_type=True).pack

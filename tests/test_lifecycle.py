@@ -73,3 +73,23 @@ def test_public_names_match_all():
     assert issubclass(pool.Interrupted, BaseException) and not issubclass(pool.Interrupted, Exception)
     assert issubclass(pool.ExecutionInterrupted, pool.PoolError)
     assert issubclass(pool.ExecutionFailed, pool.PoolError) and issubclass(pool.WorkerCrashed, pool.PoolError)
+
+
+def test_sigterm_to_the_supervisor_stops_everything_gracefully_and_reports_each_execution():
+    from pool import Escalation, ExecutionStatus, InterruptReason, InterruptSource, Pool, Stage
+    from tests import agents
+
+    p = Pool(workers=2, escalation=Escalation(grace=0.2, term_grace=0.2))
+    running = p.submit(agents.check_forever, None)
+    p.submit(agents.check_forever, None).wait_started(timeout=10)
+    running.wait_started(timeout=10)
+    queued = [p.submit(agents.identity, i) for i in range(3)]  # both workers are busy
+    assert psutil.Process(p.supervisor_pid).name() == "pool-supervisor"
+    os.kill(p.supervisor_pid, signal.SIGTERM)
+    out = running.outcome(timeout=10)
+    assert out.status is ExecutionStatus.INTERRUPTED and out.interrupt.stage is Stage.FLAG
+    assert (out.interrupt.reason, out.interrupt.source) == (InterruptReason.SHUTDOWN, InterruptSource.SIGNAL)
+    for ex in queued:
+        assert ex.outcome(timeout=10).interrupt.stage is Stage.QUEUED
+    p.shutdown(wait=True)  # the supervisor has exited cleanly: nothing is broken
+    assert p._broken is None
