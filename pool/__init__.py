@@ -16,6 +16,7 @@ from shared import (
     Stage,
 )
 
+from ._events import Event, EventKind
 from ._exceptions import (
     ExecutionError,
     ExecutionFailed,
@@ -34,6 +35,8 @@ __all__ = (
     "Context",
     "ErrorInfo",
     "Escalation",
+    "Event",
+    "EventKind",
     "Execution",
     "ExecutionError",
     "ExecutionFailed",

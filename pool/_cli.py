@@ -386,7 +386,11 @@ def cmd_submit(args) -> int:
 
 def cmd_wait(args) -> int:
     addr = find_execution(args.id, args.name)
-    reply = request(addr, {"op": "wait", "id": args.id, "timeout": args.timeout}, timeout=None)
+
+    def connected():
+        print(f"waiting for execution {args.id!r} in pool {addr!r}", file=sys.stderr, flush=True)
+
+    reply = request(addr, {"op": "wait", "id": args.id, "timeout": args.timeout}, timeout=None, on_connected=connected)
     print(json.dumps(reply["result"]))
     return EXIT_OK if reply["result"]["status"] == "completed" else EXIT_FAILED
 
@@ -421,10 +425,17 @@ def cmd_demo(args) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """One-line usage errors, like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pool", description="Run many AI agents at once and stop any one of them on demand.")
+    p = _Parser(prog="pool", description="Run many AI agents at once and stop any one of them on demand.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def escalation_args(sp):
         sp.add_argument("--grace", type=_seconds("--grace"), default=5.0, help="seconds from flag to SIGTERM (5)")

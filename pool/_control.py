@@ -123,13 +123,24 @@ class ControlServer:
             os.umask(old)
         self.sock.listen(64)
         self._closed = False
+        self._handlers: set[threading.Thread] = set()  # requests in flight; close() lets them answer
         self._thread = threading.Thread(target=self._accept_loop, name=f"pool-control-{name}", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop listening, then give requests in flight (a 'wait' whose execution has
+        just ended) up to ``timeout`` seconds to send their answers."""
         if self._closed:
             return
         self._closed = True
+        self.sock.setblocking(False)
+        while True:  # answer connections already queued in the backlog rather than reset them
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                break
+            conn.setblocking(True)
+            self._admit(conn)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
         except OSError:
@@ -139,6 +150,9 @@ class ControlServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
+        for t in list(self._handlers):
+            if t is not threading.current_thread():
+                t.join(timeout)
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -146,16 +160,22 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
-            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            if uid != os.getuid():
-                try:
-                    Channel(conn).send({"error": f"refused: process {pid} of uid {uid} may not control a pool of "
-                                                 f"uid {os.getuid()}"})  # fmt: skip
-                except OSError:
-                    pass
-                conn.close()
-                continue
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        """Check the peer's uid, then answer its request on a thread of its own."""
+        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid():
+            try:
+                Channel(conn).send({"error": f"refused: process {pid} of uid {uid} may not control a pool of "
+                                             f"uid {os.getuid()}"})  # fmt: skip
+            except OSError:
+                pass  # it hung up first
+            conn.close()
+            return
+        t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+        self._handlers.add(t)
+        t.start()
 
     def _handle(self, conn: socket.socket) -> None:
         chan = Channel(conn)
@@ -172,6 +192,7 @@ class ControlServer:
             pass  # the client went away
         finally:
             conn.close()
+            self._handlers.discard(threading.current_thread())
 
     def _dispatch(self, req: dict) -> dict:
         pool, op = self.pool, req.get("op")
@@ -300,13 +321,19 @@ def find_pool(name: str | None) -> PoolAddress:
     return matches[0]
 
 
-def request(addr: PoolAddress, req: dict, timeout: float | None = 10.0) -> Any:
+def request(addr: PoolAddress, req: dict, timeout: float | None = 10.0, on_connected=None) -> Any:
+    """Send one request and return the reply; ``on_connected()`` runs once the pool has the connection."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(str(addr.path))
+        if on_connected is not None:
+            on_connected()
         chan = Channel(sock)
-        chan.send(req)
+        try:
+            chan.send(req)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before reading our request: its answer is still there to read
         reply = chan.recv()
     except (ConnectionRefusedError, FileNotFoundError):
         raise ControlError(f"pool {addr!r} is not answering (it may just have exited)") from None

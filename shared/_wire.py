@@ -124,6 +124,8 @@ class Channel:
 
     def flush(self) -> bool:
         """Write as much queued output as the socket takes; True when all is out."""
+        if self.closed:
+            return True
         out = self._out
         while out:
             if len(out) > 1:
@@ -146,4 +148,5 @@ class Channel:
 
     def close(self) -> None:
         self.closed = True
+        self._out.clear()  # nothing can be delivered any more
         self.sock.close()

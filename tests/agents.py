@@ -124,3 +124,18 @@ def sleep_and_time(ctx, seconds):
     except Interrupted:
         return {"slept_ns": time.monotonic_ns() - t0, "t0": t0}
     return None
+
+
+def cli_job(ctx, item):
+    """For CLI batches: item fields say what to do. 'marker': write our pid there on start;
+    'wait': sleep that long through ctx.sleep (stops at once when asked); 'spin': never check."""
+    if item.get("marker"):
+        Path(item["marker"]).write_text(str(os.getpid()))
+    if item.get("spin"):
+        while True:
+            pass
+    if item.get("wait"):
+        ctx.sleep(item["wait"])
+    if item.get("fail"):
+        raise RuntimeError(item["fail"])
+    return item.get("value")
