@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import bench_core
+from . import bench_checkpoint, bench_core
 
 SECTIONS = {
     "check": bench_core.check_overhead,
     "latency": bench_core.cooperative_latency,
+    "checkpoint": bench_checkpoint.checkpoint_cost,
 }
 
 

@@ -103,3 +103,58 @@ def agent_step(ctx, params: dict) -> dict:
         out["without"].append(_loop_ns(without, steps))
         out["with"].append(_loop_ns(with_check, steps))
     return out
+
+
+def agent_state(size: int = 7000) -> dict:
+    """A ~6 KB agent state: a conversation, tool results and counters."""
+    msgs = []
+    i = 0
+    while len(str(msgs)) < size - 300:
+        msgs.append({"role": "assistant" if i % 2 else "user", "content": f"message {i} " + "lorem ipsum " * 8,
+                     "tool_calls": [{"name": "search", "args": {"q": f"query {i}"}}] if i % 3 == 0 else []})  # fmt: skip
+        i += 1
+    return {"messages": msgs, "step": i, "budget": {"tokens": 12345, "usd": 0.42}, "done": list(range(20))}
+
+
+def measure_checkpoint(ctx, params: dict) -> dict:
+    """Floor (encode + durable write by hand) against ctx.checkpoint, interleaved, in this worker."""
+    import os
+    import tempfile
+
+    import msgpack
+
+    state = agent_state()
+    floor_dir = tempfile.mkdtemp(prefix="ckpt-floor-", dir=params["dir"])
+    out = {"floor": [], "checkpoint": [], "checkpoint_nondurable": [], "floor_nondurable": [],
+           "bytes": len(msgpack.packb(state))}  # fmt: skip
+
+    def floor(durable: bool, n: int) -> None:
+        data = msgpack.packb(state, use_bin_type=True)
+        tmp = os.path.join(floor_dir, f".tmp-{n}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, os.path.join(floor_dir, f"ckpt-{n % 3}"))
+        if durable:
+            dfd = os.open(floor_dir, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(dfd)
+            os.close(dfd)
+
+    for n in range(params["n"]):
+        state["step"] = n  # a new state each time, as an agent's would be
+        t = time.perf_counter_ns()
+        floor(True, n)
+        out["floor"].append((time.perf_counter_ns() - t) / 1e3)
+        t = time.perf_counter_ns()
+        ctx.checkpoint(state)
+        out["checkpoint"].append((time.perf_counter_ns() - t) / 1e3)
+        state["step"] = n + 0.5  # differs from the one just saved, or checkpoint() would skip it
+        t = time.perf_counter_ns()
+        floor(False, n)
+        out["floor_nondurable"].append((time.perf_counter_ns() - t) / 1e3)
+        t = time.perf_counter_ns()
+        ctx.checkpoint(state, durable=False)
+        out["checkpoint_nondurable"].append((time.perf_counter_ns() - t) / 1e3)
+    return out

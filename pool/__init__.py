@@ -6,6 +6,7 @@ Public surface (everything else is private)::
 """
 
 from shared import (
+    CheckpointError,
     Context,
     ExecutionStatus,
     InterruptMode,
@@ -26,12 +27,14 @@ from ._exceptions import (
     PoolError,
     WorkerCrashed,
 )
-from ._models import ErrorInfo, Escalation, ExecutionInfo, ExecutionResult, InterruptInfo, WorkerInfo
+from ._models import CheckpointRef, ErrorInfo, Escalation, ExecutionInfo, ExecutionResult, InterruptInfo, WorkerInfo
 from ._pool import Execution, Pool
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "CheckpointError",
+    "CheckpointRef",
     "Context",
     "ErrorInfo",
     "Escalation",

@@ -221,24 +221,59 @@ class _CtrlC:
 # -- commands --------------------------------------------------------------------------
 
 
+def _completed_ids(out_path: str) -> set[str]:
+    """Ids whose newest line in an earlier --out file says completed. A last line cut
+    short by a crash is ignored (that execution simply runs again)."""
+    status: dict[str, str] = {}
+    try:
+        lines = Path(out_path).read_text().splitlines()
+    except FileNotFoundError:
+        return set()
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            status[str(row["id"])] = row["status"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if n != len(lines):
+                raise CliError(f"{out_path} line {n} is not a result line; --resume reads the --out file of an "
+                               "earlier run") from None  # fmt: skip
+    return {i for i, st in status.items() if st == "completed"}
+
+
 def cmd_run(args) -> int:
     agent = resolve_agent(args.agent)
     items = read_inputs(args.inputs)
+    skipped = 0
+    if args.resume:
+        if not args.out:
+            raise CliError("--resume needs --out FILE: it skips the executions that file records as completed")
+        done = _completed_ids(args.out)
+        skipped = sum(1 for i, _ in items if i in done)
+        items = [(i, x) for i, x in items if i not in done]
     escalation = Escalation(grace=args.grace, term_grace=args.term_grace)
     if args.timeout is not None and args.timeout <= 0:
         raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
-    out_file = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
     console = _err_console()
+    if args.resume:
+        from shared._checkpoint import CheckpointStore
+
+        saved = sum(1 for i, _ in items if CheckpointStore(args.checkpoint_dir, i).sequence_numbers())
+        console.print(f"resuming: {skipped} completed (skipped), {saved} resume from checkpoints, "
+                      f"{len(items) - saved} start fresh")  # fmt: skip
+        if not items:
+            return EXIT_OK
+    out_file = open(args.out, "a" if args.resume else "w") if args.out else sys.stdout  # noqa: SIM115
     ctrl_c = _CtrlC(console)
     previous = signal.signal(signal.SIGINT, ctrl_c)
     t0 = time.monotonic_ns()
     name = args.name or agent.partition(":")[2].replace(".", "-")
     printer = EventPrinter(console, t0) if args.events else None
     try:
-        with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer) as pool:
+        with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer,
+                  checkpoint_dir=args.checkpoint_dir) as pool:  # fmt: skip
             ctrl_c.pool = pool
             done: queue.SimpleQueue = queue.SimpleQueue()
-            execs = pool._submit_batch(agent, items, args.timeout)
+            execs = pool._submit_batch(agent, items, args.timeout, resume=args.resume)
             for ex in execs:
                 ex.add_done_callback(done.put)
             outcomes = []
@@ -395,6 +430,68 @@ def cmd_wait(args) -> int:
     return EXIT_OK if reply["result"]["status"] == "completed" else EXIT_FAILED
 
 
+def cmd_checkpoints(args) -> int:
+    from shared._checkpoint import CheckpointError, CheckpointStore, list_ids, read_file
+
+    root = Path(args.dir)
+    if args.action == "list":
+        ids = [args.id] if args.id else list_ids(root)
+        rows = []
+        for i in ids:
+            for info in CheckpointStore(root, i).list():
+                rows.append({"id": i, "seq": info.seq, "size": info.size, "time": info.time, "path": info.path})
+                if not args.id:
+                    break  # the newest of each id; 'list ID' shows all of one
+        if args.id and not rows:
+            raise CliError(f"execution {args.id!r} has no checkpoints in {root}")
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return EXIT_OK
+        if not rows:
+            print(f"no checkpoints in {root}")
+            return EXIT_OK
+        t = Table("execution", "seq", "size", "saved", "path", title=f"checkpoints in {root}", title_justify="left")
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+            t.add_row(r["id"], str(r["seq"]), f"{r['size']} B", when, r["path"])
+        Console(highlight=False).print(t)
+        return EXIT_OK
+    store = CheckpointStore(root, args.id)
+    seqs = store.sequence_numbers()
+    if not seqs:
+        raise CliError(f"execution {args.id!r} has no checkpoints in {root}")
+    seq = args.seq if args.seq is not None else seqs[0]
+    if seq not in seqs:
+        raise CliError(f"execution {args.id!r} has no checkpoint {seq}; it has {', '.join(map(str, seqs))}")
+    try:
+        seq, exec_id, wall, state = read_file(store.path(seq))
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"id": exec_id, "seq": seq, "time": wall, "state": state}, indent=2, default=_json_default))
+        return EXIT_OK
+    from rich.pretty import Pretty
+
+    c = Console(highlight=False)
+    c.print(f"[bold]{exec_id}[/] checkpoint {seq}, saved {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(wall))}")
+    c.print(Pretty(state))
+    return EXIT_OK
+
+
+def _json_default(obj):
+    """Checkpoint types JSON lacks: bytes as text if they are, else hex; the rest as str."""
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        try:
+            return obj.decode()
+        except UnicodeDecodeError:
+            return obj.hex()
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    return str(obj)
+
+
 def cmd_demo(args) -> int:
     from . import _demo
 
@@ -451,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="pool name for 'pool status/cancel' (default: the function name)")
     run.add_argument("--events", action="store_true", help="print every event as it happens")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    run.add_argument("--resume", action="store_true",
+                     help="skip what --out records as completed; resume the rest from their checkpoints")  # fmt: skip
+    run.add_argument("--checkpoint-dir", default=".pool/checkpoints", help="where checkpoints live (.pool/checkpoints)")
     escalation_args(run)
     run.set_defaults(func=cmd_run)
 
@@ -486,6 +586,18 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--name", help="the pool (NAME or NAME@PID); needed only when ambiguous")
     wa.add_argument("--timeout", type=_seconds("--timeout"), default=None)
     wa.set_defaults(func=cmd_wait)
+
+    ck = sub.add_parser("checkpoints", help="list or show saved checkpoints")
+    ck_sub = ck.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    ck_list = ck_sub.add_parser("list", help="every execution with checkpoints (or every checkpoint of ID)")
+    ck_list.add_argument("id", nargs="?", metavar="ID")
+    ck_show = ck_sub.add_parser("show", help="the saved state of ID's newest checkpoint (or --seq N)")
+    ck_show.add_argument("id", metavar="ID")
+    ck_show.add_argument("--seq", type=int)
+    for sp in (ck_list, ck_show):
+        sp.add_argument("--dir", default=".pool/checkpoints", help="the checkpoint directory (.pool/checkpoints)")
+        sp.add_argument("--json", action="store_true")
+    ck.set_defaults(func=cmd_checkpoints)
 
     demo = sub.add_parser("demo", help="the built-in batch of simulated agents, stopped through every stage")
     demo.add_argument("--workers", type=_positive_int, default=6)

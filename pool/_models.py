@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 
 from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage
 
-__all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo")
+__all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo", "CheckpointRef")
 
 
 class Escalation(BaseModel):
@@ -89,6 +89,24 @@ class InterruptInfo(BaseModel):
         return _ns_to_s(self.requested_ns, self.ended_ns)
 
 
+class CheckpointRef(BaseModel):
+    """One checkpoint file of an execution."""
+
+    seq: int
+    path: str
+    size: int
+    """Bytes on disk, header included."""
+    time: _dt.datetime
+
+    @classmethod
+    def from_wire(cls, w: list | None) -> "CheckpointRef | None":
+        if not w:
+            return None
+        seq, path, size, wall = w
+        return cls.model_construct(seq=seq, path=path, size=size,
+                                   time=_dt.datetime.fromtimestamp(wall, tz=_dt.timezone.utc))  # fmt: skip
+
+
 class ExecutionResult(BaseModel):
     """How one execution ended: exactly one per submitted execution."""
 
@@ -105,6 +123,12 @@ class ExecutionResult(BaseModel):
     """Signal number that killed the worker (CRASHED, or INTERRUPTED at stage sigkill)."""
     started_at: _dt.datetime | None = None
     ended_at: _dt.datetime | None = None
+    checkpoint: CheckpointRef | None = None
+    """The newest complete checkpoint this execution left (or resumed from)."""
+    resume: str | None = None
+    """None if resume was not asked for; "restored" if it started from ``resumed_from``;
+    "fresh" if resume was asked for but its id had no checkpoint, so it started from scratch."""
+    resumed_from: CheckpointRef | None = None
 
     @property
     def ok(self) -> bool:
@@ -127,6 +151,9 @@ class ExecutionResult(BaseModel):
             signal=d.get("signal"),
             started_at=_wall(d.get("started_ns")),
             ended_at=_wall(d.get("ended_wall_ns")),
+            checkpoint=CheckpointRef.from_wire(d.get("checkpoint")),
+            resume=(("restored" if d.get("resumed_from") else "fresh") if d.get("resume") else None),
+            resumed_from=CheckpointRef.from_wire(d.get("resumed_from")),
         )
 
 

@@ -180,7 +180,8 @@ class Pool:
     """
 
     def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None,
-                 *, name: str | None = None, on_event: Callable[[Event], Any] | None = None):  # fmt: skip
+                 *, name: str | None = None, on_event: Callable[[Event], Any] | None = None,
+                 checkpoint_dir: str | os.PathLike | None = ".pool/checkpoints", keep_checkpoints: int = 3):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -193,6 +194,10 @@ class Pool:
             capacity = 2 * workers + 2
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < workers:
             raise ValueError(f"capacity must be a whole number of at least workers={workers}, got {capacity!r}")
+        if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be a whole number of at least 1, got {keep_checkpoints!r}")
+        # Absolute now: agents may chdir, and 'pool checkpoints' must find the same place.
+        self.checkpoint_dir = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a function taking an Event, got {on_event!r}")
         if name is not None:
@@ -231,7 +236,8 @@ class Pool:
                         os.close(fd)
                 from ._supervisor import supervisor_main
 
-                supervisor_main(theirs, workers, capacity, escalation.grace, escalation.term_grace)
+                supervisor_main(theirs, workers, capacity, escalation.grace, escalation.term_grace,
+                                self.checkpoint_dir, keep_checkpoints)  # fmt: skip
             except BaseException:
                 traceback.print_exc()
                 code = 70
@@ -269,8 +275,11 @@ class Pool:
         if self._closed:
             raise PoolClosed("this pool was shut down; create a new Pool to run more work")
 
-    def _prepare(self, fn, input, id, timeout, escalation) -> list:
+    def _prepare(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None) -> list:
         module, qualname = _agent_ref(fn, self._ref_cache)
+        hook = list(_agent_ref(on_interrupt, self._ref_cache)) if on_interrupt is not None else None
+        if resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoints; this pool was created with checkpoint_dir=None")
         id = uuid.uuid4().hex[:16] if id is None else _check_id(id)
         timeout = check_timeout("timeout", timeout)
         grace = term_grace = None
@@ -285,7 +294,7 @@ class Pool:
                 f"the input of execution {id!r} cannot be pickled ({type(exc).__name__}: {exc}); "
                 "pass plain data (str, numbers, lists, dicts) or picklable objects"
             ) from exc
-        return [id, module, qualname, payload, timeout, grace, term_grace]
+        return [id, module, qualname, payload, timeout, grace, term_grace, bool(resume), hook]
 
     def _register(self, items: list[list]) -> list[Execution]:
         """Record and send SUBMIT frames; caller holds ``_lock``."""
@@ -308,23 +317,28 @@ class Pool:
         return execs
 
     def submit(self, fn: Callable | str, input: Any = None, *, id: str | None = None, timeout: float | None = None,
-               escalation: Escalation | None = None) -> Execution:  # fmt: skip
+               escalation: Escalation | None = None, resume: bool = False,
+               on_interrupt: Callable | str | None = None) -> Execution:  # fmt: skip
         """Queue ``fn(ctx, input)``; ``fn`` is a module-level function or a 'module:function' string.
 
         ``timeout`` (seconds of running) stops the execution through the escalation
         policy with reason TIMEOUT; ``escalation`` overrides the pool's for this one.
+        ``resume=True`` starts it with ``ctx.restore()`` returning the newest checkpoint
+        its id saved before. ``on_interrupt(ctx, state)`` (importable, like ``fn``) runs in
+        the worker when it is stopped at the flag or SIGTERM stage, to save what it had;
+        without one, ``ctx.state`` is checkpointed if the agent set it.
         """
         self._check_open()
-        item = self._prepare(fn, input, id, timeout, escalation)
+        item = self._prepare(fn, input, id, timeout, escalation, resume, on_interrupt)
         with self._lock:
             self._check_open()
             return self._register([item])[0]
 
-    def _submit_batch(self, fn: Callable | str, items: list[tuple[str | None, Any]], timeout: float | None = None
-                      ) -> list[Execution]:  # fmt: skip
+    def _submit_batch(self, fn: Callable | str, items: list[tuple[str | None, Any]], timeout: float | None = None,
+                      resume: bool = False) -> list[Execution]:  # fmt: skip
         """Submit (id, input) pairs in as few frames as possible; all or none."""
         self._check_open()
-        prepared = [self._prepare(fn, x, id, timeout, None) for id, x in items]
+        prepared = [self._prepare(fn, x, id, timeout, None, resume) for id, x in items]
         with self._lock:
             self._check_open()
             return self._register(prepared)

@@ -39,10 +39,12 @@ import socket
 import time
 import traceback
 from collections import deque
+from pathlib import Path
 
 import psutil
 
 from shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason, InterruptSource, Stage
+from shared._checkpoint import CheckpointError, CheckpointStore, read_file
 from shared._wire import Channel, Msg
 
 from ._proc import kill_tree, killpg, set_child_subreaper, set_name
@@ -71,10 +73,13 @@ class _Exec:
         "status", "worker", "slot", "armed", "started_ns", "wall_started_ns",
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
+        "resume", "hook", "announced",
     )  # fmt: skip
 
-    def __init__(self, id, module, qualname, payload, timeout, grace, term_grace):
+    def __init__(self, id, module, qualname, payload, timeout, grace, term_grace, resume=False, hook=None):
         self.id, self.module, self.qualname, self.payload = id, module, qualname, payload
+        self.resume, self.hook = resume, hook
+        self.announced: list[list] = []  # checkpoint files the worker was about to commit, newest last
         self.timeout, self.grace, self.term_grace = timeout, grace, term_grace
         self.status = ExecutionStatus.QUEUED
         self.worker: _Worker | None = None
@@ -103,8 +108,10 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, client: socket.socket, workers: int, capacity: int, grace: float, term_grace: float):
+    def __init__(self, client: socket.socket, workers: int, capacity: int, grace: float, term_grace: float,
+                 checkpoint_dir: str | None = None, keep_checkpoints: int = 3):  # fmt: skip
         self.pid = os.getpid()
+        self.checkpoint_dir, self.keep_checkpoints = checkpoint_dir, keep_checkpoints
         self.target_workers = workers
         self.grace, self.term_grace = grace, term_grace
         self.flags = FlagArray(capacity)
@@ -221,10 +228,10 @@ class Supervisor:
     def _handle_client(self, msg: list) -> None:
         kind = msg[0]
         if kind == Msg.SUBMIT:
-            for id, module, qualname, payload, timeout, grace, term_grace in msg[1]:
+            for id, module, qualname, payload, timeout, grace, term_grace, resume, hook in msg[1]:
                 ex = _Exec(id, module, qualname, payload, timeout,
                            self.grace if grace is None else grace,
-                           self.term_grace if term_grace is None else term_grace)  # fmt: skip
+                           self.term_grace if term_grace is None else term_grace, resume, hook)  # fmt: skip
                 self.execs[id] = ex
                 self.queue.append(ex)
         elif kind == Msg.CANCEL:
@@ -297,7 +304,7 @@ class Supervisor:
                 for fd in self._fds():
                     os.close(fd)
                 ours.close()
-                worker_main(Channel(theirs), self.flags.words, wid, self.pid)
+                worker_main(Channel(theirs), self.flags.words, wid, self.pid, self.checkpoint_dir, self.keep_checkpoints)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -356,8 +363,12 @@ class Supervisor:
             if ex is not None and ex.id == msg[1] and not ex.observed_ns:
                 ex.observed_ns = msg[2]
                 self._event("observed", ex, w, msg[2])
+        elif kind == Msg.CKPT:
+            ex = w.exec
+            if ex is not None and ex.id == msg[1]:
+                ex.announced = ex.announced[-1:] + [msg[2:]]
         elif kind == Msg.RESULT:
-            _, id, status, value, error, stage, observed_ns = msg
+            _, id, status, value, error, stage, observed_ns, newest, resumed = msg
             ex = w.exec
             if ex is None or ex.id != id:
                 return
@@ -373,7 +384,28 @@ class Supervisor:
                 self._release_slot(w)
                 w.state = "idle"
                 self.idle.append(w)
-            self._end(ex, ExecutionStatus.from_code(status), value=value, error=error, stage=stage)
+            self._end(ex, ExecutionStatus.from_code(status), value=value, error=error, stage=stage,
+                      checkpoint=newest, resumed_from=resumed)  # fmt: skip
+
+    def _settled_checkpoint(self, ex: _Exec, w: _Worker) -> list | None:
+        """After a kill or crash: the newest checkpoint file that is really complete.
+        The worker announced each one before making it visible, so the newest
+        announced file is valid exactly when the kill came after its commit.
+        Temp files the dead worker left half-written are removed."""
+        if ex.announced:
+            for tmp in Path(ex.announced[-1][1]).parent.glob(f".tmp-*-{w.pid}"):
+                tmp.unlink(missing_ok=True)
+        for seq, path, size, wall in reversed(ex.announced):
+            try:
+                read_file(Path(path))
+                return [seq, path, size, wall]
+            except CheckpointError:
+                continue  # killed before (or while) this one was committed
+        if ex.resume and self.checkpoint_dir:  # it may have died before saving anything new
+            found = CheckpointStore(self.checkpoint_dir, ex.id).newest()
+            if found:
+                return found[0].to_wire()
+        return None
 
     def _release_slot(self, w: _Worker) -> None:
         if w.slot is not None:
@@ -391,7 +423,8 @@ class Supervisor:
             ex.worker, ex.status = w, ExecutionStatus.RUNNING
             ex.started_ns, ex.wall_started_ns = time.monotonic_ns(), time.time_ns()
             w.exec, w.state = ex, "busy"
-            self._send_worker(w, [Msg.TASK, ex.id, self.flags.base(slot), ex.armed, ex.module, ex.qualname, ex.payload])
+            self._send_worker(w, [Msg.TASK, ex.id, self.flags.base(slot), ex.armed, ex.module, ex.qualname, ex.payload,
+                                  ex.resume, ex.hook])  # fmt: skip
             ex.payload = None
             self._send_client([Msg.STARTED, ex.id, w.id, w.pid, ex.wall_started_ns])
             if ex.timeout:
@@ -518,14 +551,17 @@ class Supervisor:
         ex = w.exec
         if ex is not None and ex.status in _LIVE:
             w.exec = None
+            ckpt = self._settled_checkpoint(ex, w)
             if w.killed:
-                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGKILL, exit_code=exit_code, signo=signo)
+                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGKILL, exit_code=exit_code, signo=signo,
+                          checkpoint=ckpt)  # fmt: skip
             elif ex.sigterm_ns and signo == signal.SIGTERM:
-                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGTERM, exit_code=exit_code, signo=signo)
+                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGTERM, exit_code=exit_code, signo=signo,
+                          checkpoint=ckpt)  # fmt: skip
             else:
                 how = f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name} ({signo})"
                 error = ["WorkerCrashed", f"worker {w.id} (pid {w.pid}) running execution {ex.id!r} died with {how}", None]
-                self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo)
+                self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
         self._release_slot(w)
         self._sweep_orphans()
         if not self.stopping or self.execs:  # queued work still needs hands while draining
@@ -543,7 +579,7 @@ class Supervisor:
     # -- ending ------------------------------------------------------------
 
     def _end(self, ex: _Exec, status: ExecutionStatus, *, value=None, error=None, stage=None,
-             exit_code=None, signo=None) -> None:  # fmt: skip
+             exit_code=None, signo=None, checkpoint=None, resumed_from=None) -> None:  # fmt: skip
         """Send the one ENDED frame of ``ex`` and forget it."""
         now = time.monotonic_ns()
         for t in ex.timers:
@@ -560,6 +596,9 @@ class Supervisor:
             "signal": signo,
             "started_ns": ex.wall_started_ns,
             "ended_wall_ns": time.time_ns(),
+            "checkpoint": checkpoint,
+            "resume": ex.resume,
+            "resumed_from": resumed_from,
         }
         if ex.mode or stage is not None:
             if not ex.mode:  # a SIGTERM we did not send
@@ -581,12 +620,13 @@ def _noop(signum, frame) -> None:
     pass  # the wake-up fd carries the signal number to the loop
 
 
-def supervisor_main(client: socket.socket, workers: int, capacity: int, grace: float, term_grace: float) -> None:
+def supervisor_main(client: socket.socket, workers: int, capacity: int, grace: float, term_grace: float,
+                    checkpoint_dir: str | None = None, keep_checkpoints: int = 3) -> None:  # fmt: skip
     """Entry point in the freshly forked supervisor process; returns when it is done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C belongs to the user process
     set_child_subreaper()
     set_name("pool-supervisor")
-    sup = Supervisor(client, workers, capacity, grace, term_grace)
+    sup = Supervisor(client, workers, capacity, grace, term_grace, checkpoint_dir, keep_checkpoints)
     signal.set_wakeup_fd(sup.wake_w, warn_on_full_buffer=False)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _noop)

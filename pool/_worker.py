@@ -23,6 +23,7 @@ import sys
 import traceback
 
 from shared import Context, ExecutionStatus, Interrupted, Stage
+from shared._context import ExecutionCheckpoints
 from shared._wire import Channel, Msg
 
 from ._proc import set_name, set_pdeathsig
@@ -55,7 +56,8 @@ def resolve(module: str, qualname: str):
     return obj
 
 
-def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int) -> None:
+def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, checkpoint_dir: str | None,
+                keep_checkpoints: int) -> None:  # fmt: skip
     """Serve tasks until told to exit, the supervisor vanishes, or a SIGTERM stop."""
     global _idle
     os.setpgid(0, 0)  # own process group: SIGKILL reaches tools the agent starts
@@ -80,13 +82,19 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int) -> No
             os._exit(0)
         if msg[0] != Msg.TASK:
             continue  # a late INTERRUPT for an execution that already ended
-        _, exec_id, control_index, armed, module, qualname, payload = msg
+        _, exec_id, control_index, armed, module, qualname, payload, resume, hook = msg
         signal.signal(signal.SIGTERM, _on_sigterm)  # an agent may have changed it
-        ctx = Context(words, control_index, armed, chan, exec_id, worker_id)
-        status, value, error, stage = _run(ctx, cache, module, qualname, payload)
+        ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, exec_id,
+                                                                        resume, chan)  # fmt: skip
+        ctx = Context(words, control_index, armed, chan, exec_id, worker_id, ckpt)
+        status, value, error, stage = _run(ctx, cache, module, qualname, payload, hook)
+        newest = resumed = None
+        if ckpt is not None:
+            resumed = ckpt.restored_from.to_wire() if ckpt.restored_from else None
+            newest = (ckpt.latest or ckpt.restored_from).to_wire() if (ckpt.latest or ckpt.restored_from) else None
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
         try:
-            chan.send([Msg.RESULT, exec_id, status.code, value, error, stage, ctx._observed_ns()])
+            chan.send([Msg.RESULT, exec_id, status.code, value, error, stage, ctx._observed_ns(), newest, resumed])
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
         pending.extend(ctx._pending)
@@ -99,16 +107,17 @@ def _error(exc: BaseException, prefix: str = "") -> list:
     return [type(exc).__name__, prefix + str(exc), tb]
 
 
-def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes):
+def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes, hook_ref: list | None):
     """Run one execution; return (status, pickled value, error, stage code)."""
     global _armed, _current
     _current = ctx
     try:
-        key = (module, qualname)
-        fn = cache.get(key)
-        if fn is None:
-            fn = cache[key] = resolve(module, qualname)
+        fn = _cached(cache, module, qualname)
+        hook = _cached(cache, *hook_ref) if hook_ref else getattr(fn, "on_interrupt", None)
         inp = pickle.loads(payload)
+        if ctx._ckpt is not None and ctx._ckpt.resume:
+            found = ctx._ckpt.newest()
+            ctx._ckpt.restored_from = found[0] if found else None
     except Exception as exc:
         return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {module}:{qualname} or its input: "), None
     try:
@@ -118,7 +127,7 @@ def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes):
         finally:
             _armed = False
     except Interrupted as exc:
-        return ExecutionStatus.INTERRUPTED, None, None, exc.stage.code
+        return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), exc.stage.code
     except BaseException as exc:  # the agent's own failure, SystemExit included
         return ExecutionStatus.FAILED, None, _error(exc), None
     try:
@@ -130,3 +139,32 @@ def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes):
             _error(exc, f"the result of execution {ctx.execution_id!r} cannot be pickled; return plain data: "),
             None,
         )
+
+
+def _cached(cache: dict, module: str, qualname: str):
+    key = (module, qualname)
+    fn = cache.get(key)
+    if fn is None:
+        fn = cache[key] = resolve(module, qualname)
+    return fn
+
+
+def _on_interrupt(ctx: Context, hook) -> list | None:
+    """Save what the agent had: its hook decides, else ``ctx.state`` is checkpointed.
+    Runs with SIGTERM blocked; SIGKILL after term_grace still bounds it. Returns an
+    error triple if saving failed (the execution stays INTERRUPTED)."""
+    if ctx._ckpt is None or (hook is None and ctx.state is None):
+        return None
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
+    ctx._in_hook = True
+    try:
+        if hook is not None:
+            hook(ctx, ctx.state)
+        else:
+            ctx.checkpoint(ctx.state)
+    except BaseException as exc:
+        return _error(exc, f"saving the state of interrupted execution {ctx.execution_id!r} failed: ")
+    finally:
+        ctx._in_hook = False
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return None

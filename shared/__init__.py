@@ -6,6 +6,7 @@ the worker-side context an agent receives (``_context``). This package never
 imports ``pool``.
 """
 
+from ._checkpoint import CheckpointError, CheckpointInfo
 from ._context import Context, InterruptRequest
 from ._flags import FlagArray
 from ._types import (
@@ -18,6 +19,8 @@ from ._types import (
 )
 
 __all__ = (
+    "CheckpointError",
+    "CheckpointInfo",
     "Context",
     "ExecutionStatus",
     "FlagArray",

@@ -14,6 +14,7 @@ import select
 import signal
 import time
 
+from ._checkpoint import CheckpointInfo, CheckpointStore
 from ._flags import OBSERVED_NS, PENDING, REASON, REQUESTED_NS
 from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted, Stage
 from ._wire import Msg
@@ -34,12 +35,52 @@ class InterruptRequest:
     requested_ns: int  # time.monotonic_ns() in the supervisor when it was written
 
 
+class ExecutionCheckpoints:
+    """One execution's checkpoints, worker side: the store, the sequence floor and
+    what was restored. A fresh (not resumed) execution never sees checkpoints an
+    earlier execution of the same id left: its floor is the next sequence number."""
+
+    __slots__ = ("store", "resume", "floor", "latest", "restored_from", "_chan")
+
+    def __init__(self, root, keep: int, execution_id: str, resume: bool, chan):
+        self.store = CheckpointStore(root, execution_id, keep)
+        self.resume = resume
+        self.floor: int | None = None
+        self.latest: CheckpointInfo | None = None
+        self.restored_from: CheckpointInfo | None = None
+        self._chan = chan
+
+    def _min_seq(self) -> int:
+        if self.floor is None:
+            self.floor = 1 if self.resume else self.store.next_seq()
+        return self.floor
+
+    def save(self, state, durable: bool) -> CheckpointInfo:
+        self._min_seq()  # fixed before our first write
+        self.latest = self.store.write(state, durable, before_commit=self._announce, skip_if_unchanged=True)
+        return self.latest
+
+    def _announce(self, info: CheckpointInfo) -> None:
+        # Before os.replace: a kill after the file became visible is always known.
+        self._chan.send([Msg.CKPT, self.store.execution_id, *info.to_wire()])
+
+    def newest(self):
+        return self.store.newest(min_seq=self._min_seq())
+
+
 class Context:
-    """Handed to every agent as ``ctx``; valid only during its execution."""
+    """Handed to every agent as ``ctx``; valid only during its execution.
 
-    __slots__ = ("_words", "_ctl", "_flag", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending")
+    ``ctx.state`` is the agent's own slot for its work in progress: whatever it
+    holds when the execution is stopped (flag or SIGTERM) is checkpointed,
+    unless an ``on_interrupt(ctx, state)`` hook decides otherwise.
+    """
 
-    def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int):
+    __slots__ = ("_words", "_ctl", "_flag", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending",
+                 "_ckpt", "_in_hook", "state")  # fmt: skip
+
+    def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int,
+                 checkpoints: ExecutionCheckpoints | None = None):  # fmt: skip
         self._words = words
         self._ctl = control_index
         self._flag = control_index + PENDING  # 0 until a stop is requested: the fast-path word
@@ -49,6 +90,9 @@ class Context:
         self.worker_id = worker_id
         self._details: dict | None = None
         self._pending: list = []  # frames read off the channel that are not ours to handle
+        self._ckpt = checkpoints
+        self._in_hook = False
+        self.state = None
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a stop of this execution was requested.
@@ -97,6 +141,33 @@ class Context:
                 self._read_channel()
                 if self._details is not None:  # the doorbell rang for us
                     self._stop(Stage.FLAG)
+
+    # -- checkpoints -----------------------------------------------------
+
+    def checkpoint(self, state, *, durable: bool = True) -> CheckpointInfo:
+        """Save ``state`` (msgpack-able, plus tuples, sets, datetimes, UUIDs, Decimals,
+        pydantic models) as this execution's newest checkpoint, then check for a stop
+        request: a natural stopping point. ``durable=False`` skips the fsyncs (the
+        last write may be lost to a power cut, never to a crash of this process).
+        Raises ``CheckpointError`` naming the path of a value that cannot be saved."""
+        if self._ckpt is None:
+            raise RuntimeError("this pool has checkpoints disabled (checkpoint_dir=None)")
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)  # never a half-written file
+        try:
+            info = self._ckpt.save(state, durable)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if not self._in_hook:
+            self.check()
+        return info
+
+    def restore(self):
+        """The state of this execution's newest complete checkpoint, or None. A
+        resumed execution starts with the checkpoints its id saved before."""
+        if self._ckpt is None:
+            return None
+        found = self._ckpt.newest()
+        return None if found is None else found[1]
 
     # -- slow path -------------------------------------------------------
 

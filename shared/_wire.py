@@ -36,13 +36,14 @@ class Msg:
     GONE = 15  # [GONE]: clean exit, nothing more will come
     EVENT = 16  # [EVENT, kind, id, worker_id, mono_ns, data]
     # supervisor → worker
-    TASK = 20  # [TASK, id, control_index, armed, module, qualname, input]
+    TASK = 20  # [TASK, id, control_index, armed, module, qualname, input, resume, on_interrupt [module, qualname] | None]
     INTERRUPT = 21  # [INTERRUPT, id, armed, mode, reason, source, message, requested_ns]
     EXIT = 22  # [EXIT]
     # worker → supervisor
     READY = 30  # [READY, pid]
-    RESULT = 31  # [RESULT, id, status, value, error, stage, observed_ns]
+    RESULT = 31  # [RESULT, id, status, value, error, stage, observed_ns, checkpoint | None, resumed_from | None]
     OBSERVED = 32  # [OBSERVED, id, observed_ns]: first sight of a stop request
+    CKPT = 33  # [CKPT, id, seq, path, size, time]: about to commit this checkpoint file
 
 
 packb = msgpack.Packer(use_bin_type=True).pack

@@ -139,3 +139,88 @@ def cli_job(ctx, item):
     if item.get("fail"):
         raise RuntimeError(item["fail"])
     return item.get("value")
+
+
+# -- checkpoints ------------------------------------------------------------------------
+
+
+def ckpt_steps(ctx, params):
+    """Does params['n'] steps, checkpointing after each; resumes from ctx.restore()."""
+    import time as _t
+
+    state = ctx.restore() or {"done": [], "resumed_at": None}
+    if state["done"]:
+        state["resumed_at"] = len(state["done"])
+    ctx.state = state
+    for i in range(len(state["done"]), params["n"]):
+        _t.sleep(params.get("step", 0))
+        state["done"].append(i)
+        ctx.checkpoint(state)
+        if params.get("marker_at") == i:
+            Path(params["marker"]).write_text("reached")
+    return state
+
+
+def ckpt_writer(ctx, params):
+    """Writes checkpoints as fast as it can; each state carries the digest of its payload."""
+    import hashlib
+    import random
+
+    rng = random.Random(params["seed"])
+    i = 0
+    while True:
+        i += 1
+        data = rng.randbytes(rng.randint(100, params["max_size"]))
+        ctx.checkpoint({"i": i, "data": data, "sha": hashlib.sha256(data).hexdigest()})
+
+
+def state_then_spin(ctx, params):
+    """Sets ctx.state, then never checks: stopped by SIGTERM, its state is saved by default."""
+    ctx.state = {"progress": params["progress"], "tags": ("a", "b")}
+    Path(params["marker"]).write_text("spinning")
+    while True:
+        pass
+
+
+def with_hook(ctx, params):
+    ctx.state = {"n": 1}
+    while True:
+        ctx.check()
+
+
+def _hook(ctx, state):
+    ctx.checkpoint({"saved_by": "hook", "had": state})
+
+
+with_hook.on_interrupt = _hook
+
+
+def save_by_hook(ctx, state):
+    ctx.checkpoint({"saved_by": "submit hook", "had": state})
+
+
+def save_bad(ctx, _):
+    class Tool:
+        pass
+
+    ctx.checkpoint({"messages": [{"role": "user"}, {"tool": Tool()}]})
+
+
+def save_types(ctx, state):
+    ctx.checkpoint(state, durable=False)
+    return ctx.restore()
+
+
+def cli_steps(ctx, item):
+    """For CLI resume: item['n'] steps of item.get('step', 0.02) s, checkpointed after each."""
+    state = ctx.restore() or {"done": [], "resumed_at": None}
+    if state["done"]:
+        state["resumed_at"] = len(state["done"])
+    ctx.state = state
+    for i in range(len(state["done"]), item["n"]):
+        ctx.sleep(item.get("step", 0.02))
+        state["done"].append(i)
+        ctx.checkpoint(state)
+        if item.get("marker") and i == 2:
+            Path(item["marker"]).write_text("3 steps done")
+    return state

@@ -310,3 +310,51 @@ def test_demo_finishes_in_under_30_seconds_and_exits_0(env):
     for stage in ("flag", "sigterm", "sigkill"):
         assert f"at stage {stage}" in r.stderr
     assert "SIGKILL process group" in r.stderr and "observed" in r.stderr
+
+
+def test_run_resume_skips_completed_and_resumes_interrupted_from_checkpoints(env, tmp_path):
+    ck = tmp_path / "ck"
+    items = [
+        {"id": "done", "n": 2},
+        {"id": "graceful", "n": 200, "marker": str(tmp_path / "g")},
+        {"id": "killed", "n": 200, "marker": str(tmp_path / "k")},
+    ]
+    inputs = write_inputs(tmp_path / "in.jsonl", items)
+    out = tmp_path / "out.jsonl"
+    common = ["--inputs", inputs, "--out", str(out), "--workers", "3", "--checkpoint-dir", str(ck)]
+    run = start(env, "run", "tests.agents:cli_steps", *common)
+    wait_for_file(tmp_path / "g")
+    wait_for_file(tmp_path / "k")
+    assert cli(env, "cancel", "graceful").returncode == 0
+    assert cli(env, "cancel", "killed", "--mode", "kill").returncode == 0
+    assert finish(run)[0] == 1
+    first = results(out.read_text())
+    assert first["done"]["status"] == "completed"
+    assert first["killed"]["interrupt"]["stage"] == "sigkill" and first["killed"]["checkpoint"]["seq"] >= 3
+
+    listing = cli(env, "checkpoints", "list", "--dir", str(ck), "--json")
+    assert {r["id"] for r in json.loads(listing.stdout)} == {"done", "graceful", "killed"}
+    shown = json.loads(cli(env, "checkpoints", "show", "killed", "--dir", str(ck), "--json").stdout)
+    saved_killed = len(shown["state"]["done"])
+    assert shown["seq"] == first["killed"]["checkpoint"]["seq"] and saved_killed >= 3
+
+    # shorten the rest so the resumed run is quick: same ids, fewer steps left to do
+    write_inputs(tmp_path / "in.jsonl", [{"id": "done", "n": 2}, {"id": "graceful", "n": saved_killed + 30},
+                                         {"id": "killed", "n": saved_killed + 5}])  # fmt: skip
+    again = cli(env, "run", "tests.agents:cli_steps", *common, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "1 completed (skipped), 2 resume from checkpoints" in again.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in lines].count("done") == 1, "completed executions are not run again"
+    final = results(out.read_text())  # the newest line of each id wins
+    assert final["killed"]["resume"] == "restored" and final["killed"]["value"]["resumed_at"] == saved_killed
+    assert final["killed"]["value"]["done"] == list(range(saved_killed + 5))
+    assert final["graceful"]["status"] == "completed" and final["graceful"]["value"]["resumed_at"] >= 3
+
+
+def test_checkpoints_commands_report_missing_ids_and_resume_needs_out(env, tmp_path):
+    r = cli(env, "checkpoints", "show", "nope", "--dir", str(tmp_path))
+    assert r.returncode == 2 and "has no checkpoints" in r.stderr
+    assert cli(env, "checkpoints", "list", "--dir", str(tmp_path)).stdout.startswith("no checkpoints")
+    r = cli(env, "run", AGENT, "--inputs", write_inputs(tmp_path / "i.jsonl", [{}]), "--resume")
+    assert r.returncode == 2 and "--resume needs --out" in r.stderr
