@@ -15,11 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import bench_checkpoint, bench_core
+from . import bench_checkpoint, bench_core, bench_peers
 
 SECTIONS = {
     "check": bench_core.check_overhead,
     "latency": bench_core.cooperative_latency,
+    "stages": bench_peers.stop_latency,
+    "stuck": bench_peers.stuck_task,
+    "throughput": bench_peers.throughput,
+    "resources": bench_peers.resources,
     "checkpoint": bench_checkpoint.checkpoint_cost,
 }
 

@@ -244,7 +244,7 @@ def status(pool: "Pool", name: str) -> dict:
         if ex.id in live:
             row.update(live[ex.id])
         elif ex.done():
-            out = ex._future.result()
+            out = ex.outcome()
             if out.started_at and out.ended_at:
                 row["elapsed"] = (out.ended_at - out.started_at).total_seconds()
             row["stage"] = out.interrupt.stage.value if out.interrupt and out.interrupt.stage else None

@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
@@ -46,16 +45,25 @@ _SUBMIT_BATCH = 2000  # executions per SUBMIT frame in map(): bounds one frame's
 
 
 class Execution:
-    """A handle on one submitted execution; its state is updated as frames arrive."""
+    """A handle on one submitted execution.
 
-    __slots__ = ("id", "_pool", "_future", "_status", "_worker_id", "__weakref__")
+    The pool's reader thread is the only writer of its state; it settles it once,
+    under the pool's ``_changed`` condition, with the supervisor's ENDED frame. The
+    ExecutionResult model is built from that frame on the first ``outcome()``, so
+    callers who only want ``result()`` values never pay for it.
+    """
+
+    __slots__ = ("id", "_pool", "_status", "_worker_id", "_ended", "_value", "_outcome", "_callbacks", "__weakref__")
 
     def __init__(self, pool: "Pool", id: str):
         self.id = id
         self._pool = pool
-        self._future: cf.Future[ExecutionResult] = cf.Future()
         self._status = ExecutionStatus.QUEUED
         self._worker_id: int | None = None
+        self._ended: dict | None = None  # the ENDED frame's dict, once it has ended
+        self._value: Any = None
+        self._outcome: ExecutionResult | None = None
+        self._callbacks: list | None = None
 
     def __repr__(self) -> str:
         return f"<Execution {self.id!r} {self._status.value}>"
@@ -70,25 +78,33 @@ class Execution:
         return self._worker_id
 
     def done(self) -> bool:
-        return self._future.done()
+        return self._ended is not None
 
     def cancel(self, mode: InterruptMode | str = InterruptMode.GRACEFUL, **kw) -> bool:
         """Stop this execution; see :meth:`Pool.cancel`."""
         return self._pool.cancel(self.id, mode, **kw)
 
+    def _wait(self, timeout: float | None) -> None:
+        if self._ended is None:
+            cond = self._pool._changed
+            with cond:
+                if not cond.wait_for(self.done, timeout):
+                    raise TimeoutError(f"execution {self.id!r} is still {self._status.value} after {timeout} s")
+
     def outcome(self, timeout: float | None = None) -> ExecutionResult:
         """Wait for the end and return how it ended. Never raises for the agent's
         own failure; raises ``TimeoutError`` if it is still live after ``timeout``."""
-        try:
-            return self._future.result(timeout)
-        except cf.TimeoutError:
-            raise TimeoutError(f"execution {self.id!r} is still {self._status.value} after {timeout} s") from None
+        self._wait(timeout)
+        if self._outcome is None:
+            self._outcome = ExecutionResult.from_wire(self._ended, self._value)  # built twice at worst: same value
+        return self._outcome
 
     def result(self, timeout: float | None = None) -> Any:
         """The agent's return value, or raise ExecutionInterrupted / ExecutionFailed / WorkerCrashed."""
-        out = self.outcome(timeout)
-        if out.status is ExecutionStatus.COMPLETED:
-            return out.value
+        self._wait(timeout)
+        if self._status is ExecutionStatus.COMPLETED:
+            return self._value
+        out = self.outcome()
         if out.status is ExecutionStatus.INTERRUPTED:
             i = out.interrupt
             how = f" ({i.reason.value}, {i.mode.value}, ended at stage {i.stage.value})" if i and i.stage else ""
@@ -100,16 +116,25 @@ class Execution:
 
     def wait_started(self, timeout: float | None = None) -> bool:
         """Block until the execution has started on a worker (True) or ended without
-        ever starting, e.g. cancelled while queued (False). ``TimeoutError`` after ``timeout``."""
+        ever starting, e.g. cancelled while queued (False). ``TimeoutError`` after ``timeout``.
+        Started means handed to a worker: the agent's first line may not have run yet
+        (a stop that comes first ends it at the flag before any agent code runs)."""
         cond = self._pool._changed
         with cond:
-            if not cond.wait_for(lambda: self._worker_id is not None or self._future.done(), timeout):
+            if not cond.wait_for(lambda: self._worker_id is not None or self._ended is not None, timeout):
                 raise TimeoutError(f"execution {self.id!r} is still {self._status.value} after {timeout} s")
         return self._worker_id is not None
 
     def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
-        """Call ``fn(execution)`` from the pool's reader thread once it has ended."""
-        self._future.add_done_callback(lambda _f: fn(self))
+        """Call ``fn(execution)`` once it has ended: from the pool's reader thread, or
+        right here if it already has."""
+        with self._pool._changed:
+            if self._ended is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
 
 
 def _agent_ref(fn: Any, cache: dict) -> tuple[str, str]:
@@ -215,6 +240,8 @@ class Pool:
         self._execs: dict[str, Execution] = {}
         self._replies: dict[int, cf.Future] = {}
         self._req_ids = itertools.count(1)
+        self._auto_ids = itertools.count(1)
+        self._id_prefix = os.urandom(5).hex()  # auto ids: unique in this pool, and across runs in practice
         self._ref_cache: dict = {}
         self._worker_procs: dict[int, tuple[int, float]] = {}  # id -> (pid, create_time), for the last-resort kill
         self._closed = False
@@ -280,7 +307,7 @@ class Pool:
         hook = list(_agent_ref(on_interrupt, self._ref_cache)) if on_interrupt is not None else None
         if resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoints; this pool was created with checkpoint_dir=None")
-        id = uuid.uuid4().hex[:16] if id is None else _check_id(id)
+        id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else _check_id(id)
         timeout = check_timeout("timeout", timeout)
         grace = term_grace = None
         if escalation is not None:
@@ -362,12 +389,18 @@ class Pool:
     @staticmethod
     def as_completed(executions: Iterable[Execution], timeout: float | None = None) -> Iterator[Execution]:
         """Yield the executions as they end (any status), like concurrent.futures.as_completed."""
-        by_future = {ex._future: ex for ex in executions}
-        try:
-            for fut in cf.as_completed(by_future, timeout=timeout):
-                yield by_future[fut]
-        except cf.TimeoutError:
-            raise TimeoutError(f"{sum(not f.done() for f in by_future)} executions still live after {timeout} s") from None
+        import queue
+
+        pending = list(executions)
+        ended: queue.SimpleQueue = queue.SimpleQueue()
+        for ex in pending:
+            ex.add_done_callback(ended.put)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for left in range(len(pending), 0, -1):
+            try:
+                yield ended.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"{left} executions still live after {timeout} s") from None
 
     # -- stopping ------------------------------------------------------------
 
@@ -497,7 +530,8 @@ class Pool:
                     if ex is not None and not ex.done():
                         with self._changed:
                             ex._worker_id = msg[2]
-                            ex._status = ExecutionStatus.RUNNING
+                            if ex._status is ExecutionStatus.QUEUED:  # not back from CANCELLING
+                                ex._status = ExecutionStatus.RUNNING
                             self._changed.notify_all()
                         if self._watched:
                             self._emit(Event.model_construct(kind=EventKind.STARTED, mono_ns=time.monotonic_ns(),
@@ -568,22 +602,30 @@ class Pool:
                 d["error"] = [type(exc).__name__, f"the result of execution {id!r} cannot be unpickled here: {exc}",
                               traceback.format_exc()]  # fmt: skip
                 value = None
-        out = ExecutionResult.from_wire(d, value)
-        self._settle(ex, out)
+        self._settle(ex, d, value)
 
-    def _settle(self, ex: Execution, out: ExecutionResult) -> None:
+    def _settle(self, ex: Execution, d: dict, value: Any = None) -> None:
+        """Record the end of ``ex`` (the ENDED frame's dict) and wake whoever waits."""
+        status = ExecutionStatus.from_code(d["status"])
         with self._changed:
-            ex._status = out.status
-            ex._worker_id = out.worker_id if out.worker_id is not None else ex._worker_id
-            ex._future.set_result(out)
+            ex._value = value
+            ex._status = status
+            if d.get("worker_id") is not None:
+                ex._worker_id = d["worker_id"]
+            ex._ended = d
+            callbacks, ex._callbacks = ex._callbacks, None
             self._changed.notify_all()
+        for fn in callbacks or ():
+            try:
+                fn(ex)
+            except Exception:  # a callback's bug must not stop result delivery
+                traceback.print_exc()
         if self._watched:
-            i = out.interrupt
-            self._emit(Event.model_construct(
-                kind=EventKind.ENDED, mono_ns=time.monotonic_ns(), execution_id=ex.id, worker_id=out.worker_id,
-                pid=out.pid, status=out.status, stage=i.stage if i else None, mode=i.mode if i else None,
-                reason=i.reason if i else None, message=out.error.message if out.error else None,
-            ))  # fmt: skip
+            i = d.get("interrupt") or {}
+            self._emit(Event.from_wire("ended", ex.id, d.get("worker_id"), time.monotonic_ns(), {
+                "status": d["status"], "stage": i.get("stage"), "mode": i.get("mode"), "reason": i.get("reason"),
+                "pid": d.get("pid"), "message": d["error"][1] if d.get("error") else None,
+            }))  # fmt: skip
 
     def _on_supervisor_gone(self, clean: bool) -> None:
         how = ""
@@ -611,13 +653,8 @@ class Pool:
         reason = self._broken or "the pool shut down before this execution ended"
         for ex in list(self._execs.values()):
             if not ex.done():
-                out = ExecutionResult(
-                    id=ex.id,
-                    status=ExecutionStatus.CRASHED,
-                    error={"type": "SupervisorDied" if self._broken else "PoolClosed", "message": reason},
-                    worker_id=ex._worker_id,
-                )
-                self._settle(ex, out)
+                self._settle(ex, {"id": ex.id, "status": ExecutionStatus.CRASHED.code, "worker_id": ex._worker_id,
+                                  "error": ["SupervisorDied" if self._broken else "PoolClosed", reason, None]})  # fmt: skip
         for fut in list(self._replies.values()):
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
         self._replies.clear()

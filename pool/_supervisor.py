@@ -20,6 +20,15 @@ Loop: block in ``selector.select`` with the next timer deadline as timeout
 executions to idle workers, flush output. Deadlines come from
 ``time.monotonic()``.
 
+Dispatch: a worker gets one execution at a time, plus, only while every
+worker is busy and recent executions ran for under ``PREFETCH_BELOW`` on
+average, one more queued behind it, so short tasks do not each wait for a
+round trip through this loop. A prefetched execution stays QUEUED to the user
+until it starts; if it is cancelled first, the worker sees its flag before
+starting it and ends it at stage ``queued``; if its worker dies first, it goes
+back to the head of the queue. Long-running agents never get prefetched, so
+no task waits behind a long one while another worker is idle.
+
 Reaping: the supervisor is a child subreaper, so tools an agent started with
 ``setsid`` are re-parented to it when their worker dies. On SIGCHLD it peeks
 at the exited child with ``waitid(WNOWAIT)``; for a worker it first kills
@@ -47,12 +56,13 @@ from shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason, I
 from shared._checkpoint import CheckpointError, CheckpointStore, read_file
 from shared._wire import Channel, Msg
 
-from ._proc import kill_tree, killpg, set_child_subreaper, set_name
+from ._proc import direct_children, kill_tree, killpg, set_child_subreaper, set_name
 from ._worker import worker_main
 
 __all__ = ("supervisor_main",)
 
 _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
+PREFETCH_BELOW_NS = 5_000_000  # prefetch only while executions average under 5 ms
 
 
 class _Timer:
@@ -73,13 +83,14 @@ class _Exec:
         "status", "worker", "slot", "armed", "started_ns", "wall_started_ns",
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
-        "resume", "hook", "announced",
+        "resume", "hook", "announced", "reported",
     )  # fmt: skip
 
     def __init__(self, id, module, qualname, payload, timeout, grace, term_grace, resume=False, hook=None):
         self.id, self.module, self.qualname, self.payload = id, module, qualname, payload
         self.resume, self.hook = resume, hook
         self.announced: list[list] = []  # checkpoint files the worker was about to commit, newest last
+        self.reported = False  # the user was told it started (STARTED frame)
         self.timeout, self.grace, self.term_grace = timeout, grace, term_grace
         self.status = ExecutionStatus.QUEUED
         self.worker: _Worker | None = None
@@ -96,15 +107,20 @@ class _Exec:
 class _Worker:
     """One forked worker process."""
 
-    __slots__ = ("id", "pid", "pidfd", "chan", "state", "exec", "slot", "create_time", "kill_timer", "killed")
+    __slots__ = ("id", "pid", "pidfd", "chan", "state", "inflight", "retained", "create_time", "kill_timer", "killed")
 
     def __init__(self, id, pid, pidfd, chan, create_time):
         self.id, self.pid, self.pidfd, self.chan, self.create_time = id, pid, pidfd, chan, create_time
         self.state = "starting"  # starting | idle | busy | stopping
-        self.exec: _Exec | None = None
-        self.slot: int | None = None  # held until the execution in it ended (and, if signalled, reaped)
+        self.inflight: deque[_Exec] = deque()  # sent to it, in order: the running one first
+        self.retained: list[int] = []  # slots of signalled executions, freed only once it is reaped
         self.kill_timer: _Timer | None = None
         self.killed = False
+
+    @property
+    def exec(self) -> "_Exec | None":
+        """The execution it runs (or is about to run) now."""
+        return self.inflight[0] if self.inflight else None
 
 
 class Supervisor:
@@ -130,6 +146,7 @@ class Supervisor:
         self.timers: list[_Timer] = []
         self.dirty: set[Channel] = set()
         self.next_worker_id = 0
+        self.run_ema_ns = 1e9  # average run time; starts high: no prefetch until tasks prove short
         self.stopping = False  # no replacement workers; exit once everything ended
         self.client_gone = False
 
@@ -372,18 +389,26 @@ class Supervisor:
             ex = w.exec
             if ex is None or ex.id != id:
                 return
-            w.exec = None
+            w.inflight.popleft()
             if observed_ns and not ex.observed_ns:
                 ex.observed_ns = observed_ns
                 self._event("observed", ex, w, observed_ns)
             stage = Stage.from_code(stage) if stage is not None else None
+            if stage is Stage.QUEUED and ex.reported:
+                stage = Stage.FLAG  # seen at the flag before its first line ran, but the user saw it start
+            if ex.started_ns:
+                self.run_ema_ns += 0.2 * ((time.monotonic_ns() - ex.started_ns) - self.run_ema_ns)
             if w.state == "stopping" or stage is Stage.SIGTERM:
-                w.state = "stopping"  # it was signalled: it exits, and keeps its slot until reaped
+                w.state = "stopping"  # it was signalled: it exits, and keeps the slot until reaped
+                w.retained.append(ex.slot)
                 self._send_worker(w, [Msg.EXIT])
             else:
-                self._release_slot(w)
-                w.state = "idle"
-                self.idle.append(w)
+                self.free_slots.append(ex.slot)
+                if w.inflight:
+                    self._start(w.inflight[0])
+                else:
+                    w.state = "idle"
+                    self.idle.append(w)
             self._end(ex, ExecutionStatus.from_code(status), value=value, error=error, stage=stage,
                       checkpoint=newest, resumed_from=resumed)  # fmt: skip
 
@@ -407,28 +432,62 @@ class Supervisor:
                 return found[0].to_wire()
         return None
 
-    def _release_slot(self, w: _Worker) -> None:
-        if w.slot is not None:
-            self.free_slots.append(w.slot)
-            w.slot = None
+    def _pick_worker(self) -> _Worker | None:
+        """An idle worker; else, while executions are short, the busy one with nothing
+        queued behind it that started first, unless it has already run for longer than
+        twice the average (then it is probably a long one: nothing waits behind it)."""
+        if self.idle:
+            return self.idle.pop()
+        if self.run_ema_ns >= PREFETCH_BELOW_NS:
+            return None
+        oldest = time.monotonic_ns() - max(2 * self.run_ema_ns, 1_000_000)
+        best = None
+        for w in self.workers.values():
+            if w.state == "busy" and len(w.inflight) == 1:
+                started = w.inflight[0].started_ns
+                if started > oldest and (best is None or started < best.inflight[0].started_ns):
+                    best = w
+        return best
 
     def _dispatch(self) -> None:
-        while self.queue and self.idle and self.free_slots:
-            ex = self.queue.popleft()
+        while self.queue and self.free_slots:
+            ex = self.queue[0]
             if ex.status is not ExecutionStatus.QUEUED:
-                continue  # cancelled while queued
-            w = self.idle.pop()
-            slot = w.slot = self.free_slots.pop()
+                self.queue.popleft()  # cancelled while queued
+                continue
+            w = self._pick_worker()
+            if w is None:
+                return
+            self.queue.popleft()
+            slot = self.free_slots.pop()
             ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
-            ex.worker, ex.status = w, ExecutionStatus.RUNNING
-            ex.started_ns, ex.wall_started_ns = time.monotonic_ns(), time.time_ns()
-            w.exec, w.state = ex, "busy"
+            ex.worker = w
+            w.inflight.append(ex)
             self._send_worker(w, [Msg.TASK, ex.id, self.flags.base(slot), ex.armed, ex.module, ex.qualname, ex.payload,
                                   ex.resume, ex.hook])  # fmt: skip
-            ex.payload = None
+            if len(w.inflight) == 1:
+                w.state = "busy"
+                self._start(ex)
+
+    def _start(self, ex: _Exec) -> None:
+        """``ex`` is now what its worker runs: the clocks (timeout, a stop requested while
+        it was prefetched) start now."""
+        ex.started_ns, ex.wall_started_ns = time.monotonic_ns(), time.time_ns()
+        ex.payload = None  # it can no longer be requeued
+        w = ex.worker
+        if ex.mode:
+            # Stopped while prefetched: its worker will see the flag and not start it, so
+            # the user keeps seeing it as cancelled-while-queued. The clock runs anyway,
+            # in case the worker had already begun it.
+            ex.status = ExecutionStatus.CANCELLING
+        else:
+            ex.status = ExecutionStatus.RUNNING
+            ex.reported = True
             self._send_client([Msg.STARTED, ex.id, w.id, w.pid, ex.wall_started_ns])
-            if ex.timeout:
-                ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
+        if ex.timeout:
+            ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
+        if ex.mode:
+            self._arm_escalation(ex, ex.mode, ex.started_ns)
 
     def _on_timeout(self, ex: _Exec) -> None:
         self._escalate(ex, InterruptMode.GRACEFUL.code, InterruptReason.TIMEOUT.code, InterruptSource.TIMEOUT.code,
@@ -440,12 +499,12 @@ class Supervisor:
         """Request (or harden) a stop. True if the execution was live. Requests
         are idempotent and only move forward."""
         now = time.monotonic_ns()
-        if ex.status is ExecutionStatus.QUEUED:
+        if ex.status is ExecutionStatus.QUEUED and ex.worker is None:  # still in our queue
             ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns = mode, reason, source, message, now
             self._event("requested", ex, None, now, mode=mode, reason=reason, message=message)
             self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
             return True
-        if ex.status not in _LIVE:
+        if ex.status not in _LIVE and ex.status is not ExecutionStatus.QUEUED:
             return False
         if mode <= ex.mode:
             return True
@@ -462,6 +521,11 @@ class Supervisor:
         # agent that sees the flag finds them already in its socket.
         self._send_worker(w, [Msg.INTERRUPT, ex.id, ex.armed, mode, ex.reason, ex.source, ex.message, ex.requested_ns], now=True)
         self.flags.request(ex.slot, ex.armed, mode, ex.reason, ex.source, ex.requested_ns)
+        if ex.started_ns:  # a prefetched one is skipped by its worker; its clock starts if it starts
+            self._arm_escalation(ex, mode, now)
+        return True
+
+    def _arm_escalation(self, ex: _Exec, mode: int, now: int) -> None:
         if mode == InterruptMode.GRACEFUL.code:
             ex.sigterm_deadline_ns = now + int(ex.grace * 1e9)
             ex.timers.append(self._at(ex.grace, self._sigterm, ex))
@@ -470,12 +534,11 @@ class Supervisor:
             self._sigterm(ex)
         else:
             ex.sigkill_deadline_ns = now
-            self._sigkill(w)
-        return True
+            self._sigkill(ex.worker)
 
     def _sigterm(self, ex: _Exec) -> None:
         w = ex.worker
-        if ex.status not in _LIVE or ex.sigterm_ns or w.killed:
+        if ex.status not in _LIVE or ex.sigterm_ns or w.killed or w.exec is not ex:
             return
         try:
             signal.pidfd_send_signal(w.pidfd, signal.SIGTERM)
@@ -544,13 +607,15 @@ class Supervisor:
             self.idle.remove(w)
         if w.kill_timer:
             w.kill_timer.cancelled = True
+        self.free_slots.extend(w.retained)
         exit_code = info.si_status if info.si_code == os.CLD_EXITED else None
         signo = info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else None
         self._event("worker_exited", None, w, pid=w.pid,
                     message=f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name}")  # fmt: skip
-        ex = w.exec
+        ex = w.inflight.popleft() if w.inflight and w.inflight[0].started_ns else None
+        self._requeue(w)
         if ex is not None and ex.status in _LIVE:
-            w.exec = None
+            self.free_slots.append(ex.slot)
             ckpt = self._settled_checkpoint(ex, w)
             if w.killed:
                 self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGKILL, exit_code=exit_code, signo=signo,
@@ -562,17 +627,34 @@ class Supervisor:
                 how = f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name} ({signo})"
                 error = ["WorkerCrashed", f"worker {w.id} (pid {w.pid}) running execution {ex.id!r} died with {how}", None]
                 self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
-        self._release_slot(w)
-        self._sweep_orphans()
+        self._flush()  # the user hears of the end now, not after the fork below
         if not self.stopping or self.execs:  # queued work still needs hands while draining
             self._spawn()
+        self._sweep_orphans()
+
+    def _requeue(self, w: _Worker) -> None:
+        """Executions prefetched to a dead worker never started: back to the head of the
+        queue, in order; or, if a stop was requested meanwhile, ended at stage queued."""
+        pending = list(w.inflight)
+        w.inflight.clear()
+        for ex in reversed(pending):
+            self.free_slots.append(ex.slot)
+            ex.slot = ex.armed = None
+            if ex.mode:
+                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
+            else:
+                ex.worker = None
+                self.queue.appendleft(ex)
 
     def _sweep_orphans(self) -> None:
         """Kill adopted descendants of dead workers (they re-parent to us as subreaper)."""
-        try:
-            strays = [p for p in psutil.Process(self.pid).children() if p.pid not in self.by_pid]
-        except psutil.Error:
-            return
+        strays = []
+        for pid in direct_children(self.pid):
+            if pid not in self.by_pid:
+                try:
+                    strays.append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
+                    pass  # exited (and will be reaped) since we listed it
         if strays:
             kill_tree(strays)
 
@@ -585,7 +667,7 @@ class Supervisor:
         for t in ex.timers:
             t.cancelled = True
         ex.status = status
-        w = ex.worker
+        w = None if stage is Stage.QUEUED else ex.worker  # it never ran on one
         d = {
             "id": ex.id,
             "status": status.code,

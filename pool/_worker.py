@@ -111,6 +111,9 @@ def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes, 
     """Run one execution; return (status, pickled value, error, stage code)."""
     global _armed, _current
     _current = ctx
+    if ctx.interrupted:  # stopped before its first line ran (e.g. while prefetched): never run it
+        ctx._observe()
+        return ExecutionStatus.INTERRUPTED, None, None, Stage.QUEUED.code
     try:
         fn = _cached(cache, module, qualname)
         hook = _cached(cache, *hook_ref) if hook_ref else getattr(fn, "on_interrupt", None)

@@ -90,8 +90,9 @@ def whoami(ctx, _):
     return {"execution_id": ctx.execution_id, "worker_id": ctx.worker_id, "pid": os.getpid()}
 
 
-def swallow_exceptions(ctx, _):
+def swallow_exceptions(ctx, marker):
     """A broad ``except Exception`` must not swallow Interrupted."""
+    Path(marker).write_text("running")
     while True:
         try:
             ctx.check()
@@ -99,8 +100,9 @@ def swallow_exceptions(ctx, _):
             return "swallowed"
 
 
-def report_interrupt(ctx, _):
+def report_interrupt(ctx, marker):
     """Catches Interrupted and returns what ctx says about the request."""
+    Path(marker).write_text("running")
     try:
         while True:
             ctx.check()
@@ -116,11 +118,12 @@ def report_interrupt(ctx, _):
         }
 
 
-def sleep_and_time(ctx, seconds):
+def sleep_and_time(ctx, params):
     """Returns how long ctx.sleep actually slept (monotonic seconds) when cut short."""
     t0 = time.monotonic_ns()
+    Path(params["marker"]).write_text("sleeping")
     try:
-        ctx.sleep(seconds)
+        ctx.sleep(params["seconds"])
     except Interrupted:
         return {"slept_ns": time.monotonic_ns() - t0, "t0": t0}
     return None
@@ -167,6 +170,7 @@ def ckpt_writer(ctx, params):
     import random
 
     rng = random.Random(params["seed"])
+    Path(params["marker"]).write_text("writing")
     i = 0
     while True:
         i += 1
@@ -184,6 +188,7 @@ def state_then_spin(ctx, params):
 
 def with_hook(ctx, params):
     ctx.state = {"n": 1}
+    Path(params).write_text("running")
     while True:
         ctx.check()
 

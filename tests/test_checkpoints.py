@@ -7,6 +7,7 @@ import decimal
 import hashlib
 import random
 import struct
+import time
 import uuid
 from pathlib import Path
 
@@ -93,13 +94,13 @@ def test_ctx_state_is_saved_when_sigterm_stops_an_agent(ckdir, tmp_path):
     assert out.checkpoint.path.endswith("ckpt-000000000001.msgpack")
 
 
-def test_on_interrupt_hooks_decide_what_is_saved(ckdir):
+def test_on_interrupt_hooks_decide_what_is_saved(ckdir, tmp_path):
     with Pool(workers=1, checkpoint_dir=ckdir, escalation=FAST) as pool:
-        a = pool.submit(agents.with_hook, None, id="attr-hook")
-        a.wait_started(timeout=10)
+        a = pool.submit(agents.with_hook, str(tmp_path / "a"), id="attr-hook")
+        wait_for_file(tmp_path / "a")
         a.cancel()
-        b = pool.submit(agents.with_hook, None, id="submit-hook", on_interrupt=agents.save_by_hook)
-        b.wait_started(timeout=10)
+        b = pool.submit(agents.with_hook, str(tmp_path / "b"), id="submit-hook", on_interrupt=agents.save_by_hook)
+        wait_for_file(tmp_path / "b")
         b.cancel()
         assert a.outcome(timeout=10).interrupt.stage is Stage.FLAG
         assert b.outcome(timeout=10).checkpoint is not None
@@ -107,18 +108,17 @@ def test_on_interrupt_hooks_decide_what_is_saved(ckdir):
     assert CheckpointStore(ckdir, "submit-hook").newest()[1] == {"saved_by": "submit hook", "had": {"n": 1}}
 
 
-def test_sigkill_while_writing_never_leaves_a_partial_checkpoint(ckdir):
+def test_sigkill_while_writing_never_leaves_a_partial_checkpoint(ckdir, tmp_path):
     # Kill the writer at random moments, over and over; the reader must always get a
     # complete checkpoint (its digest matches) and the result must name exactly it.
     rng = random.Random(1234)
     with Pool(workers=1, checkpoint_dir=ckdir, escalation=FAST) as pool:
         for round_ in range(25):
-            ex = pool.submit(agents.ckpt_writer, {"seed": round_, "max_size": 200_000}, id=f"w{round_}")
-            ex.wait_started(timeout=10)
-            pool.execution(ex.id)  # (exists)
-            import time
-
-            time.sleep(rng.uniform(0.005, 0.06))
+            marker = tmp_path / f"m{round_}"
+            ex = pool.submit(agents.ckpt_writer, {"seed": round_, "max_size": 200_000, "marker": str(marker)},
+                             id=f"w{round_}")  # fmt: skip
+            wait_for_file(marker)
+            time.sleep(rng.uniform(0.0, 0.05))
             pool.cancel(ex.id, mode="kill")
             out = ex.outcome(timeout=10)
             assert out.interrupt.stage is Stage.SIGKILL

@@ -253,9 +253,9 @@ def test_cancel_worker_stops_what_it_runs(pool, tmp_path):
     assert pool.cancel_worker(999) is False
 
 
-def test_ctx_sleep_ends_early_when_a_stop_is_requested(pool):
-    ex = pool.submit(agents.sleep_and_time, 30)
-    assert ex.wait_started(timeout=10)
+def test_ctx_sleep_ends_early_when_a_stop_is_requested(pool, tmp_path):
+    ex = pool.submit(agents.sleep_and_time, {"seconds": 30, "marker": str(tmp_path / "m")})
+    wait_for_file(tmp_path / "m")
     time.sleep(0.1)  # let it enter ctx.sleep
     pool.cancel(ex.id)
     out = ex.outcome(timeout=10)
@@ -265,14 +265,14 @@ def test_ctx_sleep_ends_early_when_a_stop_is_requested(pool):
     assert woke - out.interrupt.requested_ns < 1e9
 
 
-def test_interrupted_is_not_swallowed_by_except_exception_and_ctx_reports_details(pool):
-    ex = pool.submit(agents.swallow_exceptions, None)
-    assert ex.wait_started(timeout=10)
+def test_interrupted_is_not_swallowed_by_except_exception_and_ctx_reports_details(pool, tmp_path):
+    ex = pool.submit(agents.swallow_exceptions, str(tmp_path / "a"))
+    wait_for_file(tmp_path / "a")
     pool.cancel(ex.id)
     assert ex.outcome(timeout=10).status is ExecutionStatus.INTERRUPTED
 
-    ex = pool.submit(agents.report_interrupt, None)
-    assert ex.wait_started(timeout=10)
+    ex = pool.submit(agents.report_interrupt, str(tmp_path / "b"))
+    wait_for_file(tmp_path / "b")
     pool.cancel(ex.id, reason="budget_exceeded", message="spent $5")
     got = ex.result(timeout=10)
     assert got["interrupted"] is True

@@ -6,13 +6,14 @@ import threading
 
 from pool import Escalation, Event, EventKind, ExecutionStatus, Pool, Stage
 from tests import agents
+from tests.test_core import wait_for_file
 
 
 def test_on_event_sees_a_full_escalation_in_order(tmp_path):
     events: list[Event] = []
     with Pool(workers=1, escalation=Escalation(grace=0.2, term_grace=0.2), on_event=events.append) as pool:
         ex = pool.submit(agents.ignore_term_sleep, str(tmp_path / "m"), id="stubborn")
-        ex.wait_started(timeout=10)
+        wait_for_file(tmp_path / "m")  # its SIGTERM handler is set: the agent really runs
         pool.cancel("stubborn")
         assert ex.outcome(timeout=10).interrupt.stage is Stage.SIGKILL
     mine = [e for e in events if e.execution_id == "stubborn"]
