@@ -492,6 +492,15 @@ def _json_default(obj):
     return str(obj)
 
 
+def cmd_bench(args) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        raise CliError("the benchmarks live in the interrupt-pool repository (benchmarks/): run 'pool bench' "
+                       "from the root of a checkout") from None  # fmt: skip
+    return bench_main((["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []))
+
+
 def cmd_demo(args) -> int:
     from . import _demo
 
@@ -598,6 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dir", default=".pool/checkpoints", help="the checkpoint directory (.pool/checkpoints)")
         sp.add_argument("--json", action="store_true")
     ck.set_defaults(func=cmd_checkpoints)
+
+    be = sub.add_parser("bench", help="run the benchmark suite (from a checkout); same as python -m benchmarks")
+    be.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
+    be.add_argument("--only", nargs="*", metavar="SECTION",
+                    help="check latency stages stuck throughput resources checkpoint")  # fmt: skip
+    be.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the built-in batch of simulated agents, stopped through every stage")
     demo.add_argument("--workers", type=_positive_int, default=6)

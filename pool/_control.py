@@ -302,11 +302,16 @@ def list_pools() -> list[PoolAddress]:
     return found
 
 
-def find_pool(name: str | None) -> PoolAddress:
-    """The one pool ``name`` (or ``name@pid``) designates; the only pool if ``name`` is None."""
+def _running_pools() -> list[PoolAddress]:
     pools = list_pools()
     if not pools:
         raise ControlError(f"no pool is running (looked in {socket_dir()}); start one with 'pool run' or 'pool serve'")
+    return pools
+
+
+def find_pool(name: str | None) -> PoolAddress:
+    """The one pool ``name`` (or ``name@pid``) designates; the only pool if ``name`` is None."""
+    pools = _running_pools()
     if name is None:
         if len(pools) > 1:
             raise ControlError(f"{len(pools)} pools are running ({', '.join(map(repr, pools))}); choose one with --name")
@@ -352,11 +357,8 @@ def find_execution(exec_id: str, name: str | None) -> PoolAddress:
     """The pool that has execution ``exec_id`` (among those matching ``name``)."""
     if name is not None:
         return find_pool(name)
-    pools = list_pools()
-    if not pools:
-        raise ControlError(f"no pool is running (looked in {socket_dir()}); start one with 'pool run' or 'pool serve'")
     having = []
-    for p in pools:
+    for p in _running_pools():
         try:
             if request(p, {"op": "has", "id": exec_id})["has"]:
                 having.append(p)

@@ -188,6 +188,12 @@ def _check_id(id: Any) -> str:
     return id
 
 
+def _request_codes(mode, reason, source) -> tuple[int, int, int]:
+    """Wire codes of a stop request's mode, reason and source; ValueError naming a bad one."""
+    return (_parse(InterruptMode, mode, "mode").code, _parse(InterruptReason, reason, "reason").code,
+            _parse(InterruptSource, source, "source").code)  # fmt: skip
+
+
 def _parse(enum_cls, value, name: str):
     try:
         return enum_cls(value)
@@ -414,24 +420,20 @@ class Pool:
         Repeated requests are idempotent and only escalate. When this returns True the
         flag is already set.
         """
-        mode = _parse(InterruptMode, mode, "mode")
-        reason = _parse(InterruptReason, reason, "reason")
-        source = _parse(InterruptSource, source, "source")
+        codes = _request_codes(mode, reason, source)
         ex = self._execs.get(id)
         if ex is None or ex.done() or self._broken:
             return False
-        return self._call(lambda req: [Msg.CANCEL, req, id, mode.code, reason.code, source.code, message])
+        return self._call(lambda req: [Msg.CANCEL, req, id, *codes, message])
 
     def cancel_worker(self, worker_id: int, mode: InterruptMode | str = InterruptMode.GRACEFUL,
                       reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
                       source: InterruptSource | str = InterruptSource.USER) -> bool:  # fmt: skip
         """Stop whatever execution worker ``worker_id`` runs. False if it runs nothing."""
-        mode = _parse(InterruptMode, mode, "mode")
-        reason = _parse(InterruptReason, reason, "reason")
-        source = _parse(InterruptSource, source, "source")
+        codes = _request_codes(mode, reason, source)
         if self._broken:
             return False
-        return self._call(lambda req: [Msg.CANCEL_WORKER, req, worker_id, mode.code, reason.code, source.code, message])
+        return self._call(lambda req: [Msg.CANCEL_WORKER, req, worker_id, *codes, message])
 
     # -- inspecting ------------------------------------------------------------
 
@@ -469,12 +471,10 @@ class Pool:
                    reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
                    source: InterruptSource | str = InterruptSource.USER) -> None:  # fmt: skip
         """Stop every queued and running execution (idempotent; only escalates)."""
-        mode = _parse(InterruptMode, mode, "mode")
-        reason = _parse(InterruptReason, reason, "reason")
-        source = _parse(InterruptSource, source, "source")
+        codes = _request_codes(mode, reason, source)
         with self._lock:
             try:
-                self._send([Msg.CANCEL_ALL, mode.code, reason.code, source.code, message])
+                self._send([Msg.CANCEL_ALL, *codes, message])
             except PoolBroken:
                 pass  # nothing left to stop: the reader thread settles every execution
 

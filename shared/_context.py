@@ -83,7 +83,9 @@ class Context:
                  checkpoints: ExecutionCheckpoints | None = None):  # fmt: skip
         self._words = words
         self._ctl = control_index
-        self._flag = control_index + PENDING  # 0 until a stop is requested: the fast-path word
+        # A one-word view of the slot's pending word (0 until a stop is requested): the
+        # fast path then costs one attribute load and one constant-index read.
+        self._flag = words[control_index + PENDING : control_index + PENDING + 1]
         self._armed = armed
         self._chan = chan
         self.execution_id = execution_id
@@ -99,14 +101,14 @@ class Context:
 
         The fast path is one read of the slot's pending word and one test.
         """
-        if self._words[self._flag]:
+        if self._flag[0]:
             self._stop(Stage.FLAG)
 
     @property
     def interrupted(self) -> bool:
         """True once a stop of this execution has been requested (does not raise)."""
         # The slot is re-armed (pending cleared) only after this execution ended.
-        return self._words[self._flag] != 0
+        return self._flag[0] != 0
 
     @property
     def interrupt(self) -> InterruptRequest | None:

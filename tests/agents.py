@@ -148,18 +148,17 @@ def cli_job(ctx, item):
 
 
 def ckpt_steps(ctx, params):
-    """Does params['n'] steps, checkpointing after each; resumes from ctx.restore()."""
-    import time as _t
-
+    """Does params['n'] steps of params.get('step', 0) s (through ctx.sleep), checkpointing
+    after each; resumes from ctx.restore(). Writes params['marker'] after step params['marker_at']."""
     state = ctx.restore() or {"done": [], "resumed_at": None}
     if state["done"]:
         state["resumed_at"] = len(state["done"])
     ctx.state = state
     for i in range(len(state["done"]), params["n"]):
-        _t.sleep(params.get("step", 0))
+        ctx.sleep(params.get("step", 0))
         state["done"].append(i)
         ctx.checkpoint(state)
-        if params.get("marker_at") == i:
+        if params.get("marker") and params.get("marker_at", 2) == i:
             Path(params["marker"]).write_text("reached")
     return state
 
@@ -214,18 +213,3 @@ def save_bad(ctx, _):
 def save_types(ctx, state):
     ctx.checkpoint(state, durable=False)
     return ctx.restore()
-
-
-def cli_steps(ctx, item):
-    """For CLI resume: item['n'] steps of item.get('step', 0.02) s, checkpointed after each."""
-    state = ctx.restore() or {"done": [], "resumed_at": None}
-    if state["done"]:
-        state["resumed_at"] = len(state["done"])
-    ctx.state = state
-    for i in range(len(state["done"]), item["n"]):
-        ctx.sleep(item.get("step", 0.02))
-        state["done"].append(i)
-        ctx.checkpoint(state)
-        if item.get("marker") and i == 2:
-            Path(item["marker"]).write_text("3 steps done")
-    return state

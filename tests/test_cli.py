@@ -316,13 +316,13 @@ def test_run_resume_skips_completed_and_resumes_interrupted_from_checkpoints(env
     ck = tmp_path / "ck"
     items = [
         {"id": "done", "n": 2},
-        {"id": "graceful", "n": 200, "marker": str(tmp_path / "g")},
-        {"id": "killed", "n": 200, "marker": str(tmp_path / "k")},
+        {"id": "graceful", "n": 200, "step": 0.02, "marker": str(tmp_path / "g")},
+        {"id": "killed", "n": 200, "step": 0.02, "marker": str(tmp_path / "k")},
     ]
     inputs = write_inputs(tmp_path / "in.jsonl", items)
     out = tmp_path / "out.jsonl"
     common = ["--inputs", inputs, "--out", str(out), "--workers", "3", "--checkpoint-dir", str(ck)]
-    run = start(env, "run", "tests.agents:cli_steps", *common)
+    run = start(env, "run", "tests.agents:ckpt_steps", *common)
     wait_for_file(tmp_path / "g")
     wait_for_file(tmp_path / "k")
     assert cli(env, "cancel", "graceful").returncode == 0
@@ -341,7 +341,7 @@ def test_run_resume_skips_completed_and_resumes_interrupted_from_checkpoints(env
     # shorten the rest so the resumed run is quick: same ids, fewer steps left to do
     write_inputs(tmp_path / "in.jsonl", [{"id": "done", "n": 2}, {"id": "graceful", "n": saved_killed + 30},
                                          {"id": "killed", "n": saved_killed + 5}])  # fmt: skip
-    again = cli(env, "run", "tests.agents:cli_steps", *common, "--resume")
+    again = cli(env, "run", "tests.agents:ckpt_steps", *common, "--resume")
     assert again.returncode == 0, again.stderr
     assert "1 completed (skipped), 2 resume from checkpoints" in again.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
