@@ -385,25 +385,28 @@ def cmd_cancel(args) -> int:
 def cmd_serve(args) -> int:
     console = _err_console()
     escalation = Escalation(grace=args.grace, term_grace=args.term_grace)
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
     printer = EventPrinter(console, time.monotonic_ns()) if args.events else None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer)
-    console.print(f"serving pool {args.name!r} (pid {os.getpid()}, {args.workers} workers) on {pool._control.path}")
+    # Block SIGTERM/SIGINT before the pool starts its threads (they inherit the mask), then
+    # wait for them here: a handler plus signal.pause() can miss a signal the kernel
+    # delivers to another thread.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        while stop["signal"] is None:
-            signal.pause()
+        pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer)
+        console.print(f"serving pool {args.name!r} (pid {os.getpid()}, {args.workers} workers) on {pool._control.path}")
+        signum = None
+        try:
+            signum = signal.sigwait(stop_signals)
+        finally:
+            why = signal.Signals(signum).name if signum else "exiting"
+            console.print(f"{why}: draining (graceful stop of everything, bounded by grace {args.grace:g} s "
+                          f"+ term grace {args.term_grace:g} s)")  # fmt: skip
+            pool.cancel_all(InterruptMode.GRACEFUL, InterruptReason.SHUTDOWN, "pool serve is shutting down",
+                            source="signal")  # fmt: skip
+            pool.shutdown(wait=True)
     finally:
-        console.print(f"{signal.Signals(stop['signal'] or signal.SIGTERM).name}: draining (graceful stop of "
-                      f"everything, bounded by grace {args.grace:g} s + term grace {args.term_grace:g} s)")  # fmt: skip
-        pool.cancel_all(InterruptMode.GRACEFUL, InterruptReason.SHUTDOWN, "pool serve is shutting down", source="signal")
-        pool.shutdown(wait=True)
-    return EXIT_OK
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return EXIT_OK  # a drain is the normal end of 'pool serve'
 
 
 def cmd_submit(args) -> int:

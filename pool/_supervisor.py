@@ -517,6 +517,9 @@ class Supervisor:
         else:
             self._event("escalated", ex, w, now, mode=mode)
         ex.mode = mode
+        if mode == InterruptMode.KILL.code and ex.started_ns:
+            self._arm_escalation(ex, mode, now)  # SIGKILL now; a flag first would only race it
+            return True
         # Details (and the doorbell for ctx.sleep) go out before the flag, so an
         # agent that sees the flag finds them already in its socket.
         self._send_worker(w, [Msg.INTERRUPT, ex.id, ex.armed, mode, ex.reason, ex.source, ex.message, ex.requested_ns], now=True)
@@ -706,6 +709,9 @@ def supervisor_main(client: socket.socket, workers: int, capacity: int, grace: f
                     checkpoint_dir: str | None = None, keep_checkpoints: int = 3) -> None:  # fmt: skip
     """Entry point in the freshly forked supervisor process; returns when it is done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C belongs to the user process
+    # Forked from whatever thread created the Pool, we inherit its signal mask: unblock
+    # what the loop depends on (a blocked SIGCHLD would leave dead workers unreaped).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP})
     set_child_subreaper()
     set_name("pool-supervisor")
     sup = Supervisor(client, workers, capacity, grace, term_grace, checkpoint_dir, keep_checkpoints)

@@ -93,3 +93,21 @@ def test_sigterm_to_the_supervisor_stops_everything_gracefully_and_reports_each_
         assert ex.outcome(timeout=10).interrupt.stage is Stage.QUEUED
     p.shutdown(wait=True)  # the supervisor has exited cleanly: nothing is broken
     assert p._broken is None
+
+
+def test_a_pool_created_with_signals_blocked_still_reaps_and_replaces_workers(tmp_path):
+    # The supervisor is forked from the caller's thread and inherits its signal mask;
+    # it must unblock SIGCHLD itself or dead workers would never be noticed.
+    from pool import ExecutionStatus, Pool
+    from tests import agents
+    from tests.test_core import wait_for_file
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
+    try:
+        with Pool(workers=1) as p:
+            ex = p.submit(agents.write_pid_and_sleep, str(tmp_path / "pid"))
+            os.kill(int(wait_for_file(tmp_path / "pid")), signal.SIGKILL)
+            assert ex.outcome(timeout=10).status is ExecutionStatus.CRASHED
+            assert p.submit(agents.identity, 3).result(timeout=10) == 3
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
