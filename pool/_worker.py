@@ -15,7 +15,9 @@ replaces it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import os
 import pickle
 import signal
@@ -127,6 +129,8 @@ def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes, 
         _armed = True
         try:
             result = fn(ctx, inp)
+            if inspect.iscoroutine(result):
+                result = _run_async(ctx, result)
         finally:
             _armed = False
     except Interrupted as exc:
@@ -142,6 +146,34 @@ def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes, 
             _error(exc, f"the result of execution {ctx.execution_id!r} cannot be pickled; return plain data: "),
             None,
         )
+
+
+def _run_async(ctx: Context, coro):
+    """Run an ``async def`` agent; the doorbell (the worker channel) cancels its task
+    at its current await, and the CancelledError comes back out as Interrupted."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(coro)
+        fd = ctx._chan.fileno()
+
+        def doorbell():
+            ctx._read_channel()
+            if (ctx.interrupted or ctx._details is not None) and not task.done():
+                ctx._observe()
+                task.cancel("stop requested")
+
+        loop.add_reader(fd, doorbell)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if task.cancelled() and (ctx.interrupted or ctx._details is not None):
+                ctx._stop(Stage.FLAG)  # raises Interrupted with the request's details
+            raise
+        finally:
+            loop.remove_reader(fd)
+
+    return asyncio.run(main())
 
 
 def _cached(cache: dict, module: str, qualname: str):

@@ -213,3 +213,18 @@ def save_bad(ctx, _):
 def save_types(ctx, state):
     ctx.checkpoint(state, durable=False)
     return ctx.restore()
+
+
+async def async_agent(ctx, params):
+    """An async agent: awaits (like a model call); its finally records how it ended."""
+    import asyncio
+
+    Path(params["marker"]).write_text("awaiting")
+    try:
+        if params.get("block"):
+            while True:  # a CPU-bound stretch with no await: only SIGTERM reaches it
+                pass
+        await asyncio.sleep(params.get("sleep", 1000))
+        return "slept"
+    finally:
+        Path(params["marker"]).write_text("finally ran")
