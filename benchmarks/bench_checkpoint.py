@@ -17,8 +17,8 @@ def checkpoint_cost(quick: bool) -> dict:
         raw = pool.submit(agents.measure_checkpoint, {"n": n, "dir": d}).result()
     size = raw.pop("bytes")
     res = {name: summary(v) for name, v in raw.items()}
-    ratio = [c / f for c, f in zip(raw["checkpoint"], raw["floor"])]
-    ratio_nd = [c / f for c, f in zip(raw["checkpoint_nondurable"], raw["floor_nondurable"])]
+    ratio = [c / f for c, f in zip(raw["checkpoint"], raw["floor"], strict=True)]
+    ratio_nd = [c / f for c, f in zip(raw["checkpoint_nondurable"], raw["floor_nondurable"], strict=True)]
     res["ratio_durable"] = statistics.median(ratio)
     res["ratio_nondurable"] = statistics.median(ratio_nd)
     res["state_bytes"] = size

@@ -11,7 +11,7 @@ import time
 from pool import Escalation, Pool
 
 from . import agents
-from ._stats import pct, summary, table
+from ._stats import summary, table
 
 
 def check_overhead(quick: bool) -> dict:
@@ -21,10 +21,10 @@ def check_overhead(quick: bool) -> dict:
         steps = pool.submit(agents.agent_step, {"steps": 20_000 if quick else 200_000, "repeats": 5 if quick else 11}).result()
     # Net of the loop: each repeat's figure minus the same repeat's empty loop, then the median.
     empty = raw.pop("empty loop")
-    net = {name: summary([v - e for v, e in zip(vals, empty)]) for name, vals in raw.items()}
+    net = {name: summary([v - e for v, e in zip(vals, empty, strict=True)]) for name, vals in raw.items()}
     check = net["ctx.check()"]["median"]
     mp = net["multiprocessing.Event.is_set()"]["median"]
-    slow = [w / wo for w, wo in zip(steps["with"], steps["without"])]
+    slow = [w / wo for w, wo in zip(steps["with"], steps["without"], strict=True)]
     result = {
         "loop_ns": summary(empty),
         "net_ns": net,

@@ -230,7 +230,7 @@ def status(pool: "Pool", name: str) -> dict:
 
     live = {}
     workers = []
-    if not pool._broken and pool._reader.is_alive():
+    if not pool._broken and not pool._reader_done:
         try:
             workers = [w.model_dump() for w in pool.workers()]
             rows = pool._live_rows()

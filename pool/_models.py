@@ -11,7 +11,7 @@ import datetime as _dt
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage
 

@@ -4,7 +4,8 @@ Owns: the user's view of every execution it submitted (status, outcome) and
 the supervisor process it forked. A reader thread is the only writer of
 execution state on this side: it applies the supervisor's frames (STARTED,
 CANCELLING, ENDED, REPLY) in order. User threads only send frames, under
-``_lock``, and wait on futures.
+``_lock``, and wait: on the pool's ``_changed`` condition for executions, on a
+future for the reply to a request (cancel, queries).
 
 The supervisor is forked from the calling thread before the reader thread
 starts, so functions defined in ``__main__`` or a test module are found by
@@ -19,6 +20,7 @@ import importlib
 import itertools
 import os
 import pickle
+import queue
 import signal
 import socket
 import sys
@@ -33,10 +35,12 @@ import psutil
 from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
 from shared._wire import Channel, Msg, packb
 
+from ._control import ControlServer, check_name
 from ._events import Event, EventKind
 from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, WorkerCrashed
 from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
 from ._proc import killpg
+from ._supervisor import supervisor_main
 
 __all__ = ("Pool", "Execution")
 
@@ -232,14 +236,13 @@ class Pool:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a function taking an Event, got {on_event!r}")
         if name is not None:
-            from ._control import check_name
-
             check_name(name)
         self.escalation = escalation
         self.name = name
         self._workers = workers
         self._listeners: list[Callable[[Event], Any]] = [on_event] if on_event else []
         self._event_queues: list = []  # one SimpleQueue per live events() iterator
+        self._reader_done = False  # set under _lock by the reader thread as it ends: no new waits after it
         self._control = None
         self._lock = threading.Lock()  # guards sending and _execs/_replies membership
         self._changed = threading.Condition()  # notified by the reader thread when an execution starts or ends
@@ -267,8 +270,6 @@ class Pool:
                     fd = other._sock.detach()  # keep only our own client socket: another pool's
                     if fd >= 0:  # user end held here would hide that user's death from its supervisor
                         os.close(fd)
-                from ._supervisor import supervisor_main
-
                 supervisor_main(theirs, workers, capacity, escalation.grace, escalation.term_grace,
                                 self.checkpoint_dir, keep_checkpoints)  # fmt: skip
             except BaseException:
@@ -283,8 +284,6 @@ class Pool:
         self._reader = threading.Thread(target=self._read_loop, name=f"pool-reader-{pid}", daemon=True)
         self._reader.start()
         if name is not None:
-            from ._control import ControlServer
-
             try:
                 self._control = ControlServer(self, name)
             except BaseException:
@@ -395,8 +394,6 @@ class Pool:
     @staticmethod
     def as_completed(executions: Iterable[Execution], timeout: float | None = None) -> Iterator[Execution]:
         """Yield the executions as they end (any status), like concurrent.futures.as_completed."""
-        import queue
-
         pending = list(executions)
         ended: queue.SimpleQueue = queue.SimpleQueue()
         for ex in pending:
@@ -462,7 +459,7 @@ class Pool:
     def _check_open_or_draining(self) -> None:
         if self._broken:
             raise PoolBroken(self._broken)
-        if not self._reader.is_alive():
+        if self._reader_done:
             raise PoolClosed("this pool was shut down")
 
     # -- shutting down ---------------------------------------------------------
@@ -507,8 +504,8 @@ class Pool:
     def _call(self, build: Callable[[int], list]):
         fut: cf.Future = cf.Future()
         with self._lock:
-            if not self._reader.is_alive():
-                raise PoolClosed("this pool was shut down")
+            if self._reader_done:
+                raise PoolBroken(self._broken) if self._broken else PoolClosed("this pool was shut down")
             req = next(self._req_ids)
             self._replies[req] = fut
             self._send(build(req))
@@ -571,11 +568,9 @@ class Pool:
 
     def events(self) -> Iterator[Event]:
         """Iterate over events from now on until the pool has shut down."""
-        import queue
-
         q: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
-            if not self._reader.is_alive():
+            if self._reader_done:
                 return
             self._event_queues.append(q)
         try:
@@ -655,10 +650,13 @@ class Pool:
             if not ex.done():
                 self._settle(ex, {"id": ex.id, "status": ExecutionStatus.CRASHED.code, "worker_id": ex._worker_id,
                                   "error": ["SupervisorDied" if self._broken else "PoolClosed", reason, None]})  # fmt: skip
-        for fut in list(self._replies.values()):
+        with self._lock:
+            self._reader_done = True  # no new request or events() iterator can start waiting now
+            replies, self._replies = list(self._replies.values()), {}
+            queues = list(self._event_queues)
+        for fut in replies:
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
-        self._replies.clear()
-        for q in list(self._event_queues):
+        for q in queues:
             q.put(None)  # ends each events() iterator
         if self._control is not None:
             self._control.close()

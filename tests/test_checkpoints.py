@@ -174,7 +174,7 @@ def test_ids_that_are_not_safe_file_names_are_encoded_not_rejected(ckdir):
     ids = ["../escape", "a/b", ".hidden", "..", "日本語 id", "é" * 200, "a%2Fb"]
     with Pool(workers=2, checkpoint_dir=ckdir) as pool:
         outs = [pool.submit(agents.save_types, {"id": i}, id=i).outcome(timeout=10) for i in ids]
-    for i, out in zip(ids, outs):
+    for i, out in zip(ids, outs, strict=True):
         assert out.status is ExecutionStatus.COMPLETED, out.error
         assert out.value == {"id": i}
         path = Path(out.checkpoint.path).resolve()
