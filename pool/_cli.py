@@ -200,22 +200,30 @@ class EventPrinter:
 
 
 class _CtrlC:
-    """Ctrl+C escalates: first graceful, then immediate, then kill; never raises."""
+    """Ctrl+C escalates: first graceful, then immediate, then kill; never raises.
+
+    The handler only counts presses; the main loop applies them with :meth:`apply`.
+    Calling the pool from the handler could deadlock: the main thread may be inside a
+    send, holding the pool's send lock, when the signal arrives.
+    """
 
     MODES = (InterruptMode.GRACEFUL, InterruptMode.IMMEDIATE, InterruptMode.KILL)
 
     def __init__(self, console: Console):
         self.console = console
         self.presses = 0
-        self.pool: Pool | None = None
+        self.applied = 0
 
     def __call__(self, signum, frame) -> None:
-        mode = self.MODES[min(self.presses, 2)]
         self.presses += 1
-        self.console.print(f"[yellow]Ctrl+C: stopping every execution ({mode.value}); "
-                           f"{'press again to escalate' if mode is not InterruptMode.KILL else 'killing'}[/]")  # fmt: skip
-        if self.pool is not None:
-            self.pool.cancel_all(mode, InterruptReason.USER_CANCELLED, "Ctrl+C", source="signal")
+
+    def apply(self, pool: Pool) -> None:
+        while self.applied < self.presses:
+            mode = self.MODES[min(self.applied, 2)]
+            self.applied += 1
+            self.console.print(f"[yellow]Ctrl+C: stopping every execution ({mode.value}); "
+                               f"{'press again to escalate' if mode is not InterruptMode.KILL else 'killing'}[/]")  # fmt: skip
+            pool.cancel_all(mode, InterruptReason.USER_CANCELLED, "Ctrl+C", source="signal")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -271,7 +279,6 @@ def cmd_run(args) -> int:
     try:
         with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer,
                   checkpoint_dir=args.checkpoint_dir) as pool:  # fmt: skip
-            ctrl_c.pool = pool
             done: queue.SimpleQueue = queue.SimpleQueue()
             execs = pool._submit_batch(agent, items, args.timeout, resume=args.resume)
             for ex in execs:
@@ -285,6 +292,7 @@ def cmd_run(args) -> int:
             with progress:
                 task = progress.add_task("run", total=len(execs), counts="", rate="")
                 while len(outcomes) < len(execs):
+                    ctrl_c.apply(pool)
                     try:
                         ex = done.get(timeout=0.1)  # a UI refresh tick, not supervisor polling
                     except queue.Empty:

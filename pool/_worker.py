@@ -39,11 +39,26 @@ _current: Context | None = None  # the execution whose agent code is running
 _SIGTERM = {signal.SIGTERM}
 
 
+def _exit(code: int = 0) -> None:
+    """Leave without running the supervisor's atexit handlers, but with what the agents
+    printed flushed (os._exit would drop a pipe's block-buffered output)."""
+    _flush_std()
+    os._exit(code)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass  # closed or replaced by the agent: nothing we can deliver
+
+
 def _on_sigterm(signum, frame):
     global _armed, _term_seen
     _term_seen = True
     if _idle:
-        os._exit(0)
+        _exit(0)
     if _armed:
         _armed = False  # raise once; a second SIGTERM must not hit the agent's finally
         _current._observe()
@@ -66,7 +81,7 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, check
     set_pdeathsig(signal.SIGKILL)
     set_name(f"pool-worker-{worker_id}")
     if os.getppid() != supervisor_pid:  # it died before prctl took effect
-        os._exit(1)
+        _exit(1)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the supervisor's to handle
@@ -81,7 +96,7 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, check
         msg = pending.pop(0) if pending else chan.recv()
         _idle = False
         if msg is None or msg[0] == Msg.EXIT:
-            os._exit(0)
+            _exit(0)
         if msg[0] != Msg.TASK:
             continue  # a late INTERRUPT for an execution that already ended
         _, exec_id, control_index, armed, module, qualname, payload, resume, hook = msg
@@ -90,6 +105,7 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, check
                                                                         resume, chan)  # fmt: skip
         ctx = Context(words, control_index, armed, chan, exec_id, worker_id, ckpt)
         status, value, error, stage = _run(ctx, cache, module, qualname, payload, hook)
+        _flush_std()
         newest = resumed = None
         if ckpt is not None:
             resumed = ckpt.restored_from.to_wire() if ckpt.restored_from else None
@@ -101,7 +117,7 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, check
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
         pending.extend(ctx._pending)
         if _term_seen or stage == Stage.SIGTERM.code:
-            os._exit(0)
+            _exit(0)
 
 
 def _error(exc: BaseException, prefix: str = "") -> list:

@@ -228,3 +228,8 @@ async def async_agent(ctx, params):
         return "slept"
     finally:
         Path(params["marker"]).write_text("finally ran")
+
+
+def prints(ctx, text):
+    print(text)
+    return len(text)

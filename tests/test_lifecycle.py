@@ -111,3 +111,19 @@ def test_a_pool_created_with_signals_blocked_still_reaps_and_replaces_workers(tm
             assert p.submit(agents.identity, 3).result(timeout=10) == 3
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def test_what_agents_print_reaches_the_users_stdout_even_when_it_is_a_pipe():
+    script = textwrap.dedent(
+        """
+        from pool import Pool
+        from tests import agents
+        with Pool(workers=1) as p:
+            p.submit(agents.prints, "hello from an agent").result()
+        """
+    )
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)  # a pipe is block-buffered: the worker must flush before it exits
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("hello from an agent") == 1
