@@ -318,12 +318,17 @@ def find_pool(name: str | None) -> PoolAddress:
         return pools[0]
     want, _, pid = name.partition("@")
     matches = [p for p in pools if p.name == want and (not pid or str(p.pid) == pid)]
-    if not matches:
-        raise ControlError(f"no running pool named {name!r}; running: {', '.join(map(repr, pools))}")
-    if len(matches) > 1:
-        raise ControlError(f"pool name {name!r} is ambiguous: {len(matches)} pools have it "
-                           f"({', '.join(map(repr, matches))}); pass --name NAME@PID")  # fmt: skip
-    return matches[0]
+    return _the_one(matches, none=f"no running pool named {name!r}; running: {', '.join(map(repr, pools))}",
+                    many=f"pool name {name!r} is ambiguous: {{n}} pools have it ({{pools}}); pass --name NAME@PID")
+
+
+def _the_one(found: list[PoolAddress], *, none: str, many: str) -> PoolAddress:
+    """The single pool in ``found``, or a ControlError: ``none``, or ``many`` filled with n and pools."""
+    if not found:
+        raise ControlError(none)
+    if len(found) > 1:
+        raise ControlError(many.format(n=len(found), pools=", ".join(map(repr, found))))
+    return found[0]
 
 
 def request(addr: PoolAddress, req: dict, timeout: float | None = 10.0, on_connected=None) -> Any:
@@ -364,9 +369,5 @@ def find_execution(exec_id: str, name: str | None) -> PoolAddress:
                 having.append(p)
         except ControlError:
             continue  # exited while we asked
-    if not having:
-        raise ControlError(f"no running pool has an execution {exec_id!r}; 'pool status' lists them")
-    if len(having) > 1:
-        raise ControlError(f"execution id {exec_id!r} exists in {len(having)} pools "
-                           f"({', '.join(map(repr, having))}); choose one with --name")  # fmt: skip
-    return having[0]
+    return _the_one(having, none=f"no running pool has an execution {exec_id!r}; 'pool status' lists them",
+                    many=f"execution id {exec_id!r} exists in {{n}} pools ({{pools}}); choose one with --name")
