@@ -319,15 +319,15 @@ def find_pool(name: str | None) -> PoolAddress:
     want, _, pid = name.partition("@")
     matches = [p for p in pools if p.name == want and (not pid or str(p.pid) == pid)]
     return _the_one(matches, none=f"no running pool named {name!r}; running: {', '.join(map(repr, pools))}",
-                    many=f"pool name {name!r} is ambiguous: {{n}} pools have it ({{pools}}); pass --name NAME@PID")
+                    many=lambda n, ps: f"pool name {name!r} is ambiguous: {n} pools have it ({ps}); pass --name NAME@PID")
 
 
-def _the_one(found: list[PoolAddress], *, none: str, many: str) -> PoolAddress:
-    """The single pool in ``found``, or a ControlError: ``none``, or ``many`` filled with n and pools."""
+def _the_one(found: list[PoolAddress], *, none: str, many) -> PoolAddress:
+    """The single pool in ``found``, or a ControlError: ``none``, or ``many(n, pools)``."""
     if not found:
         raise ControlError(none)
     if len(found) > 1:
-        raise ControlError(many.format(n=len(found), pools=", ".join(map(repr, found))))
+        raise ControlError(many(len(found), ", ".join(map(repr, found))))
     return found[0]
 
 
@@ -370,4 +370,4 @@ def find_execution(exec_id: str, name: str | None) -> PoolAddress:
         except ControlError:
             continue  # exited while we asked
     return _the_one(having, none=f"no running pool has an execution {exec_id!r}; 'pool status' lists them",
-                    many=f"execution id {exec_id!r} exists in {{n}} pools ({{pools}}); choose one with --name")
+                    many=lambda n, ps: f"execution id {exec_id!r} exists in {n} pools ({ps}); choose one with --name")

@@ -263,6 +263,12 @@ def test_ambiguous_pool_names_unknown_ids_and_no_pool(env, tmp_path):
         assert cli(env, "status", "--name", f"twin@{a.pid}").returncode == 0
         unknown = cli(env, "cancel", "no-such-execution")
         assert unknown.returncode == 2 and "no running pool has an execution 'no-such-execution'" in unknown.stderr
+        # the same id in both pools: ambiguous, and ids with braces are just text
+        for p in (a, b):
+            assert cli(env, "submit", f"twin@{p.pid}", AGENT, "--input", '{"wait": 30}', "--id", "x{0}").returncode == 0
+        both = cli(env, "cancel", "x{0}")
+        assert both.returncode == 2 and "exists in 2 pools" in both.stderr and "'x{0}'" in both.stderr
+        assert cli(env, "cancel", "x{0}", "--name", f"twin@{a.pid}").returncode == 0
         assert cli(env, "submit", "twin", AGENT, "--input", "{}").returncode == 2
         assert cli(env, "status", "--name", "ghost").returncode == 2
     finally:
