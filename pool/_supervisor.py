@@ -21,20 +21,22 @@ executions to idle workers, flush output. Deadlines come from
 ``time.monotonic()``.
 
 Dispatch: a worker gets one execution at a time, plus, only while every
-worker is busy and recent executions ran for under ``PREFETCH_BELOW`` on
+worker is busy and recent executions ran for under ``PREFETCH_BELOW_NS`` on
 average, one more queued behind it, so short tasks do not each wait for a
 round trip through this loop. A prefetched execution stays QUEUED to the user
 until it starts; if it is cancelled first, the worker sees its flag before
 starting it and ends it at stage ``queued``; if its worker dies first, it goes
-back to the head of the queue. Long-running agents never get prefetched, so
-no task waits behind a long one while another worker is idle.
+back to the head of the queue. Workloads of long-running agents never
+prefetch, and nothing is queued behind an execution that has already run for
+more than twice the average: at worst, in a mix of short and long executions,
+one execution waits behind a long one that had only just started.
 
 Reaping: the supervisor is a child subreaper, so tools an agent started with
 ``setsid`` are re-parented to it when their worker dies. On SIGCHLD it peeks
 at the exited child with ``waitid(WNOWAIT)``; for a worker it first kills
 what is left of the worker's process group (the zombie still pins the pgid,
 so the kill cannot hit a reused id), then reaps it; for an adopted orphan it
-just reaps.
+reaps it and kills whatever was re-parented to us with it.
 """
 
 from __future__ import annotations
