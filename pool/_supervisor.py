@@ -171,6 +171,8 @@ class Supervisor:
             self.dirty.add(w.chan)
 
     def _flush(self) -> None:
+        if not self.dirty:
+            return
         for chan in self.dirty:
             done = chan.flush()
             if chan.closed:

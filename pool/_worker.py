@@ -6,11 +6,11 @@ only ``shared`` and the standard library.
 
 Signals: SIGTERM raises :class:`Interrupted` in the agent (stage
 ``sigterm``), so its ``finally`` blocks run; it is *armed* only while agent
-code runs. Outside the agent (resolving, pickling, sending the result) a
-SIGTERM only marks the worker for exit after its result is out, and the send
-itself runs with SIGTERM blocked so a result frame is never cut in half. A
-worker that saw SIGTERM always exits after its result: the supervisor
-replaces it.
+code runs. Outside the agent (resolving, pickling, sending the result) our
+handler only marks the worker for exit after its result is out, so it can
+never cut a result frame in half; an agent that installed a handler of its own
+gets ours back before the result is sent. A worker that saw SIGTERM always
+exits after its result: the supervisor replaces it.
 """
 
 from __future__ import annotations
@@ -100,21 +100,18 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, check
         if msg[0] != Msg.TASK:
             continue  # a late INTERRUPT for an execution that already ended
         _, exec_id, control_index, armed, module, qualname, payload, resume, hook = msg
-        signal.signal(signal.SIGTERM, _on_sigterm)  # an agent may have changed it
         ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, exec_id,
                                                                         resume, chan)  # fmt: skip
         ctx = Context(words, control_index, armed, chan, exec_id, worker_id, ckpt)
         status, value, error, stage = _run(ctx, cache, module, qualname, payload, hook)
+        if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+            signal.signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
         _flush_std()
         newest = resumed = None
         if ckpt is not None:
             resumed = ckpt.restored_from.to_wire() if ckpt.restored_from else None
             newest = (ckpt.latest or ckpt.restored_from).to_wire() if (ckpt.latest or ckpt.restored_from) else None
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
-        try:
-            chan.send([Msg.RESULT, exec_id, status.code, value, error, stage, ctx._observed_ns(), newest, resumed])
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
+        chan.send([Msg.RESULT, exec_id, status.code, value, error, stage, ctx._observed_ns(), newest, resumed])
         pending.extend(ctx._pending)
         if _term_seen or stage == Stage.SIGTERM.code:
             _exit(0)

@@ -233,3 +233,13 @@ async def async_agent(ctx, params):
 def prints(ctx, text):
     print(text)
     return len(text)
+
+
+def own_sigterm_handler(ctx, _):
+    """Installs a SIGTERM handler of its own, then returns normally."""
+
+    def mine(signum, frame):
+        raise RuntimeError("the agent's own handler ran")
+
+    signal.signal(signal.SIGTERM, mine)
+    return os.getpid()

@@ -314,3 +314,15 @@ def test_wait_started_tells_running_from_cancelled_while_queued(tmp_path):
         assert queued.wait_started(timeout=10) is False
         running.cancel()
         assert running.outcome(timeout=10).interrupt.stage is Stage.FLAG
+
+
+def test_an_agent_replacing_the_sigterm_handler_does_not_change_how_the_next_is_stopped(tmp_path):
+    with Pool(workers=1, escalation=FAST) as pool:
+        pid = pool.submit(agents.own_sigterm_handler, None).result(timeout=10)
+        marker = tmp_path / "spin"
+        ex = pool.submit(agents.spin, str(marker))
+        assert int(wait_for_file(marker)) == pid  # same worker process
+        pool.cancel(ex.id)
+        out = ex.outcome(timeout=10)
+    assert out.status is ExecutionStatus.INTERRUPTED and out.interrupt.stage is Stage.SIGTERM
+    assert marker.read_text() == "finally ran"
