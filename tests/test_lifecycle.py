@@ -127,3 +127,18 @@ def test_what_agents_print_reaches_the_users_stdout_even_when_it_is_a_pipe():
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("hello from an agent") == 1
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path):
+    import re
+
+    code = re.search(r"Save as `quickstart.py`.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    (tmp_path / "quickstart.py").write_text(code)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "True" and lines[1].startswith("interrupted flag ") and lines[2] == "False"
+    assert lines[3] == "[45, 190, 435]"
+    assert not (tmp_path / ".pool").exists(), "nothing checkpointed, so no checkpoint directory"
