@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 
-from pool import Pool
+from interrupt_pool import Pool
 
 from . import agents
 from ._stats import summary, table

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from pool import Escalation, Pool
+from interrupt_pool import Escalation, Pool
 
 from . import agents
 from ._stats import summary, table

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from pool import Escalation, Pool
+from interrupt_pool import Escalation, Pool
 
 from . import peer_agents as pa
 from ._stats import pct, summary, table

@@ -2,62 +2,87 @@
 
 Public surface (everything else is private)::
 
-    from pool import Pool, Escalation, InterruptMode, InterruptReason, ExecutionStatus, Interrupted
+    from interrupt_pool import Pool, Escalation, InterruptMode, InterruptReason, ExecutionStatus, Interrupted
+
+Names are loaded on first use, so that the supervisor process (which imports
+this package to reach its own module) starts without the API's dependencies.
 """
 
-from shared import (
-    CheckpointError,
-    Context,
-    ExecutionStatus,
-    InterruptMode,
-    InterruptReason,
-    InterruptRequest,
-    InterruptSource,
-    Interrupted,
-    Stage,
-)
+import importlib
+import typing
 
-from ._events import Event, EventKind
-from ._exceptions import (
-    ExecutionError,
-    ExecutionFailed,
-    ExecutionInterrupted,
-    PoolBroken,
-    PoolClosed,
-    PoolError,
-    WorkerCrashed,
-)
-from ._models import CheckpointRef, ErrorInfo, Escalation, ExecutionInfo, ExecutionResult, InterruptInfo, WorkerInfo
-from ._pool import Execution, Pool
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+# public name -> the private module that defines it
+_WHERE = {
+    "CheckpointError": ".shared",
+    "Context": ".shared",
+    "ExecutionStatus": ".shared",
+    "InterruptMode": ".shared",
+    "InterruptReason": ".shared",
+    "InterruptRequest": ".shared",
+    "InterruptSource": ".shared",
+    "Interrupted": ".shared",
+    "Stage": ".shared",
+    "Event": "._events",
+    "EventKind": "._events",
+    "ExecutionError": "._exceptions",
+    "ExecutionFailed": "._exceptions",
+    "ExecutionInterrupted": "._exceptions",
+    "PoolBroken": "._exceptions",
+    "PoolClosed": "._exceptions",
+    "PoolError": "._exceptions",
+    "QueueFull": "._exceptions",
+    "WorkerCrashed": "._exceptions",
+    "CheckpointRef": "._models",
+    "ErrorInfo": "._models",
+    "Escalation": "._models",
+    "ExecutionInfo": "._models",
+    "ExecutionResult": "._models",
+    "InterruptInfo": "._models",
+    "WorkerInfo": "._models",
+    "Execution": "._pool",
+    "Pool": "._pool",
+}
 
-__all__ = (
-    "CheckpointError",
-    "CheckpointRef",
-    "Context",
-    "ErrorInfo",
-    "Escalation",
-    "Event",
-    "EventKind",
-    "Execution",
-    "ExecutionError",
-    "ExecutionFailed",
-    "ExecutionInfo",
-    "ExecutionInterrupted",
-    "ExecutionResult",
-    "ExecutionStatus",
-    "InterruptInfo",
-    "InterruptMode",
-    "InterruptReason",
-    "InterruptRequest",
-    "InterruptSource",
-    "Interrupted",
-    "Pool",
-    "PoolBroken",
-    "PoolClosed",
-    "PoolError",
-    "Stage",
-    "WorkerCrashed",
-    "WorkerInfo",
-)
+__all__ = tuple(sorted(_WHERE))
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'interrupt_pool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if typing.TYPE_CHECKING:  # what type checkers and IDEs see
+    from ._events import Event, EventKind
+    from ._exceptions import (
+        ExecutionError,
+        ExecutionFailed,
+        ExecutionInterrupted,
+        PoolBroken,
+        PoolClosed,
+        PoolError,
+        QueueFull,
+        WorkerCrashed,
+    )
+    from ._models import CheckpointRef, ErrorInfo, Escalation, ExecutionInfo, ExecutionResult, InterruptInfo, WorkerInfo
+    from ._pool import Execution, Pool
+    from .shared import (
+        CheckpointError,
+        Context,
+        ExecutionStatus,
+        InterruptMode,
+        InterruptReason,
+        InterruptRequest,
+        InterruptSource,
+        Interrupted,
+        Stage,
+    )

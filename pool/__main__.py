@@ -1,3 +1,5 @@
+"""``python -m interrupt_pool``: the ``pool`` command."""
+
 import sys
 
 from ._cli import main

@@ -1,4 +1,4 @@
-"""The ``pool`` command line (also ``python -m pool``).
+"""The ``pool`` command line (also ``python -m interrupt_pool``).
 
 Owns: argument parsing, exit codes and terminal output. Every command is a
 thin layer over the public API and the control socket. Data (result lines,
@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import queue
+import re
 import signal
 import sys
 import time
@@ -27,12 +28,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared import ExecutionStatus, InterruptMode, InterruptReason
-
-from ._control import ControlError, find_execution, find_pool, list_pools, request, result_line
+from . import _naming
 from ._events import Event, EventKind
+from ._exceptions import PoolError
 from ._models import Escalation
 from ._pool import Pool
+from .shared import ExecutionStatus, InterruptMode, InterruptReason
 
 __all__ = ("main",)
 
@@ -46,6 +47,61 @@ _STATUS_STYLE = {
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def result_line(out) -> dict:
+    """An ExecutionResult as one JSON-ready dict (a value JSON cannot carry becomes its repr)."""
+    d = out.model_dump(mode="json", exclude={"value"})
+    try:
+        json.dumps(out.value)
+        d["value"] = out.value
+    except (TypeError, ValueError):
+        d["value"] = repr(out.value)
+    return d
+
+
+def _connect(name: str | None) -> Pool:
+    try:
+        return Pool.connect(name)
+    except PoolError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _pool_with(exec_id: str, name: str | None) -> Pool:
+    """A client of the pool that has execution ``exec_id`` (among those matching ``name``)."""
+    if name is not None:
+        return _connect(name)
+    having = []
+    pools = _naming.list_pools()
+    if not pools:
+        raise CliError(f"no pool is running (looked in {_naming.socket_dir()}); start one with 'pool run' or 'pool serve'")
+    for addr in pools:
+        try:
+            p = Pool.connect(addr.name)
+        except PoolError:
+            continue  # exited while we asked
+        if p.has(exec_id):
+            having.append(p)
+        else:
+            p.close()
+    if len(having) == 1:
+        return having[0]
+    for p in having:
+        p.close()
+    if not having:
+        raise CliError(f"no running pool has an execution {exec_id!r}; 'pool status' lists them")
+    raise CliError(f"execution id {exec_id!r} exists in {len(having)} pools "
+                   f"({', '.join(p.name for p in having)}); choose one with --name")  # fmt: skip
+
+
+def _default_name(agent: str) -> str:
+    """The pool name 'pool run' uses when none is given: the function's name made valid,
+    with the pid appended if a pool of that name is already running."""
+    func = agent.partition(":")[2].replace(".", "-")
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", func).lstrip("._-")[:40] or "run"
+    if any(p.name == base for p in _naming.list_pools()):
+        return f"{base}-{os.getpid()}"
+    return base
 
 
 def _err_console() -> Console:
@@ -263,7 +319,7 @@ def cmd_run(args) -> int:
         raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     console = _err_console()
     if args.resume:
-        from shared._checkpoint import CheckpointStore
+        from .shared._checkpoint import CheckpointStore
 
         saved = sum(1 for i, _ in items if CheckpointStore(args.checkpoint_dir, i).sequence_numbers())
         console.print(f"resuming: {skipped} completed (skipped), {saved} resume from checkpoints, "
@@ -274,7 +330,7 @@ def cmd_run(args) -> int:
     ctrl_c = _CtrlC(console)
     previous = signal.signal(signal.SIGINT, ctrl_c)
     t0 = time.monotonic_ns()
-    name = args.name or agent.partition(":")[2].replace(".", "-")
+    name = args.name or _default_name(agent)
     printer = EventPrinter(console, t0) if args.events else None
     try:
         with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer,
@@ -326,14 +382,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    pools = [find_pool(args.name)] if args.name else list_pools()
+    names = [args.name] if args.name else [p.name for p in _naming.list_pools()]
     statuses = []
-    for addr in pools:
+    for name in names:
         try:
-            statuses.append(request(addr, {"op": "status"})["status"])
-        except ControlError:
+            with Pool.connect(name) as p:
+                statuses.append(p.status())
+        except PoolError as exc:
             if args.name:
-                raise
+                raise CliError(str(exc)) from None
     if args.json:
         print(json.dumps(statuses, indent=2))
         return EXIT_OK
@@ -343,7 +400,8 @@ def cmd_status(args) -> int:
         return EXIT_OK
     for st in statuses:
         counts = ", ".join(f"{k} {v}" for k, v in st["counts"].items()) or "no executions"
-        console.print(f"[bold]{st['name']}[/]  pid {st['pid']}  supervisor {st['supervisor_pid']}  ({counts})")
+        console.print(f"[bold]{st['name']}[/]  supervisor pid {st['supervisor_pid']}  owner pid {st['owner_pid']}  "
+                      f"({counts})")  # fmt: skip
         wt = Table("worker", "pid", "state", "execution", title="workers", title_justify="left")
         for w in st["workers"]:
             wt.add_row(str(w["id"]), str(w["pid"]), w["state"], w["execution_id"] or "-")
@@ -366,7 +424,7 @@ def _reason_fields(text: str | None) -> dict:
     if text is None:
         return {}
     try:
-        return {"reason": InterruptReason(text).value}
+        return {"reason": InterruptReason(text.lower()).value}
     except ValueError:
         return {"reason": InterruptReason.CUSTOM.value, "message": text}
 
@@ -374,15 +432,22 @@ def _reason_fields(text: str | None) -> dict:
 def cmd_cancel(args) -> int:
     if (args.id is None) == (args.worker is None):
         raise CliError("give either an execution ID or --worker W")
-    fields = {"mode": args.mode, **_reason_fields(args.reason)}
+    fields = _reason_fields(args.reason)
     if args.worker is not None:
-        addr = find_pool(args.name)
-        live = request(addr, {"op": "cancel_worker", "worker": args.worker, **fields})["live"]
-        what = f"worker {args.worker} of {addr!r}"
+        pool = _connect(args.name)
+        with pool:
+            ids = sorted(w.id for w in pool.workers())
+            if args.worker not in ids:
+                raise CliError(f"pool {pool.name} has no worker {args.worker}; its workers are {ids}")
+            live = pool.cancel_worker(args.worker, args.mode, **fields)
+        what = f"worker {args.worker} of {pool.name}"
     else:
-        addr = find_execution(args.id, args.name)
-        live = request(addr, {"op": "cancel", "id": args.id, **fields})["live"]
-        what = f"execution {args.id!r} in {addr!r}"
+        pool = _pool_with(args.id, args.name)
+        with pool:
+            if not pool.has(args.id):
+                raise CliError(f"pool {pool.name} has no execution {args.id!r}")
+            live = pool.cancel(args.id, args.mode, **fields)
+        what = f"execution {args.id!r} in {pool.name}"
     if live:
         print(f"stopping {what} ({args.mode})")
         return EXIT_OK
@@ -401,7 +466,8 @@ def cmd_serve(args) -> int:
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer)
-        console.print(f"serving pool {args.name!r} (pid {os.getpid()}, {args.workers} workers) on {pool._control.path}")
+        console.print(f"serving pool {args.name!r} (supervisor pid {pool.supervisor_pid}, {args.workers} "
+                      f"worker{'s' if args.workers != 1 else ''}) on {pool.socket_path}")  # fmt: skip
         signum = None
         try:
             signum = signal.sigwait(stop_signals)
@@ -424,25 +490,27 @@ def cmd_submit(args) -> int:
         raise CliError(f"--input is not valid JSON ({exc.msg} at column {exc.colno})") from None
     if args.timeout is not None and args.timeout <= 0:
         raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
-    addr = find_pool(args.name)
-    reply = request(addr, {"op": "submit", "agent": args.agent, "input": value, "id": args.id, "timeout": args.timeout})
-    print(reply["id"])
+    with _connect(args.name) as pool:
+        ex = pool.submit(args.agent, value, id=args.id, timeout=args.timeout)
+        print(ex.id)
+        pool.shutdown(wait=False)  # the execution goes on in the pool
     return EXIT_OK
 
 
 def cmd_wait(args) -> int:
-    addr = find_execution(args.id, args.name)
-
-    def connected():
-        print(f"waiting for execution {args.id!r} in pool {addr!r}", file=sys.stderr, flush=True)
-
-    reply = request(addr, {"op": "wait", "id": args.id, "timeout": args.timeout}, timeout=None, on_connected=connected)
-    print(json.dumps(reply["result"]))
-    return EXIT_OK if reply["result"]["status"] == "completed" else EXIT_FAILED
+    pool = _pool_with(args.id, args.name)
+    with pool:
+        print(f"waiting for execution {args.id!r} in pool {pool.name}", file=sys.stderr, flush=True)
+        try:
+            out = pool.outcome(args.id, args.timeout)
+        except KeyError as exc:
+            raise CliError(str(exc).strip("'\"")) from None
+    print(json.dumps(result_line(out)))
+    return EXIT_OK if out.status is ExecutionStatus.COMPLETED else EXIT_FAILED
 
 
 def cmd_checkpoints(args) -> int:
-    from shared._checkpoint import CheckpointError, CheckpointStore, list_ids, read_file
+    from .shared._checkpoint import CheckpointError, CheckpointStore, list_ids, read_file
 
     root = Path(args.dir)
     if args.action == "list":
@@ -575,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     st = sub.add_parser("status", help="show running pools, their workers and executions")
-    st.add_argument("--name", help="only this pool (NAME or NAME@PID)")
+    st.add_argument("--name", help="only this pool")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
 
@@ -584,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--worker", type=int, metavar="W", help="stop whatever worker W runs")
     ca.add_argument("--mode", choices=[m.value for m in InterruptMode], default="graceful")
     ca.add_argument("--reason", metavar="TEXT", help="a reason name (e.g. budget_exceeded) or free text")
-    ca.add_argument("--name", help="the pool (NAME or NAME@PID); needed only when ambiguous")
+    ca.add_argument("--name", help="the pool; needed only when ambiguous")
     ca.set_defaults(func=cmd_cancel)
 
     se = sub.add_parser("serve", help="a long-lived pool that takes work from 'pool submit'")
@@ -603,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wa = sub.add_parser("wait", help="block until an execution ends; print its result line")
     wa.add_argument("id", metavar="ID")
-    wa.add_argument("--name", help="the pool (NAME or NAME@PID); needed only when ambiguous")
+    wa.add_argument("--name", help="the pool; needed only when ambiguous")
     wa.add_argument("--timeout", type=_seconds("--timeout"), default=None)
     wa.set_defaults(func=cmd_wait)
 
@@ -638,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ControlError, ValueError, TypeError) as exc:
+    except (CliError, _naming.NameError_, PoolError, ValueError, TypeError) as exc:
         if args.debug:
             raise
         print(f"pool: error: {exc}", file=sys.stderr)

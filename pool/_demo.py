@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 
-from shared import Context
+from .shared import Context
 
 
 def research_agent(ctx: Context, task: dict) -> dict:
@@ -55,15 +55,15 @@ def stubborn_agent(ctx: Context, task: dict) -> None:
 def batch() -> list[tuple[str, str, dict]]:
     """(id, agent, input) for the demo run."""
     jobs = [  # the ones the demo stops go first, so they are running when it does
-        ("long-research", "pool._demo:research_agent", {"seed": 99, "steps": 200}),
-        ("cpu-huge", "pool._demo:cpu_agent", {"n": 10**9}),
-        ("stuck-tool", "pool._demo:stuck_tool_agent", {}),
-        ("stubborn", "pool._demo:stubborn_agent", {}),
+        ("long-research", "interrupt_pool._demo:research_agent", {"seed": 99, "steps": 200}),
+        ("cpu-huge", "interrupt_pool._demo:cpu_agent", {"n": 10**9}),
+        ("stuck-tool", "interrupt_pool._demo:stuck_tool_agent", {}),
+        ("stubborn", "interrupt_pool._demo:stubborn_agent", {}),
     ]
     for i in range(8):
-        jobs.append((f"research-{i}", "pool._demo:research_agent", {"seed": i, "steps": 4 + i % 4}))
+        jobs.append((f"research-{i}", "interrupt_pool._demo:research_agent", {"seed": i, "steps": 4 + i % 4}))
     for i in range(4):
-        jobs.append((f"cpu-{i}", "pool._demo:cpu_agent", {"n": 300_000 * (i + 1)}))
+        jobs.append((f"cpu-{i}", "interrupt_pool._demo:cpu_agent", {"n": 300_000 * (i + 1)}))
     return jobs
 
 

@@ -15,7 +15,7 @@ import time
 
 from pydantic import BaseModel
 
-from shared import ExecutionStatus, InterruptMode, InterruptReason, Stage
+from .shared import ExecutionStatus, InterruptMode, InterruptReason, Stage
 
 __all__ = ("Event", "EventKind")
 

@@ -10,8 +10,9 @@ Tree::
           │    ├── ExecutionInterrupted   it was stopped (cancel, timeout, shutdown)
           │    ├── ExecutionFailed        the agent raised
           │    └── WorkerCrashed          its worker process died (exit code or signal)
-          ├── PoolClosed             submit/cancel after shutdown()
-          └── PoolBroken             the supervisor process died; nothing new can run
+          ├── PoolClosed             submit/cancel after shutdown(), or no such pool to connect to
+          ├── PoolBroken             the supervisor process died; nothing new can run
+          └── QueueFull              max_queued executions are waiting; submit(block=False) or its timeout
 
 Bad arguments raise the built-in ``TypeError`` / ``ValueError`` with a
 sentence that names the argument and the fix.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared import Interrupted
+from .shared import Interrupted
 
 if TYPE_CHECKING:
     from ._models import ExecutionResult
@@ -34,6 +35,7 @@ __all__ = (
     "PoolBroken",
     "PoolClosed",
     "PoolError",
+    "QueueFull",
     "WorkerCrashed",
 )
 
@@ -68,3 +70,7 @@ class PoolClosed(PoolError, RuntimeError):
 
 class PoolBroken(PoolError, RuntimeError):
     """The supervisor process died; the pool cannot run anything any more."""
+
+
+class QueueFull(PoolError):
+    """``max_queued`` executions are already waiting; nothing was submitted."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage
+from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage
 
 __all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo", "CheckpointRef")
 

@@ -1,73 +1,85 @@
-"""The user-side API: :class:`Pool` and :class:`Execution`.
+"""The user-side API: :class:`Pool` and :class:`Execution`, a client of the supervisor.
 
-Owns: the user's view of every execution it submitted (status, outcome) and
-the supervisor process it forked. A reader thread is the only writer of
-execution state on this side: it applies the supervisor's frames (STARTED,
-CANCELLING, ENDED, REPLY) in order. User threads only send frames, under
-``_lock``, and wait: on the pool's ``_changed`` condition for executions, on a
-future for the reply to a request (cancel, queries).
+Owns: this client's view of the executions it submitted (status, outcome)
+and, for a pool it created, the supervisor process. ``Pool(...)`` starts a
+supervisor as a fresh interpreter (``python -m interrupt_pool._supervisor``,
+handed one socket and nothing else) and is its *owner*: its exit drains the
+pool. ``Pool.connect(name)`` attaches to a running named pool as one more
+client.
 
-The supervisor is forked from the calling thread before the reader thread
-starts, so functions defined in ``__main__`` or a test module are found by
-name in the workers without re-importing anything.
+Threads: a reader thread is the only writer of execution state on this side;
+it applies the supervisor's frames in order. A dispatcher thread runs done
+callbacks and event listeners, so they may call any Pool method (a callback
+on the reader thread would wait for a reply that only the reader can read).
+User threads send frames under ``_lock`` and wait: on ``_changed`` for
+executions, on a future for the reply to a request.
+
+Memory: a live execution is held by the pool until it ends; after that only
+by the user's handle (a weak map finds it by id while the user keeps it), so
+ended executions cost nothing once their handles are dropped. The supervisor
+keeps a bounded history for ``status`` and :meth:`Pool.outcome`.
 """
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import hashlib
 import importlib
 import itertools
+import math
 import os
 import pickle
 import queue
+import resource
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import traceback
 import weakref
+from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
-import psutil
-
-from shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
-from shared._wire import Channel, Msg, packb
-
-from ._control import ControlServer, check_name
+from . import _naming
 from ._events import Event, EventKind
-from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, WorkerCrashed
+from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, QueueFull, WorkerCrashed
 from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
-from ._proc import killpg
-from ._supervisor import supervisor_main
+from ._proc import killpg, start_ticks
+from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
+from .shared import _protocol as P
 
 __all__ = ("Pool", "Execution")
 
 _open_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
-_SUBMIT_BATCH = 2000  # executions per SUBMIT frame in map(): bounds one frame's size
+_SUBMIT_BATCH = 2000  # executions per Submit frame: bounds one frame's size
+_START_TIMEOUT = 60.0  # seconds for a new supervisor to answer (a loaded CI machine can be slow)
+WORKER_MEMORY_ESTIMATE = 4 << 20  # bytes a worker needs at least (measured: under 3 MiB of its own)
 
 
 class Execution:
     """A handle on one submitted execution.
 
     The pool's reader thread is the only writer of its state; it settles it once,
-    under the pool's ``_changed`` condition, with the supervisor's ENDED frame. The
-    ExecutionResult model is built from that frame on the first ``outcome()``, so
-    callers who only want ``result()`` values never pay for it.
+    under the pool's ``_changed`` condition, with the supervisor's Ended frame. The
+    ExecutionResult model is built on the first ``outcome()``.
     """
 
-    __slots__ = ("id", "_pool", "_status", "_worker_id", "_ended", "_value", "_outcome", "_callbacks", "__weakref__")
+    __slots__ = ("id", "_pool", "_status", "_worker_id", "_ended", "_value", "_outcome", "_callbacks", "_reserved",
+                 "__weakref__")  # fmt: skip
 
     def __init__(self, pool: "Pool", id: str):
         self.id = id
         self._pool = pool
         self._status = ExecutionStatus.QUEUED
         self._worker_id: int | None = None
-        self._ended: dict | None = None  # the ENDED frame's dict, once it has ended
+        self._ended: dict | None = None  # the Ended frame's info, once it has ended
         self._value: Any = None
         self._outcome: ExecutionResult | None = None
         self._callbacks: list | None = None
+        self._reserved = False  # holds one of the pool's max_queued places
 
     def __repr__(self) -> str:
         return f"<Execution {self.id!r} {self._status.value}>"
@@ -108,21 +120,11 @@ class Execution:
         self._wait(timeout)
         if self._status is ExecutionStatus.COMPLETED:
             return self._value
-        out = self.outcome()
-        if out.status is ExecutionStatus.INTERRUPTED:
-            i = out.interrupt
-            how = f" ({i.reason.value}, {i.mode.value}, ended at stage {i.stage.value})" if i and i.stage else ""
-            raise ExecutionInterrupted(f"execution {self.id!r} was interrupted{how}", out)
-        if out.status is ExecutionStatus.FAILED:
-            e = out.error
-            raise ExecutionFailed(f"execution {self.id!r} failed: {e.type}: {e.message}", out)
-        raise WorkerCrashed(out.error.message if out.error else f"execution {self.id!r} crashed", out)
+        raise _error_for(self.outcome())
 
     def wait_started(self, timeout: float | None = None) -> bool:
         """Block until the execution has started on a worker (True) or ended without
-        ever starting, e.g. cancelled while queued (False). ``TimeoutError`` after ``timeout``.
-        Started means handed to a worker: the agent's first line may not have run yet
-        (a stop that comes first ends it at the flag before any agent code runs)."""
+        ever starting, e.g. cancelled while queued (False). ``TimeoutError`` after ``timeout``."""
         cond = self._pool._changed
         with cond:
             if not cond.wait_for(lambda: self._worker_id is not None or self._ended is not None, timeout):
@@ -130,8 +132,8 @@ class Execution:
         return self._worker_id is not None
 
     def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
-        """Call ``fn(execution)`` once it has ended: from the pool's reader thread, or
-        right here if it already has."""
+        """Call ``fn(execution)`` once it has ended, on the pool's callback thread (or
+        right here if it already has). ``fn`` may call any method of the pool."""
         with self._pool._changed:
             if self._ended is None:
                 if self._callbacks is None:
@@ -141,49 +143,65 @@ class Execution:
         fn(self)
 
 
-def _agent_ref(fn: Any, cache: dict) -> tuple[str, str]:
-    """(module, qualname) by which a worker finds ``fn``; a clear error if it cannot."""
+def _error_for(out: ExecutionResult) -> Exception:
+    if out.status is ExecutionStatus.INTERRUPTED:
+        i = out.interrupt
+        how = f" ({i.reason.value}, {i.mode.value}, ended at stage {i.stage.value})" if i and i.stage else ""
+        return ExecutionInterrupted(f"execution {out.id!r} was interrupted{how}", out)
+    if out.status is ExecutionStatus.FAILED:
+        e = out.error
+        return ExecutionFailed(f"execution {out.id!r} failed: {e.type}: {e.message}", out)
+    return WorkerCrashed(out.error.message if out.error else f"execution {out.id!r} crashed", out)
+
+
+def _agent_spec(fn: Any, cache: dict, what: str = "agent") -> tuple[str, bytes | None]:
+    """How a worker finds ``fn``: ('module:qualname', None) for an importable function,
+    ('blob:<sha256>', bytes) for one shipped by value (defined in __main__, a notebook,
+    a REPL, or nested). A clear error if neither works."""
+    try:
+        return cache[fn]
+    except (KeyError, TypeError):
+        pass
     if isinstance(fn, str):
-        if fn in cache:
-            return cache[fn]
         module, sep, qualname = fn.partition(":")
         if not sep or not module or not qualname:
-            raise ValueError(f"agent {fn!r} must be written as 'module:function', e.g. 'mypkg.agents:research'")
-    else:
+            raise ValueError(f"{what} {fn!r} must be written as 'module:function', e.g. 'mypkg.agents:research'")
         try:
-            return cache[fn]
-        except (KeyError, TypeError):
-            pass
+            obj = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:
+            raise TypeError(f"{what} {fn} cannot be imported ({type(exc).__name__}: {exc}); "
+                            "check the module path and the function name") from exc  # fmt: skip
+        if not callable(obj):
+            raise TypeError(f"{what} {fn} is a {type(obj).__name__}, not a function")
+        spec = (fn, None)
+    else:
         if not callable(fn):
-            raise TypeError(f"agent must be a function taking (ctx, input), got {type(fn).__name__} {fn!r}")
+            raise TypeError(f"{what} must be a function taking (ctx, input), got {type(fn).__name__} {fn!r}")
         module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-        if module is None or qualname is None:
-            raise TypeError(
-                f"agent {fn!r} has no __module__/__qualname__; pass a function defined with def at module level"
-            )
-        if "<lambda>" in qualname or "<locals>" in qualname:
-            what = "a lambda" if "<lambda>" in qualname else "a function defined inside another function"
-            raise TypeError(
-                f"agent {module}.{qualname} is {what}, which a worker cannot find by name; "
-                "define it with def at the top level of an importable module"
-            )
+        by_name = False
+        if module and qualname and module != "__main__" and "<" not in qualname:
+            obj = sys.modules.get(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part, None)
+            by_name = obj is fn
+        if by_name:
+            spec = (f"{module}:{qualname}", None)
+        else:
+            import cloudpickle  # by value, as loky and Ray do for __main__, notebooks and closures
+
+            try:
+                blob = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise TypeError(f"{what} {fn!r} cannot be sent to a worker by value ({type(exc).__name__}: {exc}); "
+                                "define it with def at the top level of an importable module") from exc  # fmt: skip
+            spec = (f"blob:{hashlib.sha256(blob).hexdigest()}", blob)
     try:
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:
-        raise TypeError(f"agent {module}:{qualname} cannot be imported ({type(exc).__name__}: {exc}); "
-                        "check the module path and the function name") from exc  # fmt: skip
-    if not isinstance(fn, str) and obj is not fn:
-        raise TypeError(f"agent {fn!r} is not the object found at {module}:{qualname}; pass the module-level function")
-    if not callable(obj):
-        raise TypeError(f"agent {module}:{qualname} is a {type(obj).__name__}, not a function")
-    ref = (module, qualname)
-    try:
-        cache[fn] = ref
+        cache[fn] = spec
     except TypeError:
         pass  # unhashable callable: just not cached
-    return ref
+    return spec
 
 
 def _check_id(id: Any) -> str:
@@ -200,27 +218,91 @@ def _request_codes(mode, reason, source) -> tuple[int, int, int]:
 
 def _parse(enum_cls, value, name: str):
     try:
-        return enum_cls(value)
+        return enum_cls(value.lower() if isinstance(value, str) else value)
     except ValueError:
         choices = ", ".join(m.value for m in enum_cls)
         raise ValueError(f"{name} must be one of {choices}; got {value!r}") from None
 
 
+def _whole(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return value
+
+
+def check_workers_fit(workers: int) -> None:
+    """Refuse a worker count this machine cannot hold, saying what fits."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            mine = sum(1 for p in os.listdir("/proc") if p.isdigit() and os.stat(f"/proc/{p}").st_uid == os.getuid())
+        except OSError:
+            mine = 0
+        room = soft - mine - 8  # the supervisor, replacements, the tools agents start
+        if workers > room:
+            raise ValueError(f"workers={workers} does not fit the process limit (RLIMIT_NPROC {soft}, {mine} "
+                             f"processes already yours): at most {max(room, 0)} fit; raise 'ulimit -u' or use fewer")  # fmt: skip
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    fit = int(avail * 0.5 // WORKER_MEMORY_ESTIMATE)
+    if workers > fit:
+        raise ValueError(f"workers={workers} does not fit this machine's memory: {avail >> 20} MiB available, a worker "
+                         f"needs at least {WORKER_MEMORY_ESTIMATE >> 20} MiB before its agent runs, and half of the "
+                         f"memory is kept for the agents: at most {fit} workers fit")  # fmt: skip
+
+
+def _launch(start: P.Start) -> tuple[socket.socket, subprocess.Popen, P.Welcome, P.Channel]:
+    """Start a supervisor as a fresh interpreter handed one socket; return its Welcome."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "interrupt_pool._supervisor", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+        )  # fmt: skip
+    except OSError as exc:
+        ours.close()
+        raise PoolBroken(f"cannot start the supervisor with {sys.executable!r}: {exc}") from exc
+    finally:
+        theirs.close()
+    chan = P.Channel(ours, start.max_frame)
+    ours.settimeout(_START_TIMEOUT)
+    try:
+        chan.send(start)
+        msg = chan.recv()
+    except (OSError, P.ProtocolError) as exc:
+        msg = exc
+    ours.settimeout(None)
+    if type(msg) is P.Welcome:
+        return ours, proc, msg, chan
+    ours.close()
+    code = proc.wait()
+    if type(msg) is P.Refused:
+        raise ValueError(msg.message)
+    raise PoolBroken(f"the supervisor (pid {proc.pid}) did not start: {msg or 'no answer'} (exit code {code}); "
+                     "its error, if any, is on stderr")  # fmt: skip
+
+
 class Pool:
-    """A supervisor process with ``workers`` agent workers; stops any execution on demand.
+    """Agent workers under one supervisor process; stops any execution on demand.
 
     ``capacity`` is the number of slots in the shared flag array: how many
     executions can be running or being stopped at once (at least ``workers``;
     the default leaves room for replacement workers while killed ones are reaped).
+    ``max_queued`` bounds the executions this pool has submitted that have not
+    started: ``submit`` then blocks (or raises :class:`QueueFull`). ``history`` is how
+    many ended executions the supervisor keeps for ``status`` and :meth:`outcome`.
     """
 
     def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None,
                  *, name: str | None = None, on_event: Callable[[Event], Any] | None = None,
-                 checkpoint_dir: str | os.PathLike | None = ".pool/checkpoints", keep_checkpoints: int = 3):  # fmt: skip
+                 checkpoint_dir: str | os.PathLike | None = ".pool/checkpoints", keep_checkpoints: int = 3,
+                 max_queued: int | None = None, history: int = 1000, max_frame: int = P.DEFAULT_MAX_FRAME):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a whole number of at least 1, got {workers!r}")
+        _whole("workers", workers, 1)
         if escalation is None:
             escalation = Escalation()
         if not isinstance(escalation, Escalation):
@@ -229,66 +311,96 @@ class Pool:
             capacity = 2 * workers + 2
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < workers:
             raise ValueError(f"capacity must be a whole number of at least workers={workers}, got {capacity!r}")
-        if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be a whole number of at least 1, got {keep_checkpoints!r}")
-        # Absolute now: agents may chdir, and 'pool checkpoints' must find the same place.
-        self.checkpoint_dir = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
+        _whole("keep_checkpoints", keep_checkpoints, 1)
+        if max_queued is not None:
+            _whole("max_queued", max_queued, 1)
+        _whole("history", history, 0)
+        _whole("max_frame", max_frame, 1 << 16)
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a function taking an Event, got {on_event!r}")
         if name is not None:
-            check_name(name)
+            _naming.check_name(name)
+        check_workers_fit(workers)
+        # Absolute now: agents may chdir, and 'pool checkpoints' must find the same place.
+        checkpoint_dir = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
+        self._init_client(on_event, max_queued, workers)
+        start = P.Start(os.getpid(), workers, capacity, escalation.grace, escalation.term_grace, checkpoint_dir,
+                        keep_checkpoints, name, [p for p in sys.path if isinstance(p, str)], max_frame, history,
+                        max_queued)  # fmt: skip
+        sock, self._proc, welcome, chan = _launch(start)
         self.escalation = escalation
-        self.name = name
+        self._attach(sock, chan, welcome, owner=True)
+
+    @classmethod
+    def connect(cls, name: str | None = None, *, on_event: Callable[[Event], Any] | None = None,
+                timeout: float = 10.0) -> "Pool":  # fmt: skip
+        """Attach to a running named pool (``Pool(name=...)`` or ``pool serve``) as one more
+        client: submit, wait, cancel, status and events work as on the pool that created it;
+        ``shutdown()`` only disconnects this client (the pool goes on)."""
+        try:
+            addr = _naming.find_pool(name)
+        except _naming.NameError_ as exc:
+            raise PoolClosed(str(exc)) from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        chan = P.Channel(sock)
+        try:
+            sock.connect(str(addr.path))
+            chan.send(P.Hello(P.PROTOCOL_VERSION, os.getpid(), "client"))
+            msg = chan.recv()
+        except (OSError, P.ProtocolError) as exc:
+            sock.close()
+            raise PoolClosed(f"pool {addr.name!r} is not answering ({exc}); it may just have exited") from None
+        if type(msg) is not P.Welcome:
+            sock.close()
+            raise PoolClosed(msg.message if type(msg) is P.Refused else f"pool {addr.name!r} closed the connection")
+        sock.settimeout(None)
+        self = cls.__new__(cls)
+        self._init_client(on_event, None, msg.workers)
+        self._proc = None
+        self.escalation = Escalation(grace=msg.grace, term_grace=msg.term_grace)
+        self._attach(sock, chan, msg, owner=False)
+        return self
+
+    def _init_client(self, on_event, max_queued: int | None, workers: int) -> None:
         self._workers = workers
+        self._max_queued = max_queued
+        self._queued = 0  # executions holding a max_queued place
         self._listeners: list[Callable[[Event], Any]] = [on_event] if on_event else []
         self._event_queues: list = []  # one SimpleQueue per live events() iterator
+        self._subscribed = False
         self._reader_done = False  # set under _lock by the reader thread as it ends: no new waits after it
-        self._control = None
-        self._lock = threading.Lock()  # guards sending and _execs/_replies membership
+        self._lock = threading.Lock()  # guards sending and _live/_replies membership
         self._changed = threading.Condition()  # notified by the reader thread when an execution starts or ends
-        self._execs: dict[str, Execution] = {}
+        self._live: dict[str, Execution] = {}  # not yet ended: held here until they end
+        self._handles: weakref.WeakValueDictionary[str, Execution] = weakref.WeakValueDictionary()
         self._replies: dict[int, cf.Future] = {}
         self._req_ids = itertools.count(1)
         self._auto_ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()  # auto ids: unique in this pool, and across runs in practice
         self._ref_cache: dict = {}
-        self._worker_procs: dict[int, tuple[int, float]] = {}  # id -> (pid, create_time), for the last-resort kill
+        self._sent_agents: set[str] = set()
+        self._worker_procs: dict[int, tuple[int, int]] = {}  # id -> (pid, start ticks), for the last-resort kill
         self._closed = False
         self._broken: str | None = None
-        ours, theirs = socket.socketpair()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()  # or the child would write our buffered output again
-            except (AttributeError, ValueError, OSError):
-                pass
-        pid = os.fork()
-        if pid == 0:  # the supervisor
-            code = 0
-            try:
-                ours.close()
-                for other in list(_open_pools):
-                    fd = other._sock.detach()  # keep only our own client socket: another pool's
-                    if fd >= 0:  # user end held here would hide that user's death from its supervisor
-                        os.close(fd)
-                supervisor_main(theirs, workers, capacity, escalation.grace, escalation.term_grace,
-                                self.checkpoint_dir, keep_checkpoints)  # fmt: skip
-            except BaseException:
-                traceback.print_exc()
-                code = 70
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.supervisor_pid = pid
-        self._sock = ours
+        self._pid = os.getpid()
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (fn, arg) for the callback thread
+
+    def _attach(self, sock: socket.socket, chan: P.Channel, welcome: P.Welcome, owner: bool) -> None:
+        self._sock, self._chan, self._owner = sock, chan, owner
+        self.supervisor_pid = welcome.supervisor_pid
+        self.name = welcome.name
+        self.socket_path = welcome.socket_path
+        self.checkpoint_dir = welcome.checkpoint_dir
+        self._max_frame = welcome.max_frame
         _open_pools.add(self)
-        self._reader = threading.Thread(target=self._read_loop, name=f"pool-reader-{pid}", daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"pool-callbacks-{self.supervisor_pid}",
+                                            daemon=True)  # fmt: skip
+        self._dispatcher.start()
+        self._reader = threading.Thread(target=self._read_loop, name=f"pool-reader-{self.supervisor_pid}", daemon=True)
         self._reader.start()
-        if name is not None:
-            try:
-                self._control = ControlServer(self, name)
-            except BaseException:
-                self.shutdown(wait=True, cancel=InterruptMode.KILL)
-                raise
+        if self._listeners:
+            self._subscribe()
 
     # -- context manager ---------------------------------------------------
 
@@ -299,17 +411,32 @@ class Pool:
         interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
         self.shutdown(wait=True, cancel=interrupted)
 
+    def __repr__(self) -> str:
+        state = "broken" if self._broken else "closed" if self._closed else "open"
+        return f"<Pool {self.name or ''} supervisor={self.supervisor_pid} {'owner' if self._owner else 'client'} {state}>"
+
     # -- submitting ----------------------------------------------------------
 
     def _check_open(self) -> None:
+        if os.getpid() != self._pid:
+            raise PoolClosed(f"this Pool belongs to process {self._pid}; a forked child cannot use it: create a "
+                             "new Pool in the child, or attach to a named one with Pool.connect(name)")  # fmt: skip
         if self._broken:
             raise PoolBroken(self._broken)
         if self._closed:
             raise PoolClosed("this pool was shut down; create a new Pool to run more work")
 
-    def _prepare(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None) -> list:
-        module, qualname = _agent_ref(fn, self._ref_cache)
-        hook = list(_agent_ref(on_interrupt, self._ref_cache)) if on_interrupt is not None else None
+    def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None) -> tuple[P.Task, list]:
+        """The Task frame for one execution, and the DefineAgent frames it needs first."""
+        defs = []
+        agent, blob = _agent_spec(fn, self._ref_cache)
+        if blob is not None:
+            defs.append(P.DefineAgent(agent[5:], blob))
+        hook = None
+        if on_interrupt is not None:
+            hook, hblob = _agent_spec(on_interrupt, self._ref_cache, "on_interrupt")
+            if hblob is not None:
+                defs.append(P.DefineAgent(hook[5:], hblob))
         if resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoints; this pool was created with checkpoint_dir=None")
         id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else _check_id(id)
@@ -326,70 +453,166 @@ class Pool:
                 f"the input of execution {id!r} cannot be pickled ({type(exc).__name__}: {exc}); "
                 "pass plain data (str, numbers, lists, dicts) or picklable objects"
             ) from exc
-        return [id, module, qualname, payload, timeout, grace, term_grace, bool(resume), hook]
+        if len(payload) > self._max_frame - 4096:
+            raise ValueError(f"the input of execution {id!r} is {len(payload)} bytes pickled, more than the pool's "
+                             f"max_frame ({self._max_frame}); pass a path or a reference instead, or raise max_frame")  # fmt: skip
+        return P.Task(id, agent, payload, timeout, grace, term_grace, bool(resume), hook), defs
 
-    def _register(self, items: list[list]) -> list[Execution]:
-        """Record and send SUBMIT frames; caller holds ``_lock``."""
-        execs = []
+    def _reserve(self, n: int, block: bool, timeout: float | None) -> None:
+        """Take ``n`` max_queued places, waiting for room (bounded by ``timeout``)."""
+        limit = self._max_queued
+        if limit is None:
+            return
+        if n > limit:
+            raise ValueError(f"cannot submit {n} executions at once to a pool with max_queued={limit}")
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self._queued + n <= limit or self._reader_done,
+                                        timeout if block else 0)  # fmt: skip
+            if self._reader_done:
+                return
+            if not ok:
+                why = "block=False" if not block else f"after waiting {timeout} s"
+                raise QueueFull(f"{self._queued} executions are queued, max_queued={limit}; not submitted ({why}); "
+                                "wait for some to start, or raise max_queued")  # fmt: skip
+            self._queued += n
+
+    def _unreserve(self, n: int) -> None:
+        if self._max_queued is not None and n:
+            with self._changed:
+                self._queued -= n
+                self._changed.notify_all()
+
+    def _register(self, tasks: list[P.Task], defs: list, reserved: bool) -> tuple[list[Execution], list]:
+        """Record and send Submit frames (and the futures of their acceptance); caller holds ``_lock``."""
         seen = set()
-        for item in items:
-            id = item[0]
-            old = self._execs.get(id)
-            if (old is not None and not old.done()) or id in seen:
-                raise ValueError(f"execution id {id!r} is already in use by a live execution; pick another id")
-            seen.add(id)
+        for t in tasks:
+            if t.id in self._live or t.id in seen:
+                raise ValueError(f"execution id {t.id!r} is already in use by a live execution; pick another id")
+            seen.add(t.id)
+        frames = [d for d in defs if d.digest not in self._sent_agents]
+        execs = []
         watched = self._watched
-        for item in items:
-            ex = self._execs[item[0]] = Execution(self, item[0])
+        for t in tasks:
+            ex = Execution(self, t.id)
+            ex._reserved = reserved
+            self._live[t.id] = self._handles[t.id] = ex
             execs.append(ex)
             if watched:
                 self._emit(Event.model_construct(kind=EventKind.SUBMITTED, mono_ns=time.monotonic_ns(), execution_id=ex.id))
-        for i in range(0, len(items), _SUBMIT_BATCH):
-            self._send([Msg.SUBMIT, items[i : i + _SUBMIT_BATCH]])
+        acks = []
+        for i in range(0, len(tasks), _SUBMIT_BATCH):
+            req = 0
+            if not self._owner:  # another client's live id is refused with a reply, not a failed execution
+                req = next(self._req_ids)
+                acks.append(self._replies.setdefault(req, cf.Future()))
+            frames.append(P.Submit(req, tasks[i : i + _SUBMIT_BATCH]))
+        try:
+            self._send_many(frames)
+        except BaseException:
+            self._forget(tasks)
+            raise
+        self._sent_agents.update(d.digest for d in defs)
+        return execs, acks
+
+    def _forget(self, tasks: list[P.Task]) -> None:
+        for t in tasks:
+            self._live.pop(t.id, None)
+            self._handles.pop(t.id, None)
+
+    def _submit_tasks(self, tasks: list[P.Task], defs: list) -> list[Execution]:
+        """Register and send; for a connected client, wait for the supervisor's acceptance."""
+        with self._lock:
+            self._check_open()
+            execs, acks = self._register(tasks, defs, self._max_queued is not None)
+        try:
+            for fut in acks:
+                fut.result()
+        except _RequestError as exc:
+            with self._lock:
+                self._forget(tasks)
+            raise ValueError(str(exc)) from None
         return execs
 
     def submit(self, fn: Callable | str, input: Any = None, *, id: str | None = None, timeout: float | None = None,
                escalation: Escalation | None = None, resume: bool = False,
-               on_interrupt: Callable | str | None = None) -> Execution:  # fmt: skip
-        """Queue ``fn(ctx, input)``; ``fn`` is a module-level function or a 'module:function' string.
+               on_interrupt: Callable | str | None = None, block: bool = True,
+               queue_timeout: float | None = None) -> Execution:  # fmt: skip
+        """Queue ``fn(ctx, input)``; ``fn`` is a function (importable ones travel by name; ones
+        defined in ``__main__``, a notebook or another function travel by value) or a
+        'module:function' string.
 
         ``timeout`` (seconds of running) stops the execution through the escalation
         policy with reason TIMEOUT; ``escalation`` overrides the pool's for this one.
         ``resume=True`` starts it with ``ctx.restore()`` returning the newest checkpoint
-        its id saved before. ``on_interrupt(ctx, state)`` (importable, like ``fn``) runs in
-        the worker when it is stopped at the flag or SIGTERM stage, to save what it had;
-        without one, ``ctx.state`` is checkpointed if the agent set it.
+        its id saved before. ``on_interrupt(ctx, state)`` runs in the worker when it is
+        stopped at the flag or SIGTERM stage, to save what it had; without one,
+        ``ctx.state`` is checkpointed if the agent set it. With ``max_queued`` set, a full
+        queue blocks here (``block=False``: raise QueueFull at once; ``queue_timeout``:
+        after that many seconds).
         """
         self._check_open()
-        item = self._prepare(fn, input, id, timeout, escalation, resume, on_interrupt)
-        with self._lock:
-            self._check_open()
-            return self._register([item])[0]
+        task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt)
+        self._reserve(1, block, queue_timeout)
+        try:
+            return self._submit_tasks([task], defs)[0]
+        except BaseException:
+            self._unreserve(1)
+            raise
 
     def _submit_batch(self, fn: Callable | str, items: list[tuple[str | None, Any]], timeout: float | None = None,
                       resume: bool = False) -> list[Execution]:  # fmt: skip
         """Submit (id, input) pairs in as few frames as possible; all or none."""
         self._check_open()
-        prepared = [self._prepare(fn, x, id, timeout, None, resume) for id, x in items]
-        with self._lock:
-            self._check_open()
-            return self._register(prepared)
-
-    def map(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None) -> list:
-        """Run ``fn`` over ``inputs``; return the values in input order.
-
-        ``timeout`` is per execution, as in :meth:`submit`. The first execution (in
-        input order) that does not complete raises its error, after the rest were cancelled.
-        """
-        execs = self._submit_batch(fn, [(None, x) for x in inputs], timeout)
+        built = [self._task(fn, x, id, timeout, None, resume) for id, x in items]
+        tasks = [t for t, _ in built]
+        defs = built[0][1] if built else []
+        self._reserve(len(tasks), True, None)
         try:
-            return [ex.result() for ex in execs]
+            return self._submit_tasks(tasks, defs)
         except BaseException:
-            for ex in execs:
+            self._unreserve(len(tasks))
+            raise
+
+    def imap(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None,
+             window: int | None = None) -> Iterator[Any]:  # fmt: skip
+        """Like :meth:`map`, as an iterator: inputs are read and submitted lazily, at most
+        ``window`` executions in flight (default: enough to keep every worker busy)."""
+        if window is None:
+            window = max(256, 16 * self._workers)
+        _whole("window", window, 1)
+        if self._max_queued is not None:
+            window = min(window, self._max_queued)
+        it = iter(inputs)
+        pending: deque[Execution] = deque()
+
+        def refill() -> None:
+            batch = list(itertools.islice(it, window - len(pending)))
+            if batch:
+                pending.extend(self._submit_batch(fn, [(None, x) for x in batch], timeout))
+
+        try:
+            refill()
+            while pending:
+                value = pending.popleft().result()
+                if len(pending) <= window // 2:
+                    refill()
+                yield value
+        except BaseException:
+            for ex in pending:
                 if not ex.done():
                     self.cancel(ex.id, InterruptMode.GRACEFUL, reason=InterruptReason.PARENT_CANCELLED,
                                 message="another execution of the same map() failed")  # fmt: skip
             raise
+
+    def map(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None,
+            window: int | None = None) -> list:  # fmt: skip
+        """Run ``fn`` over ``inputs``; return the values in input order.
+
+        ``timeout`` is per execution, as in :meth:`submit`. Inputs are submitted lazily,
+        at most ``window`` at a time. The first execution (in input order) that does not
+        complete raises its error, after the rest were cancelled.
+        """
+        return list(self.imap(fn, inputs, timeout=timeout, window=window))
 
     @staticmethod
     def as_completed(executions: Iterable[Execution], timeout: float | None = None) -> Iterator[Execution]:
@@ -410,7 +633,8 @@ class Pool:
     def cancel(self, id: str, mode: InterruptMode | str = InterruptMode.GRACEFUL,
                reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
                source: InterruptSource | str = InterruptSource.USER) -> bool:  # fmt: skip
-        """Stop execution ``id``. True if it was queued or running; False if unknown or ended.
+        """Stop execution ``id`` (any execution of the pool, not only this client's).
+        True if it was queued or running; False if unknown or ended.
 
         ``graceful``: flag, then SIGTERM after ``grace``, then SIGKILL after ``term_grace``;
         ``immediate``: flag and SIGTERM now; ``kill``: SIGKILL of its process group now.
@@ -418,45 +642,87 @@ class Pool:
         flag is already set.
         """
         codes = _request_codes(mode, reason, source)
-        ex = self._execs.get(id)
-        if ex is None or ex.done() or self._broken:
+        if self._broken or self._reader_done:
             return False
-        return self._call(lambda req: [Msg.CANCEL, req, id, *codes, message])
+        try:
+            return bool(self._call(lambda req: P.Cancel(req, id, *codes, message)))
+        except PoolClosed:
+            return False
 
     def cancel_worker(self, worker_id: int, mode: InterruptMode | str = InterruptMode.GRACEFUL,
                       reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
                       source: InterruptSource | str = InterruptSource.USER) -> bool:  # fmt: skip
-        """Stop whatever execution worker ``worker_id`` runs. False if it runs nothing."""
+        """Stop whatever execution worker ``worker_id`` runs. False if it runs nothing or does not exist."""
         codes = _request_codes(mode, reason, source)
-        if self._broken:
+        if self._broken or isinstance(worker_id, bool) or not isinstance(worker_id, int):
             return False
-        return self._call(lambda req: [Msg.CANCEL_WORKER, req, worker_id, *codes, message])
+        return bool(self._call(lambda req: P.CancelWorker(req, worker_id, *codes, message)))
+
+    def cancel_all(self, mode: InterruptMode | str = InterruptMode.GRACEFUL,
+                   reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
+                   source: InterruptSource | str = InterruptSource.USER, mine_only: bool = False) -> None:  # fmt: skip
+        """Stop every queued and running execution of the pool (``mine_only``: only this
+        client's). Idempotent; only escalates."""
+        codes = _request_codes(mode, reason, source)
+        try:
+            self._send(P.CancelAll(0, *codes, message, bool(mine_only)))
+        except (PoolBroken, PoolClosed):
+            pass  # nothing left to stop: the reader thread settles every execution
 
     # -- inspecting ------------------------------------------------------------
 
     def workers(self) -> list[WorkerInfo]:
         """The live workers: id, pid, state (starting, idle, busy, stopping), current execution."""
-        self._check_open_or_draining()
-        rows = self._call(lambda req: [Msg.QUERY, req, "workers"])
+        self._check_usable()
+        rows = self._call(lambda req: P.Query(req, "workers"))
         return [WorkerInfo(id=i, pid=p, state=s, execution_id=e) for i, p, s, e in rows]
 
     def executions(self) -> list[ExecutionInfo]:
-        """A snapshot of every execution submitted to this pool, in submission order."""
+        """This client's live executions and the ended ones whose handles are still held."""
         with self._lock:
-            execs = list(self._execs.values())
+            execs = list(self._handles.values())
         return [ExecutionInfo(id=e.id, status=e._status, worker_id=e._worker_id) for e in execs]
 
     def execution(self, id: str) -> Execution:
+        """The handle of execution ``id`` (live, or ended and still held by someone)."""
+        ex = self._handles.get(id)
+        if ex is None:
+            raise KeyError(f"no execution with id {id!r} is held by this client (it was never submitted here, "
+                           "or it ended and every handle on it was dropped); Pool.outcome(id) asks the supervisor")  # fmt: skip
+        return ex
+
+    def status(self) -> dict:
+        """The supervisor's view: workers, live executions and the recent ended ones
+        (``history`` of them), counts by status; what ``pool status --json`` prints."""
+        self._check_usable()
+        return self._call(lambda req: P.Query(req, "status"))
+
+    def has(self, id: str) -> bool:
+        """True if the pool has execution ``id`` live or in its history."""
+        self._check_usable()
+        return bool(self._call(lambda req: P.Query(req, "has", id)))
+
+    def outcome(self, id: str, timeout: float | None = None) -> ExecutionResult:
+        """Wait for execution ``id`` (any client's) to end and return how it ended. Works for
+        live executions and the ``history`` most recent ended ones; KeyError otherwise."""
+        ex = self._handles.get(id)
+        if ex is not None:
+            return ex.outcome(timeout)
+        self._check_usable()
+        fut = self._request(lambda req: P.Wait(req, id))
         try:
-            return self._execs[id]
-        except KeyError:
-            raise KeyError(f"no execution with id {id!r} was submitted to this pool") from None
+            info, value = fut.result(timeout)
+        except cf.TimeoutError:
+            raise TimeoutError(f"execution {id!r} has not ended after {timeout} s") from None
+        except _RequestError as exc:
+            raise KeyError(str(exc)) from None
+        return ExecutionResult.from_wire(info, *self._unpickle(id, info, value))
 
     def _live_rows(self) -> list[list]:
         """[id, status code, worker id, elapsed s, stage] of every live execution, from the supervisor."""
-        return self._call(lambda req: [Msg.QUERY, req, "executions"])
+        return self._call(lambda req: P.Query(req, "executions"))
 
-    def _check_open_or_draining(self) -> None:
+    def _check_usable(self) -> None:
         if self._broken:
             raise PoolBroken(self._broken)
         if self._reader_done:
@@ -464,94 +730,144 @@ class Pool:
 
     # -- shutting down ---------------------------------------------------------
 
-    def cancel_all(self, mode: InterruptMode | str = InterruptMode.GRACEFUL,
-                   reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
-                   source: InterruptSource | str = InterruptSource.USER) -> None:  # fmt: skip
-        """Stop every queued and running execution (idempotent; only escalates)."""
-        codes = _request_codes(mode, reason, source)
-        with self._lock:
-            try:
-                self._send([Msg.CANCEL_ALL, *codes, message])
-            except PoolBroken:
-                pass  # nothing left to stop: the reader thread settles every execution
-
     def shutdown(self, wait: bool = True, cancel: bool | InterruptMode | str = False) -> None:
         """Take no more work; with ``cancel`` stop everything queued or running
         (graceful, or the given mode); with ``wait`` return once the supervisor
-        and all workers are gone."""
+        and all workers are gone. On a pool attached with :meth:`connect`, this
+        client's own executions are waited for (or cancelled) and then it
+        disconnects: the pool goes on."""
         mode = 0
         if cancel:
             mode = (InterruptMode.GRACEFUL if cancel is True else _parse(InterruptMode, cancel, "cancel")).code
+        if os.getpid() != self._pid:
+            return  # a forked child's copy: the pool is its parent's
         with self._lock:
             first = not self._closed
             self._closed = True
+        if self._owner:
             try:
                 if first or mode:
-                    self._send([Msg.SHUTDOWN, mode, InterruptReason.SHUTDOWN.code, InterruptSource.USER.code])
-            except (PoolBroken, OSError):
+                    self._send(P.Shutdown(mode, InterruptReason.SHUTDOWN.code, InterruptSource.USER.code))
+            except (PoolBroken, PoolClosed, OSError):
                 pass  # already gone: the reader thread has settled everything
+        else:
+            if mode:
+                self.cancel_all(mode, InterruptReason.SHUTDOWN, "the client is shutting down", mine_only=True)
+            if wait:
+                with self._changed:
+                    self._changed.wait_for(lambda: not self._live or self._reader_done)
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # the reader sees EOF and settles what is left
+            except OSError:
+                pass
         if wait and threading.current_thread() is not self._reader:
             self._reader.join()
+            if threading.current_thread() is not self._dispatcher:
+                self._dispatcher.join()
+
+    close = shutdown
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _send(self, msg: list) -> None:
+    def _send(self, msg) -> None:
+        with self._lock:
+            self._send_many([msg])
+
+    def _send_many(self, msgs: list) -> None:
+        """Send frames; caller holds ``_lock``."""
+        if self._reader_done:
+            raise PoolBroken(self._broken) if self._broken else PoolClosed("this pool was shut down")
         try:
-            self._sock.sendall(packb(msg))
+            self._chan.send_many(msgs)
         except OSError as exc:
             raise PoolBroken(self._broken or f"the supervisor process (pid {self.supervisor_pid}) is gone") from exc
 
-    def _call(self, build: Callable[[int], list]):
+    def _request(self, build: Callable[[int], Any]) -> cf.Future:
         fut: cf.Future = cf.Future()
         with self._lock:
             if self._reader_done:
                 raise PoolBroken(self._broken) if self._broken else PoolClosed("this pool was shut down")
             req = next(self._req_ids)
             self._replies[req] = fut
-            self._send(build(req))
-        return fut.result()
+            self._send_many([build(req)])
+        return fut
+
+    def _call(self, build: Callable[[int], Any]):
+        try:
+            return self._request(build).result()
+        except _RequestError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _subscribe(self) -> None:
+        with self._lock:
+            if self._subscribed or self._reader_done:
+                return
+            self._subscribed = True
+            self._send_many([P.Subscribe(0)])
+
+    def _dispatch_loop(self) -> None:
+        calls = self._calls
+        while True:
+            item = calls.get()
+            if item is None:
+                return
+            fn, arg = item
+            try:
+                fn(arg)
+            except Exception:  # a callback's or listener's bug must not stop the others
+                traceback.print_exc()
 
     def _read_loop(self) -> None:
-        chan = Channel(self._sock)
+        chan = self._chan
         clean = False
         try:
             while True:
                 msg = chan.recv()
                 if msg is None:
                     break
-                kind = msg[0]
-                if kind == Msg.ENDED:
-                    self._on_ended(msg[1], msg[2], msg[3])
-                elif kind == Msg.STARTED:
-                    ex = self._execs.get(msg[1])
-                    if ex is not None and not ex.done():
-                        with self._changed:
-                            ex._worker_id = msg[2]
-                            if ex._status is ExecutionStatus.QUEUED:  # not back from CANCELLING
-                                ex._status = ExecutionStatus.RUNNING
-                            self._changed.notify_all()
-                        if self._watched:
-                            self._emit(Event.model_construct(kind=EventKind.STARTED, mono_ns=time.monotonic_ns(),
-                                                             execution_id=msg[1], worker_id=msg[2], pid=msg[3]))  # fmt: skip
-                elif kind == Msg.CANCELLING:
-                    ex = self._execs.get(msg[1])
-                    if ex is not None and not ex.done():
+                kind = type(msg)
+                if kind is P.Ended:
+                    self._on_ended(msg)
+                elif kind is P.Started:
+                    self._on_started(msg)
+                elif kind is P.Cancelling:
+                    ex = self._live.get(msg.id)
+                    if ex is not None:
                         ex._status = ExecutionStatus.CANCELLING
-                elif kind == Msg.REPLY:
-                    fut = self._replies.pop(msg[1], None)
+                elif kind is P.Reply:
+                    fut = self._replies.pop(msg.req, None)
                     if fut is not None:
-                        fut.set_result(msg[2])
-                elif kind == Msg.WORKER:
-                    self._worker_procs[msg[1]] = (msg[2], msg[3])
-                elif kind == Msg.EVENT:
+                        if msg.ok:
+                            fut.set_result(msg.value)
+                        else:
+                            fut.set_exception(_RequestError(msg.error))
+                elif kind is P.WorkerSpawned:
+                    self._worker_procs[msg.worker_id] = (msg.pid, int(msg.create_time))
+                elif kind is P.Event:
                     if self._watched:
-                        self._emit(Event.from_wire(*msg[1:]))
-                elif kind == Msg.GONE:
+                        self._emit(Event.from_wire(msg.kind, msg.id, msg.worker_id, msg.mono_ns, msg.data))
+                elif kind is P.Gone:
                     clean = True
-        except OSError:
+        except (OSError, P.ProtocolError):
             pass  # the socket broke: treated as the supervisor being gone
         finally:
             self._on_supervisor_gone(clean)
+
+    def _on_started(self, msg: P.Started) -> None:
+        ex = self._live.get(msg.id)
+        if ex is None:
+            return
+        with self._changed:
+            ex._worker_id = msg.worker_id
+            if ex._status is ExecutionStatus.QUEUED:  # not back from CANCELLING
+                ex._status = ExecutionStatus.RUNNING
+            if ex._reserved:
+                ex._reserved = False
+                self._queued -= 1
+            self._changed.notify_all()
+        if self._watched:
+            self._emit(Event.model_construct(kind=EventKind.STARTED, mono_ns=time.monotonic_ns(),
+                                             execution_id=msg.id, worker_id=msg.worker_id, pid=msg.pid))  # fmt: skip
 
     @property
     def _watched(self) -> bool:
@@ -561,18 +877,16 @@ class Pool:
         for q in list(self._event_queues):
             q.put(event)
         for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # a listener's bug must not stop result delivery
-                traceback.print_exc()
+            self._calls.put((listener, event))
 
     def events(self) -> Iterator[Event]:
-        """Iterate over events from now on until the pool has shut down."""
+        """Iterate over events from now on until the pool has shut down (or this client disconnected)."""
         q: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
             if self._reader_done:
                 return
             self._event_queues.append(q)
+        self._subscribe()
         try:
             while True:
                 ev = q.get()
@@ -585,22 +899,26 @@ class Pool:
             except ValueError:
                 pass
 
-    def _on_ended(self, id: str, d: dict, value: bytes | None) -> None:
-        ex = self._execs.get(id)
-        if ex is None or ex.done():
+    def _unpickle(self, id: str, info: dict, value: bytes | None) -> tuple[Any]:
+        if value is None:
+            return (None,)
+        try:
+            return (pickle.loads(value),)
+        except Exception as exc:
+            info["status"] = ExecutionStatus.FAILED.code
+            info["error"] = [type(exc).__name__, f"the result of execution {id!r} cannot be unpickled here: {exc}",
+                             traceback.format_exc()]  # fmt: skip
+            return (None,)
+
+    def _on_ended(self, msg: P.Ended) -> None:
+        ex = self._live.get(msg.id)
+        if ex is None:
             return
-        if value is not None:
-            try:
-                value = pickle.loads(value)
-            except Exception as exc:
-                d["status"] = ExecutionStatus.FAILED.code
-                d["error"] = [type(exc).__name__, f"the result of execution {id!r} cannot be unpickled here: {exc}",
-                              traceback.format_exc()]  # fmt: skip
-                value = None
-        self._settle(ex, d, value)
+        (value,) = self._unpickle(msg.id, msg.info, msg.value)
+        self._settle(ex, msg.info, value)
 
     def _settle(self, ex: Execution, d: dict, value: Any = None) -> None:
-        """Record the end of ``ex`` (the ENDED frame's dict) and wake whoever waits."""
+        """Record the end of ``ex`` (the Ended frame's info) and wake whoever waits."""
         status = ExecutionStatus.from_code(d["status"])
         with self._changed:
             ex._value = value
@@ -608,13 +926,14 @@ class Pool:
             if d.get("worker_id") is not None:
                 ex._worker_id = d["worker_id"]
             ex._ended = d
+            if ex._reserved:
+                ex._reserved = False
+                self._queued -= 1
             callbacks, ex._callbacks = ex._callbacks, None
+            self._live.pop(ex.id, None)  # from now on only the user's handles keep it
             self._changed.notify_all()
         for fn in callbacks or ():
-            try:
-                fn(ex)
-            except Exception:  # a callback's bug must not stop result delivery
-                traceback.print_exc()
+            self._calls.put((fn, ex))
         if self._watched:
             i = d.get("interrupt") or {}
             self._emit(Event.from_wire("ended", ex.id, d.get("worker_id"), time.monotonic_ns(), {
@@ -624,45 +943,66 @@ class Pool:
 
     def _on_supervisor_gone(self, clean: bool) -> None:
         how = ""
-        try:
-            _, status = os.waitpid(self.supervisor_pid, 0)
-            how = f" with exit code {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status) else (
-                f" by signal {signal.Signals(os.WTERMSIG(status)).name}")  # fmt: skip
-        except ChildProcessError:
-            pass  # someone else reaped it; we only lose the exit status
+        if self._proc is not None:
+            code = self._proc.wait()
+            how = f" with exit code {code}" if code >= 0 else f" by signal {signal.Signals(-code).name}"
         try:
             self._sock.close()
         except OSError:
             pass
         _open_pools.discard(self)
-        if not clean:
+        if not clean and self._owner:
             self._broken = f"the supervisor process (pid {self.supervisor_pid}) died{how}; create a new Pool"
-            for pid, create_time in self._worker_procs.values():
-                # Workers die with their supervisor (PR_SET_PDEATHSIG); this is the
-                # last resort for their tools, guarded against pid reuse by start time.
-                try:
-                    if abs(psutil.Process(pid).create_time() - create_time) < 0.01:
-                        killpg(pid)
-                except psutil.Error:
-                    pass  # already gone
-        reason = self._broken or "the pool shut down before this execution ended"
-        for ex in list(self._execs.values()):
-            if not ex.done():
-                self._settle(ex, {"id": ex.id, "status": ExecutionStatus.CRASHED.code, "worker_id": ex._worker_id,
-                                  "error": ["SupervisorDied" if self._broken else "PoolClosed", reason, None]})  # fmt: skip
+            for pid, ticks in self._worker_procs.values():
+                # Workers die with their supervisor (PR_SET_PDEATHSIG); this is the last resort
+                # for their tools, guarded against pid reuse by the worker's start time.
+                if start_ticks(pid) == ticks:
+                    killpg(pid)
+        if self._owner:
+            reason = self._broken or "the pool shut down before this execution ended"
+            etype = "SupervisorDied" if self._broken else "PoolClosed"
+        else:
+            reason = (f"this client disconnected from pool {self.name!r} before the execution ended; it goes on "
+                      f"there: Pool.connect({self.name!r}).outcome(id) or 'pool wait ID' gives its result")  # fmt: skip
+            etype = "ClientDisconnected"
+        for ex in list(self._live.values()):
+            self._settle(ex, {"id": ex.id, "status": ExecutionStatus.CRASHED.code, "worker_id": ex._worker_id,
+                              "error": [etype, reason, None]})  # fmt: skip
         with self._lock:
             self._reader_done = True  # no new request or events() iterator can start waiting now
             replies, self._replies = list(self._replies.values()), {}
             queues = list(self._event_queues)
+        with self._changed:
+            self._changed.notify_all()
         for fut in replies:
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
         for q in queues:
             q.put(None)  # ends each events() iterator
-        if self._control is not None:
-            self._control.close()
+        self._calls.put(None)  # the callback thread ends after what is queued
+
+
+class _RequestError(Exception):
+    """The supervisor answered a request with an error (its text is for the user)."""
+
+
+def _after_fork_in_child() -> None:
+    """A child the user forks must not touch its parent's pools: their sockets are closed
+    here (so the child holds no end of them), and its exit shuts nothing down."""
+    for pool in list(_open_pools):
+        try:
+            fd = pool._sock.detach()
+            if fd >= 0:
+                os.close(fd)
+        except OSError:
+            pass
+    _open_pools.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
 def _shutdown_open_pools() -> None:
     for pool in list(_open_pools):
-        pool.shutdown(wait=True, cancel=True)
+        if pool._pid == os.getpid():
+            pool.shutdown(wait=True, cancel=True)

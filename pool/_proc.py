@@ -9,9 +9,8 @@ import ctypes
 import os
 import signal
 
-import psutil
-
-__all__ = ("direct_children", "set_pdeathsig", "set_child_subreaper", "set_name", "kill_tree", "killpg")
+__all__ = ("direct_children", "set_pdeathsig", "set_child_subreaper", "set_name", "kill_tree", "killpg",
+           "start_ticks")
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -61,6 +60,8 @@ def direct_children(pid: int) -> list[int]:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 pids.extend(int(x) for x in f.read().split())
     except FileNotFoundError:
+        import psutil
+
         try:
             return [p.pid for p in psutil.Process(pid).children()]  # kernel without CONFIG_PROC_CHILDREN
         except psutil.Error:
@@ -68,8 +69,20 @@ def direct_children(pid: int) -> list[int]:
     return pids
 
 
-def kill_tree(procs: list[psutil.Process], sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to every process in ``procs`` and their descendants."""
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat):
+    with the pid, a unique name for one process (a reused pid has another start time)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def kill_tree(procs: list, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to every process in ``procs`` (psutil.Process objects) and their descendants."""
+    import psutil
     seen = {}
     for p in procs:
         seen[p.pid] = p

@@ -1,8 +1,10 @@
 """The worker process: runs one agent call at a time for the supervisor.
 
 Owns: the worker's own process (its process group, signal dispositions and
-exit) and the observed_ns word of the slot it currently runs in. It imports
-only ``shared`` and the standard library.
+exit), the observed_ns word of the slot it currently runs in, and its cache of
+agent functions (imported by name, or unpickled from the bytes of an agent
+shipped by value). It is forked from the supervisor, and this is the only
+place agent code is ever imported.
 
 Signals: SIGTERM raises :class:`Interrupted` in the agent (stage
 ``sigterm``), so its ``finally`` blocks run; it is *armed* only while agent
@@ -24,9 +26,9 @@ import signal
 import sys
 import traceback
 
-from shared import Context, ExecutionStatus, Interrupted, Stage
-from shared._context import ExecutionCheckpoints
-from shared._wire import Channel, Msg
+from .shared import Context, ExecutionStatus, Interrupted, Stage
+from .shared import _protocol as P
+from .shared._context import ExecutionCheckpoints
 
 from ._proc import set_name, set_pdeathsig
 
@@ -65,15 +67,26 @@ def _on_sigterm(signum, frame):
         raise Interrupted("worker received SIGTERM", stage=Stage.SIGTERM)
 
 
-def resolve(module: str, qualname: str):
-    """Import ``module`` and walk ``qualname``; raise an actionable error if absent."""
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+def resolve(spec: str, blob: bytes | None, cache: dict):
+    """The function ``spec`` names: ``module:qualname`` imported, or ``blob:<digest>``
+    unpickled from the bytes the supervisor sent the first time this worker needed it."""
+    fn = cache.get(spec)
+    if fn is not None:
+        return fn
+    if spec.startswith("blob:"):
+        if blob is None:
+            raise RuntimeError(f"agent {spec} was not sent to this worker (a supervisor bug)")
+        fn = pickle.loads(blob)  # cloudpickle output; cloudpickle's helpers are imported on demand
+    else:
+        module, _, qualname = spec.partition(":")
+        fn = importlib.import_module(module)
+        for part in qualname.split("."):
+            fn = getattr(fn, part)
+    cache[spec] = fn
+    return fn
 
 
-def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, checkpoint_dir: str | None,
+def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, checkpoint_dir: str | None,
                 keep_checkpoints: int) -> None:  # fmt: skip
     """Serve tasks until told to exit, the supervisor vanishes, or a SIGTERM stop."""
     global _idle
@@ -83,27 +96,28 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, check
     if os.getppid() != supervisor_pid:  # it died before prctl took effect
         _exit(1)
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for sig in (signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the supervisor's to handle
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
     sys.stdin = None  # agents must not read the user's terminal
-    cache: dict[tuple[str, str], object] = {}
+    cache: dict[str, object] = {}
     pending: list = []
-    chan.send([Msg.READY, os.getpid()])
+    chan.send(P.WorkerReady(os.getpid()))
     while True:
         _idle = True
         msg = pending.pop(0) if pending else chan.recv()
         _idle = False
-        if msg is None or msg[0] == Msg.EXIT:
+        if msg is None or type(msg) is P.Exit:
             _exit(0)
-        if msg[0] != Msg.TASK:
-            continue  # a late INTERRUPT for an execution that already ended
-        _, exec_id, control_index, armed, module, qualname, payload, resume, hook = msg
+        if type(msg) is not P.Run:
+            continue  # a late Interrupt for an execution that already ended
+        exec_id = msg.id
         ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, exec_id,
-                                                                        resume, chan)  # fmt: skip
-        ctx = Context(words, control_index, armed, chan, exec_id, worker_id, ckpt)
-        status, value, error, stage = _run(ctx, cache, module, qualname, payload, hook)
+                                                                        msg.resume, chan)  # fmt: skip
+        ctx = Context(words, msg.control_index, msg.armed, chan, exec_id, worker_id, ckpt)
+        status, value, error, stage = _run(ctx, cache, msg)
         if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
             signal.signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
         _flush_std()
@@ -111,7 +125,7 @@ def worker_main(chan: Channel, words, worker_id: int, supervisor_pid: int, check
         if ckpt is not None:
             resumed = ckpt.restored_from.to_wire() if ckpt.restored_from else None
             newest = (ckpt.latest or ckpt.restored_from).to_wire() if (ckpt.latest or ckpt.restored_from) else None
-        chan.send([Msg.RESULT, exec_id, status.code, value, error, stage, ctx._observed_ns(), newest, resumed])
+        chan.send(P.Result(exec_id, status.code, value, error, stage, ctx._observed_ns(), newest, resumed))
         pending.extend(ctx._pending)
         if _term_seen or stage == Stage.SIGTERM.code:
             _exit(0)
@@ -122,7 +136,7 @@ def _error(exc: BaseException, prefix: str = "") -> list:
     return [type(exc).__name__, prefix + str(exc), tb]
 
 
-def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes, hook_ref: list | None):
+def _run(ctx: Context, cache: dict, msg: P.Run):
     """Run one execution; return (status, pickled value, error, stage code)."""
     global _armed, _current
     _current = ctx
@@ -130,14 +144,15 @@ def _run(ctx: Context, cache: dict, module: str, qualname: str, payload: bytes, 
         ctx._observe()
         return ExecutionStatus.INTERRUPTED, None, None, Stage.QUEUED.code
     try:
-        fn = _cached(cache, module, qualname)
-        hook = _cached(cache, *hook_ref) if hook_ref else getattr(fn, "on_interrupt", None)
-        inp = pickle.loads(payload)
+        fn = resolve(msg.agent, msg.agent_blob, cache)
+        hook = resolve(msg.hook, msg.hook_blob, cache) if msg.hook else getattr(fn, "on_interrupt", None)
+        inp = pickle.loads(msg.input)
         if ctx._ckpt is not None and ctx._ckpt.resume:
             found = ctx._ckpt.newest()
             ctx._ckpt.restored_from = found[0] if found else None
     except Exception as exc:
-        return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {module}:{qualname} or its input: "), None
+        what = msg.agent if not msg.agent.startswith("blob:") else "(shipped by value)"
+        return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {what} or its input: "), None
     try:
         _armed = True
         try:
@@ -187,14 +202,6 @@ def _run_async(ctx: Context, coro):
             loop.remove_reader(fd)
 
     return asyncio.run(main())
-
-
-def _cached(cache: dict, module: str, qualname: str):
-    key = (module, qualname)
-    fn = cache.get(key)
-    if fn is None:
-        fn = cache[key] = resolve(module, qualname)
-    return fn
 
 
 def _on_interrupt(ctx: Context, hook) -> list | None:

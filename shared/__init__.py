@@ -1,9 +1,9 @@
 """What the supervisor and the workers both use.
 
-The shared-memory flag array and its slot layout (``_flags``), the wire
-format (``_wire``), the codes that cross process boundaries (``_types``) and
-the worker-side context an agent receives (``_context``). This package never
-imports ``pool``.
+The shared-memory flag array and its slot layout (``_flags``), the typed
+wire protocol (``_protocol``), the codes that cross process boundaries (``_types``) and
+the worker-side context an agent receives (``_context``). It never imports the
+rest of ``interrupt_pool``.
 """
 
 from ._checkpoint import CheckpointError, CheckpointInfo

@@ -26,14 +26,11 @@ models (re-validated by their class on restore). Anything else raises
 from __future__ import annotations
 
 import datetime as _dt
-import decimal
 import importlib
 import os
 import re
 import struct
 import time
-import urllib.parse
-import uuid
 import warnings
 import zlib
 from pathlib import Path
@@ -41,8 +38,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-__all__ = ("CheckpointError", "CheckpointInfo", "CheckpointStore", "encode", "decode", "id_to_dirname", "list_ids",
-           "read_file")
+__all__ = ("CheckpointError", "CheckpointInfo", "CheckpointStore", "check_envelope", "encode", "decode", "id_to_dirname",
+           "list_ids", "read_file")
 
 MAGIC = b"IPCK"
 FORMAT_VERSION = 1
@@ -86,9 +83,9 @@ def _default(obj: Any):
         return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode())
     if t is _dt.timedelta:
         return msgpack.ExtType(_EXT_TIMEDELTA, _pack([obj.days, obj.seconds, obj.microseconds]))
-    if t is uuid.UUID:
+    if t.__module__ == "uuid" and t.__name__ == "UUID":  # compared by name: no import until one is used
         return msgpack.ExtType(_EXT_UUID, obj.bytes)
-    if t is decimal.Decimal:
+    if t.__module__ == "decimal" and t.__name__ == "Decimal":
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     if _is_model(obj):
         cls = type(obj)
@@ -130,8 +127,12 @@ def _ext_hook(code: int, data: bytes):
         d, s, us = _unpack(data)
         return _dt.timedelta(days=d, seconds=s, microseconds=us)
     if code == _EXT_UUID:
+        import uuid
+
         return uuid.UUID(bytes=data)
     if code == _EXT_DECIMAL:
+        import decimal
+
         return decimal.Decimal(data.decode())
     if code == _EXT_MODEL:
         module, qualname, fields = _unpack(data)
@@ -196,6 +197,8 @@ def decode(data: bytes) -> Any:
 
 def id_to_dirname(execution_id: str) -> str:
     """A safe, reversible directory name for any execution id (encoded, never rejected)."""
+    import urllib.parse
+
     name = urllib.parse.quote(execution_id, safe="-_")  # '/', '%', NUL, ... become %XX
     if name.startswith("."):
         name = "%2E" + name[1:]  # no hidden names, no '.' or '..'
@@ -213,10 +216,12 @@ def _frame(exec_id: str, seq: int, state_bytes: bytes, wall: float) -> bytes:
     return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, seq, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_file(path: Path) -> tuple[int, str, float, Any]:
-    """(seq, execution id, time, state) of one checkpoint file; CheckpointError if it is not complete and valid."""
+def check_envelope(path: Path) -> tuple[int, bytes]:
+    """(seq, payload) of a complete checkpoint file: header, length and CRC32 checked,
+    the payload *not* decoded (the supervisor uses this: it never imports agent types).
+    CheckpointError naming the file and the fault otherwise."""
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) < HEADER_SIZE:
@@ -232,7 +237,18 @@ def read_file(path: Path) -> tuple[int, str, float, Any]:
         raise CheckpointError(f"{path} is truncated ({len(payload)} of {length} payload bytes)")
     if zlib.crc32(payload) != crc:
         raise CheckpointError(f"{path} is corrupted (CRC32 mismatch)")
-    exec_id, seq2, wall, state = decode(payload)
+    return seq, payload
+
+
+def read_file(path: Path) -> tuple[int, str, float, Any]:
+    """(seq, execution id, time, state) of one checkpoint file; CheckpointError if it is not complete and valid."""
+    seq, payload = check_envelope(path)
+    try:
+        exec_id, _seq, wall, state = decode(payload)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a class that no longer imports, a model that no longer validates, ...
+        raise CheckpointError(f"{path} cannot be decoded here: {type(exc).__name__}: {exc}") from exc
     return seq, exec_id, wall, state
 
 
@@ -329,6 +345,20 @@ class CheckpointStore:
             return CheckpointInfo(fseq, str(path), path.stat().st_size, wall), state
         return None
 
+    def newest_complete(self, min_seq: int = 0) -> CheckpointInfo | None:
+        """The newest file whose envelope is complete (not decoded: safe in the supervisor)."""
+        for seq in self.sequence_numbers():
+            if seq < min_seq:
+                break
+            path = self.path(seq)
+            try:
+                check_envelope(path)
+                st = path.stat()
+            except (CheckpointError, OSError):
+                continue
+            return CheckpointInfo(seq, str(path), st.st_size, st.st_mtime)
+        return None
+
     def list(self) -> list[CheckpointInfo]:
         """Every checkpoint file of this id, newest first (sizes and times from the file system)."""
         out = []
@@ -351,6 +381,8 @@ def list_ids(root: str | os.PathLike) -> list[str]:
     ids = []
     for p in entries:
         if "%%" not in p.name:
+            import urllib.parse
+
             ids.append(urllib.parse.unquote(p.name))
             continue
         for f in sorted(p.glob("ckpt-*.msgpack"), reverse=True):  # hashed name: the id is in the payload

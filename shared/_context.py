@@ -9,23 +9,22 @@ the flag; the same channel is the doorbell that wakes :meth:`Context.sleep`.
 
 from __future__ import annotations
 
-import dataclasses
 import select
 import signal
 import time
+from typing import NamedTuple
 
 from ._checkpoint import CheckpointInfo, CheckpointStore
 from ._flags import OBSERVED_NS, PENDING, REASON, REQUESTED_NS
 from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted, Stage
-from ._wire import Msg
+from . import _protocol as P
 
 __all__ = ("Context", "InterruptRequest")
 
 _SIGTERM = {signal.SIGTERM}
 
 
-@dataclasses.dataclass(frozen=True)
-class InterruptRequest:
+class InterruptRequest(NamedTuple):
     """What the supervisor asked for when it stopped this execution."""
 
     mode: InterruptMode
@@ -62,7 +61,7 @@ class ExecutionCheckpoints:
 
     def _announce(self, info: CheckpointInfo) -> None:
         # Before os.replace: a kill after the file became visible is always known.
-        self._chan.send([Msg.CKPT, self.store.execution_id, *info.to_wire()])
+        self._chan.send(P.CheckpointAnnounce(self.store.execution_id, *info.to_wire()))
 
     def newest(self):
         return self.store.newest(min_seq=self._min_seq())
@@ -175,14 +174,13 @@ class Context:
 
     def _read_channel(self) -> None:
         for msg in self._chan.poll():
-            if msg[0] == Msg.INTERRUPT and msg[1] == self.execution_id and msg[2] == self._armed:
-                _, _, _, mode, reason, source, message, requested_ns = msg
+            if type(msg) is P.Interrupt and msg.id == self.execution_id and msg.armed == self._armed:
                 self._details = {
-                    "mode": mode,
-                    "reason": reason,
-                    "source": source,
-                    "message": message,
-                    "requested_ns": requested_ns,
+                    "mode": msg.mode,
+                    "reason": msg.reason,
+                    "source": msg.source,
+                    "message": msg.message,
+                    "requested_ns": msg.requested_ns,
                 }
             else:
                 self._pending.append(msg)
@@ -196,7 +194,7 @@ class Context:
             now = self._words[slot_observed] = time.monotonic_ns()
             old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
             try:
-                self._chan.send([Msg.OBSERVED, self.execution_id, now])
+                self._chan.send(P.Observed(self.execution_id, now))
             except OSError:
                 pass  # the supervisor is gone; PDEATHSIG ends us
             finally:

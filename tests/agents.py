@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pool import Interrupted
+from interrupt_pool import Interrupted
 
 
 def identity(ctx, x):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pool import Escalation, ExecutionStatus, Pool, Stage
+from interrupt_pool import Escalation, ExecutionStatus, Pool, Stage
 from tests import agents
 from tests.test_core import wait_for_file
 

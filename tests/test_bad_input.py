@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from pool import Escalation, ExecutionStatus, Pool
+from interrupt_pool import Escalation, ExecutionStatus, Pool
 from tests import agents
 
 
@@ -15,17 +15,29 @@ def pool():
         yield p
 
 
-def test_lambda_is_rejected_at_submit(pool):
-    with pytest.raises(TypeError, match="lambda.*define it with def at the top level"):
-        pool.submit(lambda ctx, x: x, 1)
+def test_lambdas_and_nested_functions_travel_by_value_and_run(pool):
+    """Functions a worker cannot import by name (lambdas, closures) are shipped by value."""
+    offset = 10
 
-
-def test_nested_function_is_rejected_at_submit(pool):
     def inner(ctx, x):
-        return x
+        return x + offset
 
-    with pytest.raises(TypeError, match="inside another function"):
-        pool.submit(inner, 1)
+    assert pool.submit(lambda ctx, x: x * 2, 21).result(timeout=10) == 42
+    assert pool.submit(inner, 1).result(timeout=10) == 11
+    assert pool.map(inner, [1, 2]) == [11, 12]
+
+
+def test_an_agent_that_cannot_travel_by_value_is_refused_at_submit(pool):
+    import threading
+
+    lock = threading.Lock()
+
+    def holds_a_lock(ctx, x):
+        with lock:
+            return x
+
+    with pytest.raises(TypeError, match="cannot be sent to a worker by value.*define it with def at the top level"):
+        pool.submit(holds_a_lock, 1)
 
 
 def test_non_importable_agent_string_is_rejected(pool):
@@ -113,7 +125,7 @@ def test_bad_escalation_and_cancel_arguments_are_rejected(pool):
 
 
 def test_closed_pool_refuses_new_work():
-    from pool import PoolClosed
+    from interrupt_pool import PoolClosed
 
     p = Pool(workers=1)
     p.shutdown()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from pool import CheckpointError, Escalation, ExecutionStatus, Pool, Stage
-from shared._checkpoint import HEADER_SIZE, CheckpointStore, decode, encode, id_to_dirname, list_ids
+from interrupt_pool import CheckpointError, Escalation, ExecutionStatus, Pool, Stage
+from interrupt_pool.shared._checkpoint import HEADER_SIZE, CheckpointStore, decode, encode, id_to_dirname, list_ids
 from tests import agents
 from tests.test_core import wait_for_file
 

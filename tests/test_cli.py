@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shared._wire import Channel
+from interrupt_pool.shared import _protocol as P
 from tests.test_core import wait_for_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +33,12 @@ def env(tmp_path):
 
 
 def cli(env, *args, timeout=60, input=None):
-    return subprocess.run([sys.executable, "-m", "pool", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "interrupt_pool", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, input=input)  # fmt: skip
 
 
 def start(env, *args):
-    return subprocess.Popen([sys.executable, "-m", "pool", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "interrupt_pool", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
@@ -162,7 +162,7 @@ def test_serve_submit_wait_and_sigterm_drains(env, tmp_path):
     serve = start(env, "serve", "--name", "svc", "--workers", "2", "--grace", "0.3", "--term-grace", "0.3")
     sockets = Path(env["POOL_SOCKET_DIR"])
     deadline = time.monotonic() + 20
-    while not list(sockets.glob("svc.*.sock")):
+    while not (sockets / "svc.sock").exists():
         assert time.monotonic() < deadline and serve.poll() is None, "pool serve did not start"
         time.sleep(0.02)
     sub = cli(env, "submit", "svc", AGENT, "--input", json.dumps({"value": [1, 2]}), "--id", "first")
@@ -197,10 +197,10 @@ def test_socket_permissions_and_peer_credentials(env, tmp_path):
     serve = start(env, "serve", "--name", "perm", "--workers", "1")
     try:
         deadline = time.monotonic() + 20
-        while not list(sockets.glob("perm.*.sock")):
+        sock_path = sockets / "perm.sock"
+        while not sock_path.exists():
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        [sock_path] = sockets.glob("perm.*.sock")
         assert sockets.stat().st_mode & 0o777 == 0o700
         assert sock_path.stat().st_mode & 0o777 == 0o600
         # Loosen everything by hand: the peer-uid check must still refuse another user.
@@ -215,12 +215,13 @@ def test_socket_permissions_and_peer_credentials(env, tmp_path):
                 os.setuid(65534)
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.connect(str(sock_path))
-                ch = Channel(s)
+                ch = P.Channel(s)
                 try:
-                    ch.send({"op": "status"})
+                    ch.send(P.Hello(P.PROTOCOL_VERSION, os.getpid()))
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the server may refuse before it reads: its answer is still readable
-                os.write(w, json.dumps(ch.recv()).encode())
+                msg = ch.recv()
+                os.write(w, json.dumps({"error": msg.message if type(msg) is P.Refused else repr(msg)}).encode())
             except BaseException as exc:
                 os.write(w, json.dumps({"exception": repr(exc)}).encode())
             os._exit(0)
@@ -247,29 +248,31 @@ def test_socket_directory_of_another_owner_is_refused(env, tmp_path):
     assert r.returncode == 2 and "owned by uid 65534" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_ambiguous_pool_names_unknown_ids_and_no_pool(env, tmp_path):
+def test_a_live_pool_name_is_refused_and_ids_in_two_pools_are_ambiguous(env, tmp_path):
     assert "no pool is running" in cli(env, "cancel", "x").stderr
     assert cli(env, "status").stdout.strip() == "no pool is running"
     a = start(env, "serve", "--name", "twin", "--workers", "1")
-    b = start(env, "serve", "--name", "twin", "--workers", "1")
+    b = start(env, "serve", "--name", "other", "--workers", "1")
     try:
         sockets = Path(env["POOL_SOCKET_DIR"])
         deadline = time.monotonic() + 20
-        while len(list(sockets.glob("twin.*.sock"))) < 2:
+        while not ((sockets / "twin.sock").exists() and (sockets / "other.sock").exists()):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        st = cli(env, "status", "--name", "twin")
-        assert st.returncode == 2 and "ambiguous" in st.stderr and f"twin@{a.pid}" in st.stderr
-        assert cli(env, "status", "--name", f"twin@{a.pid}").returncode == 0
+        # names are unique per user: a second pool with a live name is refused, saying whose it is
+        dup = cli(env, "serve", "--name", "twin", "--workers", "1")
+        assert dup.returncode == 2 and "a pool named 'twin' is already running" in dup.stderr, dup.stderr
+        assert "Traceback" not in dup.stderr
         unknown = cli(env, "cancel", "no-such-execution")
         assert unknown.returncode == 2 and "no running pool has an execution 'no-such-execution'" in unknown.stderr
         # the same id in both pools: ambiguous, and ids with braces are just text
-        for p in (a, b):
-            assert cli(env, "submit", f"twin@{p.pid}", AGENT, "--input", '{"wait": 30}', "--id", "x{0}").returncode == 0
+        for name in ("twin", "other"):
+            assert cli(env, "submit", name, AGENT, "--input", '{"wait": 30}', "--id", "x{0}").returncode == 0
         both = cli(env, "cancel", "x{0}")
         assert both.returncode == 2 and "exists in 2 pools" in both.stderr and "'x{0}'" in both.stderr
-        assert cli(env, "cancel", "x{0}", "--name", f"twin@{a.pid}").returncode == 0
-        assert cli(env, "submit", "twin", AGENT, "--input", "{}").returncode == 2
+        assert cli(env, "cancel", "x{0}", "--name", "twin").returncode == 0
+        clash = cli(env, "submit", "other", AGENT, "--input", "{}", "--id", "x{0}")
+        assert clash.returncode == 2 and "already in use" in clash.stderr
         assert cli(env, "status", "--name", "ghost").returncode == 2
     finally:
         for p in (a, b):

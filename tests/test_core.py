@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from pool import (
+from interrupt_pool import (
     Escalation,
     ExecutionFailed,
     ExecutionInterrupted,

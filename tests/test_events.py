@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from pool import Escalation, Event, EventKind, ExecutionStatus, Pool, Stage
+from interrupt_pool import Escalation, Event, EventKind, ExecutionStatus, Pool, Stage
 from tests import agents
 from tests.test_core import wait_for_file
 

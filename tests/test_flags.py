@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from shared import FlagArray, InterruptMode, InterruptReason, InterruptSource
-from shared._flags import LAYOUT_MAGIC, OBSERVED_NS
+from interrupt_pool.shared import FlagArray, InterruptMode, InterruptReason, InterruptSource
+from interrupt_pool.shared._flags import LAYOUT_MAGIC, OBSERVED_NS
 
 
 def test_header_and_slots_are_laid_out_as_documented():

@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 
-import pool
+import interrupt_pool
 from tests.conftest import find_leaks, kill_leaks, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 USER_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
-    from pool import Pool, Escalation
+    from interrupt_pool import Pool, Escalation
     from tests import agents
     p = Pool(workers=2, escalation=Escalation(grace=0.2, term_grace=0.2))
     ex = p.submit(agents.check_forever, None)
@@ -65,18 +66,24 @@ def test_leak_guard_reports_an_escaped_process_and_a_shm_segment():
 
 
 def test_public_names_match_all():
-    exported = {name for name in dir(pool) if not name.startswith("_")}
-    modules = {"Pool"} | {n for n in exported if isinstance(getattr(pool, n), type(os))}
-    assert set(pool.__all__) == exported - (modules - {"Pool"})
+    """__all__ lists exactly the public names, and each one resolves (they load lazily)."""
+    for name in interrupt_pool.__all__:
+        assert getattr(interrupt_pool, name) is not None
+    exported = {n for n in dir(interrupt_pool) if not n.startswith("_")}
+    modules = {n for n in exported if isinstance(getattr(interrupt_pool, n), type(os))}
+    assert set(interrupt_pool.__all__) == exported - modules
     for name in ("Pool", "Escalation", "InterruptMode", "InterruptReason", "ExecutionStatus", "Interrupted"):
-        assert name in pool.__all__
-    assert issubclass(pool.Interrupted, BaseException) and not issubclass(pool.Interrupted, Exception)
-    assert issubclass(pool.ExecutionInterrupted, pool.PoolError)
-    assert issubclass(pool.ExecutionFailed, pool.PoolError) and issubclass(pool.WorkerCrashed, pool.PoolError)
+        assert name in interrupt_pool.__all__
+    assert issubclass(interrupt_pool.Interrupted, BaseException) and not issubclass(interrupt_pool.Interrupted, Exception)
+    assert issubclass(interrupt_pool.ExecutionInterrupted, interrupt_pool.PoolError)
+    assert issubclass(interrupt_pool.ExecutionFailed, interrupt_pool.PoolError)
+    assert issubclass(interrupt_pool.WorkerCrashed, interrupt_pool.PoolError)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        interrupt_pool.Nope  # noqa: B018
 
 
 def test_sigterm_to_the_supervisor_stops_everything_gracefully_and_reports_each_execution():
-    from pool import Escalation, ExecutionStatus, InterruptReason, InterruptSource, Pool, Stage
+    from interrupt_pool import Escalation, ExecutionStatus, InterruptReason, InterruptSource, Pool, Stage
     from tests import agents
 
     p = Pool(workers=2, escalation=Escalation(grace=0.2, term_grace=0.2))
@@ -98,7 +105,7 @@ def test_sigterm_to_the_supervisor_stops_everything_gracefully_and_reports_each_
 def test_a_pool_created_with_signals_blocked_still_reaps_and_replaces_workers(tmp_path):
     # The supervisor is forked from the caller's thread and inherits its signal mask;
     # it must unblock SIGCHLD itself or dead workers would never be noticed.
-    from pool import ExecutionStatus, Pool
+    from interrupt_pool import ExecutionStatus, Pool
     from tests import agents
     from tests.test_core import wait_for_file
 
@@ -116,7 +123,7 @@ def test_a_pool_created_with_signals_blocked_still_reaps_and_replaces_workers(tm
 def test_what_agents_print_reaches_the_users_stdout_even_when_it_is_a_pipe():
     script = textwrap.dedent(
         """
-        from pool import Pool
+        from interrupt_pool import Pool
         from tests import agents
         with Pool(workers=1) as p:
             p.submit(agents.prints, "hello from an agent").result()

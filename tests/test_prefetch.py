@@ -1,8 +1,8 @@
 """Prefetch: a busy worker may hold its next short execution; nothing about a stop or a crash changes.
 
 Prefetch switches on only while executions average under 5 ms; these tests raise that
-threshold in this process before the pool forks its supervisor (which inherits it), so
-the prefetched state is reached deterministically.
+threshold through the supervisor's private test knob (an environment variable it reads
+at start), so the prefetched state is reached deterministically.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import signal
 
 import pytest
 
-from pool import Escalation, ExecutionStatus, Pool, Stage, _supervisor
+from interrupt_pool import Escalation, ExecutionStatus, Pool, Stage
 from tests import agents
 from tests.test_core import wait_for_file
 
 
 @pytest.fixture
 def always_prefetch(monkeypatch):
-    monkeypatch.setattr(_supervisor, "PREFETCH_BELOW_NS", 10**15)
+    monkeypatch.setenv("_INTERRUPT_POOL_PREFETCH_BELOW_NS", str(10**15))
 
 
 def test_a_prefetched_execution_cancelled_before_it_starts_never_runs(always_prefetch, tmp_path):

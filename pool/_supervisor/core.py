@@ -1,0 +1,1140 @@
+"""The supervisor's loop and tables: executions, workers, clients, timers, history.
+
+Owns: the :class:`~interrupt_pool.shared.FlagArray` (the only writer of
+control words), the worker processes (forks, signals through pidfds, reaps),
+the queue, the record of every live execution until its single Ended frame,
+and a bounded history of ended ones (for ``status`` and ``wait``).
+
+Loop: block in ``selector.select`` with the next timer deadline as timeout
+(never sleep-polling), handle the ready sockets, run due timers, hand queued
+executions to idle workers (the one idle longest first), flush output.
+Deadlines come from ``time.monotonic()``.
+
+Dispatch and prefetch: a worker gets one execution at a time, plus, only
+while every worker is busy and recent executions ran for under
+``PREFETCH_BELOW_NS`` on average, one more queued behind it. A prefetched
+execution stays queued to its client until it starts; if it is cancelled
+first, the worker sees its flag and ends it at stage ``queued``; if its
+worker dies first, it goes back to the head of the queue.
+
+Reaping: the supervisor is a child subreaper, so tools an agent started with
+``setsid`` are re-parented to it when their worker dies. On SIGCHLD it peeks
+at the exited child with ``waitid(WNOWAIT)``; for a worker it first kills
+what is left of the worker's process group (the zombie still pins the pgid),
+then reaps it; for an adopted orphan it reaps it and kills whatever was
+re-parented to us with it.
+
+Robustness: a malformed or hostile client frame closes that client with a
+logged reason; an error while handling one execution ends that execution
+with the error; neither stops the loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import math
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import OrderedDict, deque
+from pathlib import Path
+
+from ..shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason, InterruptSource, Stage
+from ..shared import _protocol as P
+from ..shared._checkpoint import CheckpointError, CheckpointStore, check_envelope
+from .. import _naming
+from .._proc import direct_children, kill_tree, killpg, set_child_subreaper, set_name, start_ticks
+from ..shared._protocol import Channel
+from .clients import MAX_CLIENTS, MAX_OUTPUT, Client, Listener, log
+
+__all__ = ("run_supervisor",)
+
+_LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
+# Prefetch only while executions average under 5 ms (the tests raise it through the environment).
+PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
+OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
+_MAX_ID = 256
+
+
+class _Timer:
+    __slots__ = ("deadline", "fn", "args", "cancelled")
+
+    def __init__(self, deadline: float, fn, args):
+        self.deadline, self.fn, self.args, self.cancelled = deadline, fn, args, False
+
+    def __lt__(self, other: "_Timer") -> bool:
+        return self.deadline < other.deadline
+
+
+class _Exec:
+    """The supervisor's record of one execution, from Submit to Ended."""
+
+    __slots__ = (
+        "id", "agent", "payload", "timeout", "grace", "term_grace", "resume", "hook", "client",
+        "status", "worker", "slot", "armed", "started_ns", "wall_started_ns",
+        "mode", "reason", "source", "message", "requested_ns", "observed_ns",
+        "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
+        "announced", "reported", "waiters",
+    )  # fmt: skip
+
+    def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None):
+        self.id, self.agent, self.payload = task.id, task.agent, task.input
+        self.timeout, self.resume, self.hook = task.timeout, task.resume, task.hook
+        self.grace, self.term_grace = grace, term_grace
+        self.client = client
+        self.announced: list[list] = []  # checkpoint files the worker was about to commit, newest last
+        self.reported = False  # its client was told it started
+        self.status = ExecutionStatus.QUEUED
+        self.worker: _Worker | None = None
+        self.slot = self.armed = None
+        self.started_ns = self.wall_started_ns = None
+        self.mode = 0  # strongest InterruptMode code requested so far; 0: none
+        self.reason = self.source = 0
+        self.message = None
+        self.requested_ns = self.observed_ns = None
+        self.sigterm_ns = self.sigterm_deadline_ns = self.sigkill_ns = self.sigkill_deadline_ns = None
+        self.timers: list[_Timer] = []
+        self.waiters: list[tuple[Client, int]] = []
+
+
+class _Worker:
+    """One forked worker process."""
+
+    __slots__ = ("id", "pid", "pidfd", "chan", "state", "inflight", "retained", "ticks", "kill_timer", "killed",
+                 "known_agents")  # fmt: skip
+
+    def __init__(self, id, pid, pidfd, chan, ticks):
+        self.id, self.pid, self.pidfd, self.chan, self.ticks = id, pid, pidfd, chan, ticks
+        self.state = "starting"  # starting | idle | busy | stopping
+        self.inflight: deque[_Exec] = deque()  # sent to it, in order: the running one first
+        self.retained: list[int] = []  # slots of signalled executions, freed only once it is reaped
+        self.kill_timer: _Timer | None = None
+        self.killed = False
+        self.known_agents: set[str] = set()  # by-value agents it already has
+
+    @property
+    def exec(self) -> "_Exec | None":
+        return self.inflight[0] if self.inflight else None
+
+
+def _positive_or_none(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0)
+
+
+def _grace_ok(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0)
+
+
+class Supervisor:
+    def __init__(self, owner_sock: socket.socket, cfg: P.Start, lock=None):
+        self.pid = os.getpid()
+        self.cfg = cfg
+        self.grace, self.term_grace = cfg.grace, cfg.term_grace
+        self.flags = FlagArray(cfg.capacity)
+        self.free_slots = list(range(cfg.capacity - 1, -1, -1))
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.clients: dict[int, Client] = {}
+        self.next_client_id = 1
+        owner_sock.setblocking(False)
+        self.owner: Client | None = Client(0, Channel(owner_sock, cfg.max_frame), True, cfg.creator_pid)
+        self.clients[0] = self.owner
+        self.sel.register(owner_sock, selectors.EVENT_READ, (self._on_client, self.owner))
+        self.creator_fd = None
+        try:
+            self.creator_fd = os.pidfd_open(cfg.creator_pid)
+            self.sel.register(self.creator_fd, selectors.EVENT_READ, self._on_creator_exit)
+        except ProcessLookupError:
+            self.creator_fd = None  # already dead: the channel's EOF tells us at once
+        self.listener: Listener | None = None
+        self.lock = lock  # (fd, socket path) of our name, or None
+        if lock is not None:
+            self.listener = Listener(lock[1])
+            self.sel.register(self.listener.sock, selectors.EVENT_READ, self._on_accept)
+        self.execs: dict[str, _Exec] = {}  # every execution not yet ended
+        self.queue: deque[_Exec] = deque()  # QUEUED ones in order; ended ones are skipped lazily
+        self.workers: dict[int, _Worker] = {}
+        self.by_pid: dict[int, _Worker] = {}
+        self.idle: deque[_Worker] = deque()  # the one idle longest first: fair, and no worker starves
+        self.timers: list[_Timer] = []
+        self.cancelled_timers = 0
+        self.dirty: set[Channel] = set()
+        self.next_worker_id = 0
+        self.run_ema_ns = 1e9  # average run time; starts high: no prefetch until tasks prove short
+        self.stopping = False  # no replacement workers; exit once everything ended
+        self.agents: dict[str, bytes] = {}  # by-value agents: digest -> cloudpickle bytes (opaque here)
+        self.history: OrderedDict[str, tuple[dict, bytes | None]] = OrderedDict()
+        self.history_bytes = 0
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _send(self, client: Client | None, msg) -> None:
+        if client is None or client.chan.closed:
+            return
+        client.chan.queue(msg)
+        self.dirty.add(client.chan)
+        if not client.owner and client.chan.pending_bytes > MAX_OUTPUT:
+            self._drop(client, f"it does not read its messages ({client.chan.pending_bytes} bytes queued)")
+
+    def _event(self, kind: str, ex: "_Exec | None", w: "_Worker | None", mono_ns: int | None = None, **data) -> None:
+        subs = [c for c in self.clients.values() if c.subscribed]
+        if not subs:
+            return
+        msg = P.Event(kind, ex.id if ex else None, w.id if w else None, mono_ns or time.monotonic_ns(), data or None)
+        for c in subs:
+            self._send(c, msg)
+
+    def _send_worker(self, w: _Worker, msg, now: bool = False) -> None:
+        w.chan.queue(msg)
+        if now:
+            w.chan.flush()
+        if w.chan.pending:
+            self.dirty.add(w.chan)
+
+    def _flush(self) -> None:
+        if not self.dirty:
+            return
+        for chan in self.dirty:
+            done = chan.flush()
+            if chan.closed:
+                continue
+            want = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+            try:
+                key = self.sel.get_key(chan.sock)
+            except (KeyError, ValueError):
+                continue
+            if key.events != want:
+                self.sel.modify(chan.sock, want, key.data)
+        self.dirty = {c for c in self.dirty if c.pending and not c.closed}
+
+    def _at(self, delay: float, fn, *args) -> _Timer:
+        t = _Timer(time.monotonic() + delay, fn, args)
+        heapq.heappush(self.timers, t)
+        return t
+
+    def _cancel(self, t: _Timer) -> None:
+        if not t.cancelled:
+            t.cancelled = True
+            t.args = ()  # drop the reference to its execution now, not at its deadline
+            self.cancelled_timers += 1
+            if self.cancelled_timers > 64 and self.cancelled_timers * 2 > len(self.timers):
+                self.timers = [x for x in self.timers if not x.cancelled]  # bounded memory for long timeouts
+                heapq.heapify(self.timers)
+                self.cancelled_timers = 0
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0].deadline <= now:
+            t = heapq.heappop(self.timers)
+            if t.cancelled:
+                self.cancelled_timers -= 1
+                continue
+            t.cancelled = True  # fired: cancelling it later is a no-op
+            try:
+                t.fn(*t.args)
+            except Exception:
+                log(f"timer {t.fn.__name__} failed:\n{traceback.format_exc()}")
+
+    # -- main loop ---------------------------------------------------------
+
+    def run(self) -> None:
+        for _ in range(self.cfg.workers):
+            self._spawn()
+        self._flush()
+        while not (self.stopping and not self.workers and not self.execs):
+            timeout = None
+            while self.timers and self.timers[0].cancelled:
+                heapq.heappop(self.timers)
+                self.cancelled_timers -= 1
+            if self.timers:
+                timeout = max(0.0, self.timers[0].deadline - time.monotonic())
+            for key, mask in self.sel.select(timeout):
+                data = key.data
+                if isinstance(data, tuple):
+                    data[0](data[1], mask)
+                else:
+                    data(key, mask)
+            self._run_timers()
+            self._dispatch()
+            self._maybe_retire_idle()
+            self._flush()
+        for c in list(self.clients.values()):
+            self._send(c, P.Gone())
+        self._flush()
+
+    def _on_wake(self, key, mask) -> None:
+        try:
+            data = os.read(self.wake_r, 512)
+        except BlockingIOError:
+            return
+        if signal.SIGCHLD in data:
+            self._reap()
+        if signal.SIGTERM in data or signal.SIGHUP in data:
+            self._begin_shutdown(InterruptMode.GRACEFUL.code, InterruptSource.SIGNAL.code)
+
+    def _on_creator_exit(self, key, mask) -> None:
+        self.sel.unregister(self.creator_fd)
+        os.close(self.creator_fd)
+        self.creator_fd = None
+        self._owner_gone("the process that created the pool exited")
+
+    def _owner_gone(self, why: str) -> None:
+        """The creator is gone: nobody can take results any more. Stop everything now,
+        SIGKILL bounded by OWNER_GONE_TERM_GRACE, and exit."""
+        if self.owner is not None:
+            self._drop(self.owner, why, quiet=True)
+        if self.stopping and all(ex.mode >= InterruptMode.IMMEDIATE.code for ex in self.execs.values()):
+            return
+        self.stopping = True
+        for ex in list(self.execs.values()):
+            ex.term_grace = min(ex.term_grace, OWNER_GONE_TERM_GRACE)
+            self._escalate(ex, InterruptMode.IMMEDIATE.code, InterruptReason.SHUTDOWN.code,
+                           InterruptSource.SYSTEM.code, why)  # fmt: skip
+
+    # -- clients -------------------------------------------------------------
+
+    def _on_accept(self, key, mask) -> None:
+        for conn, pid, uid in self.listener.accept():
+            if uid != os.getuid():
+                self._refuse(conn, f"refused: process {pid} of uid {uid} may not control a pool of uid {os.getuid()}")
+                continue
+            if len(self.clients) >= MAX_CLIENTS:
+                self._refuse(conn, f"refused: the pool already has {MAX_CLIENTS} clients; close some first")
+                continue
+            c = Client(self.next_client_id, Channel(conn, self.cfg.max_frame), False, pid)
+            self.next_client_id += 1
+            self.clients[c.id] = c
+            self.sel.register(conn, selectors.EVENT_READ, (self._on_client, c))
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        try:
+            conn.send(P.encode(P.Refused(why)), socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # it hung up first
+        conn.close()
+
+    def _drop(self, c: Client, why: str, quiet: bool = False) -> None:
+        """Close one client; the pool goes on (the owner's end is handled by _owner_gone)."""
+        if c.chan.closed and c.id not in self.clients:
+            return
+        if not quiet:
+            log(f"closing {c}: {why}")
+        self.clients.pop(c.id, None)
+        try:
+            self.sel.unregister(c.chan.sock)
+        except (KeyError, ValueError):
+            pass
+        self.dirty.discard(c.chan)
+        c.chan.close()
+        if c.owner:
+            self.owner = None
+        for ex in self.execs.values():  # forget it as a waiter and as the one to tell
+            if ex.client is c:
+                ex.client = None
+            if ex.waiters:
+                ex.waiters = [(w, r) for w, r in ex.waiters if w is not c]
+
+    def _on_client(self, c: Client, mask: int) -> None:
+        if c.chan.closed:
+            return
+        if mask & selectors.EVENT_WRITE:
+            self.dirty.add(c.chan)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            msgs = c.chan.feed()
+        except P.ProtocolError as exc:
+            if c.owner:
+                log(f"protocol error from the owner: {exc}")
+                self._owner_gone(f"the owner's channel broke ({exc})")
+            else:
+                self._drop(c, f"protocol error: {exc}")
+            return
+        if msgs is None:
+            if c.owner:
+                self._owner_gone("the owner closed its channel")
+            else:
+                self._drop(c, "disconnected", quiet=True)
+            return
+        for msg in msgs:
+            if c.chan.closed:
+                return
+            try:
+                self._handle_client(c, msg)
+            except Exception as exc:
+                log(f"error handling {type(msg).__name__} from {c}:\n{traceback.format_exc()}")
+                if not c.owner:
+                    self._drop(c, f"its {type(msg).__name__} could not be handled ({type(exc).__name__}: {exc})")
+
+    def _handle_client(self, c: Client, msg) -> None:
+        if not c.greeted:
+            if type(msg) is not P.Hello:
+                return self._drop(c, f"the first message must be Hello, got {type(msg).__name__}")
+            if msg.version != P.PROTOCOL_VERSION:
+                self._send(c, P.Refused(f"protocol version {msg.version} is not supported; this supervisor speaks "
+                                        f"version {P.PROTOCOL_VERSION}: use the same interrupt-pool version"))  # fmt: skip
+                self._flush()
+                return self._drop(c, f"protocol version {msg.version}", quiet=True)
+            c.greeted = True
+            self._send(c, self._welcome())
+            return
+        handler = self._client_handlers.get(type(msg))
+        if handler is None:
+            return self._drop(c, f"{type(msg).__name__} is not a client message")
+        handler(self, c, msg)
+
+    def _welcome(self) -> P.Welcome:
+        cfg = self.cfg
+        return P.Welcome(P.PROTOCOL_VERSION, self.pid, cfg.name, cfg.workers,
+                         str(self.lock[1]) if self.lock else None, cfg.grace, cfg.term_grace, cfg.max_frame,
+                         cfg.checkpoint_dir)  # fmt: skip
+
+    def _reply(self, c: Client, req: int, value=None, error: str | None = None) -> None:
+        if req:
+            self._send(c, P.Reply(req, error is None, value, error))
+
+    def _task_error(self, t: P.Task) -> str | None:
+        if not t.id or len(t.id) > _MAX_ID or "\x00" in t.id:
+            return f"execution id {t.id!r} must be a non-empty string of at most {_MAX_ID} characters without NUL"
+        if t.id in self.execs:
+            return f"execution id {t.id!r} is already in use by a live execution; pick another id"
+        for what, spec in (("agent", t.agent), ("on_interrupt hook", t.hook)):
+            if spec is None and what != "agent":
+                continue
+            if spec.startswith("blob:"):
+                if spec[5:] not in self.agents:
+                    return f"{what} {spec} was never defined on this connection (send DefineAgent first)"
+            else:
+                module, sep, qualname = spec.partition(":")
+                if not sep or not module or not qualname:
+                    return f"{what} {spec!r} must be written as 'module:function', e.g. 'mypkg.agents:research'"
+        if not _positive_or_none(t.timeout):
+            return f"timeout must be a positive, finite number of seconds or None, got {t.timeout!r}"
+        if not _grace_ok(t.grace) or not _grace_ok(t.term_grace):
+            return f"grace and term_grace must be finite numbers of seconds >= 0, got {t.grace!r}, {t.term_grace!r}"
+        return None
+
+    def _on_submit(self, c: Client, msg: P.Submit) -> None:
+        if self.stopping:
+            if msg.req:
+                return self._reply(c, msg.req, error="the pool is shutting down; it takes no new work")
+            for t in msg.tasks:
+                self._end_unstarted(c, t, "PoolClosed", "the pool is shutting down; it takes no new work")
+            return
+        if msg.req:  # all or none, with a reason
+            seen = set()
+            for t in msg.tasks:
+                err = self._task_error(t) or (f"execution id {t.id!r} appears twice" if t.id in seen else None)
+                if err:
+                    return self._reply(c, msg.req, error=err)
+                seen.add(t.id)
+            limit = self.cfg.max_queued
+            if limit is not None and len(self.queue) + len(msg.tasks) > limit:
+                return self._reply(c, msg.req, error=f"the pool's queue is full ({len(self.queue)} queued, "
+                                                     f"max_queued={limit}); retry later")  # fmt: skip
+        for t in msg.tasks:
+            if not msg.req:
+                err = self._task_error(t)
+                if err:
+                    self._end_unstarted(c, t, "ValueError", err)
+                    continue
+            ex = _Exec(t, self.grace if t.grace is None else t.grace,
+                       self.term_grace if t.term_grace is None else t.term_grace, c)  # fmt: skip
+            self.execs[ex.id] = ex
+            self.queue.append(ex)
+        self._reply(c, msg.req, [t.id for t in msg.tasks])
+
+    def _end_unstarted(self, c: Client, t: P.Task, etype: str, message: str) -> None:
+        """An execution refused at submission still ends exactly once, as failed."""
+        info = {"id": t.id, "status": ExecutionStatus.FAILED.code, "error": [etype, message, None],
+                "ended_wall_ns": time.time_ns()}  # fmt: skip
+        self._send(c, P.Ended(t.id, info, None))
+
+    def _on_define_agent(self, c: Client, msg: P.DefineAgent) -> None:
+        import hashlib
+
+        if hashlib.sha256(msg.blob).hexdigest() != msg.digest:
+            return self._drop(c, f"DefineAgent {msg.digest[:16]}…: the digest does not match the bytes")
+        self.agents[msg.digest] = msg.blob
+
+    def _on_cancel(self, c: Client, msg: P.Cancel) -> None:
+        ex = self.execs.get(msg.id)
+        if not self._request_ok(c, msg):
+            return
+        self._reply(c, msg.req, ex is not None and self._escalate(ex, msg.mode, msg.reason, msg.source, msg.message))
+
+    def _request_ok(self, c: Client, msg) -> bool:
+        try:
+            InterruptMode.from_code(msg.mode)
+            InterruptReason.from_code(msg.reason)
+            InterruptSource.from_code(msg.source)
+        except KeyError:
+            self._reply(c, msg.req, error=f"unknown mode, reason or source code ({msg.mode}, {msg.reason}, {msg.source})")
+            return False
+        return True
+
+    def _on_cancel_worker(self, c: Client, msg: P.CancelWorker) -> None:
+        if not self._request_ok(c, msg):
+            return
+        w = self.workers.get(msg.worker_id)
+        live = w is not None and w.exec is not None and w.exec.started_ns is not None
+        self._reply(c, msg.req, bool(live and self._escalate(w.exec, msg.mode, msg.reason, msg.source, msg.message)))
+
+    def _on_cancel_all(self, c: Client, msg: P.CancelAll) -> None:
+        if not self._request_ok(c, msg):
+            return
+        n = 0
+        for ex in list(self.execs.values()):
+            if not msg.mine_only or ex.client is c:
+                n += self._escalate(ex, msg.mode, msg.reason, msg.source, msg.message)
+        self._reply(c, msg.req, n)
+
+    def _on_query(self, c: Client, msg: P.Query) -> None:
+        what = msg.what
+        if what == "workers":
+            value = [[w.id, w.pid, w.state, w.exec.id if w.exec and w.exec.started_ns else None]
+                     for w in self.workers.values()]  # fmt: skip
+        elif what == "executions":
+            value = self._live_rows()
+        elif what == "status":
+            value = self._status()
+        elif what == "has":
+            value = msg.arg in self.execs or msg.arg in self.history
+        else:
+            return self._reply(c, msg.req, error=f"unknown query {what!r}; ask for workers, executions, status or has")
+        self._reply(c, msg.req, value)
+
+    def _on_wait(self, c: Client, msg: P.Wait) -> None:
+        ex = self.execs.get(msg.id)
+        if ex is not None:
+            ex.waiters.append((c, msg.req))
+            return
+        done = self.history.get(msg.id)
+        if done is None:
+            return self._reply(c, msg.req, error=f"the pool has no execution {msg.id!r} (it keeps the last "
+                                                 f"{self.cfg.history} ended ones)")  # fmt: skip
+        self._reply(c, msg.req, [done[0], done[1]])
+
+    def _on_subscribe(self, c: Client, msg: P.Subscribe) -> None:
+        c.subscribed = True
+        self._reply(c, msg.req, True)
+
+    def _on_shutdown(self, c: Client, msg: P.Shutdown) -> None:
+        if not c.owner:
+            return self._drop(c, "only the process that created the pool may shut it down")
+        self._begin_shutdown(msg.mode or None, msg.source, msg.reason)
+
+    _client_handlers = {
+        P.Submit: _on_submit, P.DefineAgent: _on_define_agent, P.Cancel: _on_cancel,
+        P.CancelWorker: _on_cancel_worker, P.CancelAll: _on_cancel_all, P.Query: _on_query, P.Wait: _on_wait,
+        P.Subscribe: _on_subscribe, P.Shutdown: _on_shutdown,
+    }  # fmt: skip
+
+    def _live_rows(self) -> list[list]:
+        now = time.monotonic_ns()
+        return [[ex.id, ex.status.code, ex.worker.id if ex.worker and ex.started_ns else None,
+                 (now - ex.started_ns) / 1e9 if ex.started_ns else None, self._live_stage(ex)]
+                for ex in self.execs.values()]  # fmt: skip
+
+    def _status(self) -> dict:
+        rows = self._live_rows()
+        for info, _ in self.history.values():
+            i = info.get("interrupt") or {}
+            elapsed = None
+            if info.get("started_ns") and info.get("ended_wall_ns"):
+                elapsed = (info["ended_wall_ns"] - info["started_ns"]) / 1e9
+            rows.append([info["id"], info["status"], info.get("worker_id"), elapsed,
+                         Stage.from_code(i["stage"]).value if i.get("stage") is not None else None])  # fmt: skip
+        counts: dict[str, int] = {}
+        executions = []
+        for id, st, wid, elapsed, stage in rows:
+            name = ExecutionStatus.from_code(st).value
+            counts[name] = counts.get(name, 0) + 1
+            executions.append({"id": id, "status": name, "worker": wid, "elapsed": elapsed, "stage": stage})
+        return {
+            "name": self.cfg.name, "supervisor_pid": self.pid, "owner_pid": self.cfg.creator_pid,
+            "escalation": {"grace": self.grace, "term_grace": self.term_grace},
+            "workers": [{"id": w.id, "pid": w.pid, "state": w.state,
+                         "execution_id": w.exec.id if w.exec and w.exec.started_ns else None}
+                        for w in self.workers.values()],
+            "executions": executions, "counts": counts, "queued": len(self.queue), "clients": len(self.clients),
+            "history_limit": self.cfg.history, "at": time.time(),
+        }  # fmt: skip
+
+    @staticmethod
+    def _live_stage(ex: _Exec) -> str | None:
+        """The furthest stop stage reached so far by a live execution."""
+        if ex.sigkill_ns:
+            return "sigkill"
+        if ex.sigterm_ns:
+            return "sigterm"
+        return "flag" if ex.mode else None
+
+    def _begin_shutdown(self, cancel_mode: int | None, source: int, reason: int = InterruptReason.SHUTDOWN.code) -> None:
+        self.stopping = True
+        if self.listener is not None:  # no new clients; the name is free again once we exit
+            self.sel.unregister(self.listener.sock)
+            self.listener.close()
+            self.listener = None
+        if cancel_mode:
+            for ex in list(self.execs.values()):
+                self._escalate(ex, int(cancel_mode), reason, source, "the pool is shutting down")
+
+    def _maybe_retire_idle(self) -> None:
+        if self.stopping and not self.execs:
+            for w in self.idle:
+                w.state = "stopping"
+                self._send_worker(w, P.Exit())
+            self.idle.clear()
+
+    # -- workers -----------------------------------------------------------
+
+    def _spawn(self) -> None:
+        wid = self.next_worker_id
+        self.next_worker_id += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        gc.freeze()  # the worker's collector never touches our objects: no copy-on-write of our heap per worker
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 70
+            try:
+                signal.set_wakeup_fd(-1)
+                keep = theirs.fileno()
+                os.closerange(3, keep)  # everything of ours: the selector, other workers, clients, the listener
+                os.closerange(keep + 1, 1 << 20)
+                from .._worker import worker_main
+
+                worker_main(P.Channel(theirs, validate=False), self.flags.words, wid, self.pid,
+                            self.cfg.checkpoint_dir, self.cfg.keep_checkpoints)  # fmt: skip
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        gc.unfreeze()  # ours again: cyclic garbage among them stays collectable
+        theirs.close()
+        try:
+            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
+        except (PermissionError, ProcessLookupError):
+            pass  # the child already set it (EACCES) or already died: reaping will tell
+        pidfd = os.pidfd_open(pid)
+        ours.setblocking(False)
+        w = _Worker(wid, pid, pidfd, P.Channel(ours, validate=False), start_ticks(pid) or 0)
+        self.workers[wid] = w
+        self.by_pid[pid] = w
+        self.sel.register(ours, selectors.EVENT_READ, (self._on_worker, w))
+        self._send(self.owner, P.WorkerSpawned(wid, pid, float(w.ticks)))
+        self._event("worker_started", None, w, pid=pid)
+
+    def _on_worker(self, w: _Worker, mask: int) -> None:
+        if w.chan.closed:
+            return  # reaped earlier in this same batch of ready events
+        if mask & selectors.EVENT_WRITE:
+            self.dirty.add(w.chan)
+        if mask & selectors.EVENT_READ:
+            try:
+                msgs = w.chan.feed()
+            except P.ProtocolError as exc:  # our own worker: a bug or memory corruption; it is replaced
+                log(f"worker {w.id} (pid {w.pid}) sent a bad frame ({exc}); killing it")
+                self._kill_worker(w)
+                return
+            if msgs is None:  # EOF: the worker is exiting; SIGCHLD does the rest
+                self.sel.unregister(w.chan.sock)
+                return
+            for msg in msgs:
+                self._handle_worker_safely(w, msg)
+
+    def _handle_worker_safely(self, w: _Worker, msg) -> None:
+        try:
+            self._handle_worker(w, msg)
+        except Exception as exc:
+            log(f"error handling {type(msg).__name__} from worker {w.id}:\n{traceback.format_exc()}")
+            ex = w.exec
+            if ex is not None and ex.id in self.execs and ex.status in _LIVE:
+                # End that one execution; its worker may be in any state now, so it is replaced.
+                w.inflight.popleft()
+                w.retained.append(ex.slot)
+                self._end(ex, ExecutionStatus.CRASHED, error=["SupervisorError", f"the supervisor could not handle "
+                          f"execution {ex.id!r}: {type(exc).__name__}: {exc}", None])  # fmt: skip
+            self._kill_worker(w)
+
+    def _kill_worker(self, w: _Worker) -> None:
+        killpg(w.pid)
+        w.killed = True
+        w.state = "stopping"
+
+    def _handle_worker(self, w: _Worker, msg) -> None:
+        kind = type(msg)
+        if kind is P.Result:
+            ex = w.exec
+            if ex is None or ex.id != msg.id:
+                return
+            w.inflight.popleft()
+            if msg.observed_ns and not ex.observed_ns:
+                ex.observed_ns = msg.observed_ns
+                self._event("observed", ex, w, msg.observed_ns)
+            stage = Stage.from_code(msg.stage) if msg.stage is not None else None
+            if stage is Stage.QUEUED and ex.reported:
+                stage = Stage.FLAG  # seen at the flag before its first line ran, but its client saw it start
+            if ex.started_ns:
+                self.run_ema_ns += 0.2 * ((time.monotonic_ns() - ex.started_ns) - self.run_ema_ns)
+            if w.state == "stopping" or stage is Stage.SIGTERM:
+                w.state = "stopping"  # it was signalled: it exits, and keeps the slot until reaped
+                w.retained.append(ex.slot)
+                self._send_worker(w, P.Exit())
+            else:
+                self.free_slots.append(ex.slot)
+                if w.inflight:
+                    self._start(w.inflight[0])
+                else:
+                    w.state = "idle"
+                    self.idle.append(w)
+            self._end(ex, ExecutionStatus.from_code(msg.status), value=msg.value, error=msg.error, stage=stage,
+                      checkpoint=msg.checkpoint, resumed_from=msg.resumed_from)  # fmt: skip
+        elif kind is P.Observed:
+            ex = w.exec
+            if ex is not None and ex.id == msg.id and not ex.observed_ns:
+                ex.observed_ns = msg.observed_ns
+                self._event("observed", ex, w, msg.observed_ns)
+        elif kind is P.CheckpointAnnounce:
+            ex = w.exec
+            if ex is not None and ex.id == msg.id:
+                ex.announced = ex.announced[-1:] + [[msg.seq, msg.path, msg.size, msg.time]]
+        elif kind is P.WorkerReady:
+            if w.state == "starting":
+                w.state = "idle"
+                self.idle.append(w)
+
+    def _settled_checkpoint(self, ex: _Exec, w: _Worker) -> list | None:
+        """After a kill or crash: the newest checkpoint file whose envelope is complete.
+        The worker announced each one before making it visible, so the newest announced
+        file is valid exactly when the kill came after its commit. Only envelopes are
+        checked (header, length, CRC): the supervisor never decodes agent state.
+        Temp files the dead worker left half-written are removed."""
+        try:
+            if ex.announced:
+                for tmp in Path(ex.announced[-1][1]).parent.glob(f".tmp-*-{w.pid}"):
+                    tmp.unlink(missing_ok=True)
+            for seq, path, size, wall in reversed(ex.announced):
+                try:
+                    check_envelope(Path(path))
+                    return [seq, path, size, wall]
+                except CheckpointError:
+                    continue  # killed before (or while) this one was committed
+            if ex.resume and self.cfg.checkpoint_dir:  # it may have died before saving anything new
+                found = CheckpointStore(self.cfg.checkpoint_dir, ex.id).newest_complete()
+                if found:
+                    return found.to_wire()
+        except OSError as exc:
+            log(f"cannot check the checkpoints of execution {ex.id!r}: {exc}")
+        return None
+
+    def _pick_worker(self) -> _Worker | None:
+        """The worker idle longest; else, while executions are short, the busy one with
+        nothing queued behind it that started first, unless it has already run for longer
+        than twice the average (then it is probably a long one: nothing waits behind it)."""
+        if self.idle:
+            return self.idle.popleft()
+        if self.run_ema_ns >= PREFETCH_BELOW_NS:
+            return None
+        oldest = time.monotonic_ns() - max(2 * self.run_ema_ns, 1_000_000)
+        best = None
+        for w in self.workers.values():
+            if w.state == "busy" and len(w.inflight) == 1:
+                started = w.inflight[0].started_ns
+                if started > oldest and (best is None or started < best.inflight[0].started_ns):
+                    best = w
+        return best
+
+    def _dispatch(self) -> None:
+        while self.queue and self.free_slots:
+            ex = self.queue[0]
+            if ex.status is not ExecutionStatus.QUEUED or ex.worker is not None:
+                self.queue.popleft()  # cancelled while queued
+                continue
+            w = self._pick_worker()
+            if w is None:
+                return
+            self.queue.popleft()
+            slot = self.free_slots.pop()
+            ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
+            ex.worker = w
+            w.inflight.append(ex)
+            self._send_worker(w, P.Run(ex.id, self.flags.base(slot), ex.armed, ex.agent, self._blob_for(w, ex.agent),
+                                       ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook)))  # fmt: skip
+            if len(w.inflight) == 1:
+                w.state = "busy"
+                self._start(ex)
+
+    def _blob_for(self, w: _Worker, spec: str | None) -> bytes | None:
+        """The by-value agent's bytes the first time this worker needs them."""
+        if spec is None or not spec.startswith("blob:"):
+            return None
+        digest = spec[5:]
+        if digest in w.known_agents:
+            return None
+        w.known_agents.add(digest)
+        return self.agents[digest]
+
+    def _start(self, ex: _Exec) -> None:
+        """``ex`` is now what its worker runs: the clocks (timeout, a stop requested while
+        it was prefetched) start now."""
+        ex.started_ns, ex.wall_started_ns = time.monotonic_ns(), time.time_ns()
+        ex.payload = None  # it can no longer be requeued
+        w = ex.worker
+        if ex.mode:
+            # Stopped while prefetched: its worker will see the flag and not start it, so
+            # its client keeps seeing it as cancelled-while-queued. The clock runs anyway.
+            ex.status = ExecutionStatus.CANCELLING
+        else:
+            ex.status = ExecutionStatus.RUNNING
+            ex.reported = True
+            self._send(ex.client, P.Started(ex.id, w.id, w.pid, ex.wall_started_ns))
+        if ex.timeout:
+            ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
+        if ex.mode:
+            self._arm_escalation(ex, ex.mode, ex.started_ns)
+
+    def _on_timeout(self, ex: _Exec) -> None:
+        self._escalate(ex, InterruptMode.GRACEFUL.code, InterruptReason.TIMEOUT.code, InterruptSource.TIMEOUT.code,
+                       f"timed out after {ex.timeout:g} s")  # fmt: skip
+
+    # -- stopping ----------------------------------------------------------
+
+    def _escalate(self, ex: _Exec, mode: int, reason: int, source: int, message: str | None) -> bool:
+        """Request (or harden) a stop. True if the execution was live. Requests
+        are idempotent and only move forward."""
+        now = time.monotonic_ns()
+        if ex.status is ExecutionStatus.QUEUED and ex.worker is None:  # still in our queue
+            ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns = mode, reason, source, message, now
+            self._event("requested", ex, None, now, mode=mode, reason=reason, message=message)
+            self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
+            return True
+        if ex.status not in _LIVE and ex.status is not ExecutionStatus.QUEUED:
+            return False
+        if mode <= ex.mode:
+            return True
+        w = ex.worker
+        if ex.mode == 0:
+            ex.reason, ex.source, ex.message, ex.requested_ns = reason, source, message, now
+            ex.status = ExecutionStatus.CANCELLING
+            self._send(ex.client, P.Cancelling(ex.id))
+            self._event("requested", ex, w, now, mode=mode, reason=reason, message=message)
+        else:
+            self._event("escalated", ex, w, now, mode=mode)
+        ex.mode = mode
+        if mode == InterruptMode.KILL.code and ex.started_ns:
+            self._arm_escalation(ex, mode, now)  # SIGKILL now; a flag first would only race it
+            return True
+        # Details (and the doorbell for ctx.sleep) go out before the flag, so an
+        # agent that sees the flag finds them already in its socket.
+        self._send_worker(w, P.Interrupt(ex.id, ex.armed, mode, ex.reason, ex.source, ex.message, ex.requested_ns),
+                          now=True)  # fmt: skip
+        self.flags.request(ex.slot, ex.armed, mode, ex.reason, ex.source, ex.requested_ns)
+        if ex.started_ns:  # a prefetched one is skipped by its worker; its clock starts if it starts
+            self._arm_escalation(ex, mode, now)
+        return True
+
+    def _arm_escalation(self, ex: _Exec, mode: int, now: int) -> None:
+        if mode == InterruptMode.GRACEFUL.code:
+            ex.sigterm_deadline_ns = now + int(ex.grace * 1e9)
+            ex.timers.append(self._at(ex.grace, self._sigterm, ex))
+        elif mode == InterruptMode.IMMEDIATE.code:
+            ex.sigterm_deadline_ns = now
+            self._sigterm(ex)
+        else:
+            ex.sigkill_deadline_ns = now
+            self._sigkill(ex.worker)
+
+    def _sigterm(self, ex: _Exec) -> None:
+        w = ex.worker
+        if ex.status not in _LIVE or ex.sigterm_ns or w.killed or w.exec is not ex:
+            return
+        ex.sigterm_ns = time.monotonic_ns()  # stamped before the call: the timeline stays monotonic
+        try:
+            signal.pidfd_send_signal(w.pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it exited on its own just now; reaping settles the execution
+        self._event("sigterm", ex, w, ex.sigterm_ns, late_ms=(ex.sigterm_ns - ex.sigterm_deadline_ns) / 1e6)
+        w.state = "stopping"
+        ex.sigkill_deadline_ns = ex.sigterm_ns + int(ex.term_grace * 1e9)
+        w.kill_timer = self._at(ex.term_grace, self._sigkill, w)  # bound to the worker: fires even if it answers
+
+    def _sigkill(self, w: _Worker) -> None:
+        if w.killed or w.pid not in self.by_pid:
+            return
+        now = time.monotonic_ns()
+        ex = w.exec if w.exec is not None and w.exec.status in _LIVE else None
+        if ex is not None:
+            ex.sigkill_ns = now
+        killpg(w.pid)  # the worker is unreaped, so its pid (= pgid) cannot have been reused
+        # Descendants that left the group (setsid) re-parent to us, the subreaper, as
+        # their parents die; _sweep_orphans kills them when we reap.
+        w.killed = True
+        w.state = "stopping"
+        late = (now - ex.sigkill_deadline_ns) / 1e6 if ex is not None and ex.sigkill_deadline_ns else None
+        self._event("sigkill", ex, w, now, pid=w.pid, late_ms=late)
+
+    # -- reaping -----------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            w = self.by_pid.get(info.si_pid)
+            if w is None:
+                try:
+                    os.waitpid(info.si_pid, 0)  # an adopted orphan
+                except ChildProcessError:
+                    pass
+                self._sweep_orphans()  # its own children have just been re-parented to us
+                continue
+            try:
+                self._worker_exited(w, info)
+            except Exception:
+                log(f"error while reaping worker {w.id} (pid {w.pid}):\n{traceback.format_exc()}")
+                self._forget_worker(w)
+
+    def _forget_worker(self, w: _Worker) -> None:
+        """Drop every reference to a reaped worker (idempotent)."""
+        try:
+            self.sel.unregister(w.chan.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            os.waitpid(w.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not w.chan.closed:
+            w.chan.close()
+        self.dirty.discard(w.chan)
+        if w.pidfd >= 0:
+            os.close(w.pidfd)
+            w.pidfd = -1
+        self.by_pid.pop(w.pid, None)
+        self.workers.pop(w.id, None)
+        if w in self.idle:
+            self.idle.remove(w)
+        if w.kill_timer:
+            self._cancel(w.kill_timer)
+            w.kill_timer = None
+        self.free_slots.extend(w.retained)
+        w.retained = []
+
+    def _worker_exited(self, w: _Worker, info) -> None:
+        # Frames it wrote before dying (its Result) come first.
+        try:
+            self.sel.unregister(w.chan.sock)
+        except (KeyError, ValueError):
+            pass  # already unregistered at EOF
+        while not w.chan.closed:
+            try:
+                msgs = w.chan.feed()
+            except P.ProtocolError:
+                break
+            if not msgs:
+                break
+            for msg in msgs:
+                self._handle_worker_safely(w, msg)
+        killpg(w.pid)  # tools it left in its group; its zombie still pins the pgid
+        os.waitpid(w.pid, 0)
+        exit_code = info.si_status if info.si_code == os.CLD_EXITED else None
+        signo = info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else None
+        self._event("worker_exited", None, w, pid=w.pid,
+                    message=f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name}")  # fmt: skip
+        ex = w.inflight.popleft() if w.inflight and w.inflight[0].started_ns else None
+        self._requeue(w)
+        self._forget_worker(w)
+        if ex is not None and ex.status in _LIVE:
+            self.free_slots.append(ex.slot)
+            ckpt = self._settled_checkpoint(ex, w)
+            if w.killed:
+                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGKILL, exit_code=exit_code, signo=signo,
+                          checkpoint=ckpt)  # fmt: skip
+            elif ex.sigterm_ns and signo == signal.SIGTERM:
+                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGTERM, exit_code=exit_code, signo=signo,
+                          checkpoint=ckpt)  # fmt: skip
+            else:
+                how = f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name} ({signo})"
+                error = ["WorkerCrashed", f"worker {w.id} (pid {w.pid}) running execution {ex.id!r} died with {how}", None]
+                self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
+        self._flush()  # its client hears of the end now, not after the fork below
+        if not self.stopping or self.execs:  # queued work still needs hands while draining
+            self._spawn()
+        self._sweep_orphans()
+
+    def _requeue(self, w: _Worker) -> None:
+        """Executions prefetched to a dead worker never started: back to the head of the
+        queue, in order; or, if a stop was requested meanwhile, ended at stage queued."""
+        pending = list(w.inflight)
+        w.inflight.clear()
+        for ex in reversed(pending):
+            self.free_slots.append(ex.slot)
+            ex.slot = ex.armed = None
+            ex.worker = None
+            if ex.mode:
+                self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
+            else:
+                self.queue.appendleft(ex)
+
+    def _sweep_orphans(self) -> None:
+        """Kill adopted descendants of dead workers (they re-parent to us as subreaper)."""
+        strays = [pid for pid in direct_children(self.pid) if pid not in self.by_pid]
+        if not strays:
+            return
+        import psutil
+
+        procs = []
+        for pid in strays:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass  # exited (and will be reaped) since we listed it
+        kill_tree(procs)
+
+    # -- ending ------------------------------------------------------------
+
+    def _end(self, ex: _Exec, status: ExecutionStatus, *, value=None, error=None, stage=None,
+             exit_code=None, signo=None, checkpoint=None, resumed_from=None) -> None:  # fmt: skip
+        """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it."""
+        now = time.monotonic_ns()
+        for t in ex.timers:
+            self._cancel(t)
+        ex.timers = []
+        ex.status = status
+        w = None if stage is Stage.QUEUED else ex.worker  # it never ran on one
+        info = {
+            "id": ex.id,
+            "status": status.code,
+            "error": error,
+            "worker_id": w.id if w else None,
+            "pid": w.pid if w else None,
+            "exit_code": exit_code,
+            "signal": signo,
+            "started_ns": ex.wall_started_ns,
+            "ended_wall_ns": time.time_ns(),
+            "checkpoint": checkpoint,
+            "resume": ex.resume,
+            "resumed_from": resumed_from,
+        }
+        if ex.mode or stage is not None:
+            if not ex.mode:  # a SIGTERM we did not send
+                ex.mode, ex.reason, ex.source = InterruptMode.IMMEDIATE.code, InterruptReason.CUSTOM.code, InterruptSource.SIGNAL.code
+                ex.message = "the worker received SIGTERM from outside the pool"
+            info["interrupt"] = {
+                "mode": ex.mode, "reason": ex.reason, "source": ex.source, "message": ex.message,
+                "stage": stage.code if stage is not None and status is ExecutionStatus.INTERRUPTED else None,
+                "requested_ns": ex.requested_ns, "observed_ns": ex.observed_ns,
+                "sigterm_ns": ex.sigterm_ns, "sigterm_deadline_ns": ex.sigterm_deadline_ns if ex.sigterm_ns else None,
+                "sigkill_ns": ex.sigkill_ns, "sigkill_deadline_ns": ex.sigkill_deadline_ns if ex.sigkill_ns else None,
+                "ended_ns": now,
+            }  # fmt: skip
+        self._send(ex.client, P.Ended(ex.id, info, value))
+        for c, req in ex.waiters:
+            self._reply(c, req, [info, value])
+        del self.execs[ex.id]
+        ex.worker = ex.client = None
+        ex.waiters = []
+        self._remember(ex.id, info, value)
+
+    def _remember(self, id: str, info: dict, value: bytes | None) -> None:
+        """Keep the newest ``history`` ended executions (values over the byte budget are dropped)."""
+        limit = self.cfg.history
+        if limit <= 0:
+            return
+        budget = _HISTORY_VALUE_BYTES
+        if value is not None and len(value) > budget // max(1, limit):
+            value = None  # too large to keep for everyone: the submitting client already has it
+            info = dict(info, value_dropped=True)
+        old = self.history.pop(id, None)
+        if old is not None and old[1] is not None:
+            self.history_bytes -= len(old[1])
+        self.history[id] = (info, value)
+        if value is not None:
+            self.history_bytes += len(value)
+        while len(self.history) > limit or self.history_bytes > budget:
+            _, (_, v) = self.history.popitem(last=False)
+            if v is not None:
+                self.history_bytes -= len(v)
+
+
+_HISTORY_VALUE_BYTES = 64 << 20  # result bytes the history may hold in all
+
+
+def _noop(signum, frame) -> None:
+    pass  # the wake-up fd carries the signal number to the loop
+
+
+def _read_start(sock: socket.socket) -> P.Start:
+    chan = P.Channel(sock)
+    sock.settimeout(30)
+    msg = chan.recv()
+    sock.settimeout(None)
+    if type(msg) is not P.Start:
+        raise P.ProtocolError(f"expected the Start frame, got {type(msg).__name__}")
+    return msg
+
+
+def run_supervisor(sock: socket.socket) -> int:
+    """Run a supervisor on the creator's socket; returns the process exit code."""
+    # Our own session (the launcher asked for it): no terminal signals reach us or our workers;
+    # the creator relays Ctrl+C as requests. SIGINT is ignored in case we were started by hand.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP})
+    set_child_subreaper()
+    set_name("pool-supervisor")
+    try:
+        cfg = _read_start(sock)
+    except (OSError, P.ProtocolError) as exc:
+        log(f"no valid Start frame from the creator ({exc}); exiting")
+        return 2
+    sys.path[:] = [p for p in cfg.sys_path if isinstance(p, str)]  # workers import agents as the creator would
+    lock = None
+    try:
+        if cfg.name is not None:
+            lock = _naming.claim(cfg.name)
+    except (_naming.NameError_, ValueError, OSError) as exc:
+        try:
+            sock.sendall(P.encode(P.Refused(str(exc))))
+        except OSError:
+            pass
+        return 2
+    sup = Supervisor(sock, cfg, lock)
+    signal.set_wakeup_fd(sup.wake_w, warn_on_full_buffer=False)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _noop)
+    sup._send(sup.owner, sup._welcome())
+    try:
+        sup.run()
+    finally:
+        # Whatever happens, no worker or tool of theirs outlives us.
+        for w in list(sup.workers.values()):
+            killpg(w.pid)
+        sup._sweep_orphans()
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        if lock is not None:
+            if sup.listener is not None:
+                sup.listener.close()
+            _naming.release(cfg.name, lock[1], lock[0])
+        for c in list(sup.clients.values()):
+            try:
+                c.chan.sock.setblocking(True)
+                c.chan.sock.settimeout(1.0)  # a client that does not read cannot hold our exit
+                c.chan.flush()
+            except OSError:
+                pass
+    return 0
+

@@ -1,0 +1,573 @@
+"""The typed wire protocol: every message any two of our processes exchange.
+
+Owns: the message definitions (one ``NamedTuple`` per message, with a kind
+tag), the codec and the :class:`Channel` that frames them on a stream socket.
+Producer and consumer use the same class, so adding a field is one edit here
+(new fields go last, with a default, so an older peer's shorter frame still
+decodes).
+
+Frame: a 4-byte little-endian length, then one msgpack array
+``[kind, field, ...]``. A frame longer than the channel's ``max_frame`` is a
+protocol error, never a buffer that grows. Decoding checks the kind, the
+arity and the type of every field (nested messages included) before a handler
+sees it: a malformed or hostile frame raises :class:`ProtocolError`, which
+the supervisor turns into closing that one client. Nothing here unpickles:
+agent inputs and results travel as opaque ``bytes`` fields.
+
+Directions: ``C→S`` client to supervisor (any client: the Pool that created
+the supervisor, ``Pool.connect``, the CLI, later the HTTP gateway and Ray
+actors), ``S→C`` supervisor to client, ``S→W`` and ``W→S`` supervisor and
+worker.
+"""
+
+import socket
+import struct
+import types
+import typing
+from collections import deque
+from typing import Any, NamedTuple
+
+import msgpack
+
+__all__ = (
+    "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "ProtocolError", "Channel", "encode", "decode",
+    "Start", "Hello", "Welcome", "Refused", "Task", "DefineAgent", "Submit", "Cancel", "CancelWorker", "CancelAll",
+    "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "WorkerSpawned", "Event",
+    "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce",
+)  # fmt: skip
+
+PROTOCOL_VERSION = 2
+DEFAULT_MAX_FRAME = 64 << 20  # 64 MiB: an input or result larger than this is refused with a clear error
+_LEN = struct.Struct("<I")
+
+
+class ProtocolError(Exception):
+    """A frame that is not a valid message of this protocol version."""
+
+
+_BY_KIND: dict[int, type] = {}
+_CHECKS: dict[type, tuple] = {}
+
+
+def _types_of(hint) -> tuple:
+    """isinstance() targets for a field annotation (a nested message is checked separately)."""
+    if hint is Any:
+        return (object,)
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        out: tuple = ()
+        for arg in typing.get_args(hint):
+            out += _types_of(arg)
+        return out
+    if hint is type(None):
+        return (type(None),)
+    if hint is float:
+        return (int, float)
+    if origin is not None:
+        return (origin,)
+    if hint is bool:
+        return (bool,)
+    if hint is int:
+        return (int,)  # bool is an int too; harmless here
+    return (hint,)
+
+
+def message(kind: int):
+    """Register a NamedTuple class as the message with wire tag ``kind``."""
+
+    def register(cls):
+        if kind in _BY_KIND:
+            raise RuntimeError(f"message kind {kind} is used by {_BY_KIND[kind].__name__} and {cls.__name__}")
+        cls.KIND = kind
+        _BY_KIND[kind] = cls
+        hints = cls.__annotations__  # real objects: this module has no `from __future__ import annotations`
+        checks = []
+        for name in cls._fields:
+            hint = hints[name]
+            nested = None
+            if typing.get_origin(hint) is list and typing.get_args(hint) and typing.get_args(hint)[0] in _CHECKS:
+                nested = typing.get_args(hint)[0]
+            checks.append((name, _types_of(hint), nested))
+        _CHECKS[cls] = tuple(checks)
+        return cls
+
+    return register
+
+
+def _build(cls, fields: list, validate: bool):
+    n = len(cls._fields)
+    if len(fields) > n:
+        fields = fields[:n]  # a newer peer's extra fields
+    elif len(fields) < n:
+        defaults = cls._field_defaults
+        missing = cls._fields[len(fields) :]
+        if any(f not in defaults for f in missing):
+            raise ProtocolError(f"{cls.__name__} needs {n} fields, got {len(fields)}")
+        fields = list(fields) + [defaults[f] for f in missing]
+    if validate:
+        for value, (name, allowed, nested) in zip(fields, _CHECKS[cls]):
+            if not isinstance(value, allowed):
+                raise ProtocolError(f"{cls.__name__}.{name} must be {'/'.join(t.__name__ for t in allowed)}, "
+                                    f"got {type(value).__name__}")  # fmt: skip
+            if nested is not None:
+                idx = cls._fields.index(name)
+                items = []
+                for item in value:
+                    if not isinstance(item, list):
+                        raise ProtocolError(f"{cls.__name__}.{name} items must be {nested.__name__} arrays")
+                    items.append(_build(nested, item, True))
+                fields = list(fields)
+                fields[idx] = items
+    return cls._make(fields)
+
+
+def encode(msg) -> bytes:
+    """One frame: length prefix and ``[kind, *fields]``."""
+    body = _packb((msg.KIND, *msg))
+    return _LEN.pack(len(body)) + body
+
+
+def decode(body: bytes, validate: bool = True):
+    """The message in one frame body; ProtocolError if it is not one."""
+    try:
+        raw = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types (ExtraData, ValueError, ...)
+        raise ProtocolError(f"not a msgpack frame: {type(exc).__name__}: {exc}") from None
+    if not isinstance(raw, list) or not raw or not isinstance(raw[0], int) or isinstance(raw[0], bool):
+        raise ProtocolError("a frame must be an array that starts with a message kind")
+    cls = _BY_KIND.get(raw[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {raw[0]}")
+    return _build(cls, raw[1:], validate)
+
+
+def _no_ext(code, data):
+    raise ProtocolError(f"msgpack extension type {code} is not part of the protocol")
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+# -- handshake ------------------------------------------------------------------------------
+
+
+@message(1)
+class Hello(NamedTuple):
+    """C→S, the first frame on every connection."""
+
+    version: int
+    pid: int
+    role: str = "client"  # "owner" (the creator's channel), "client"
+
+
+@message(2)
+class Welcome(NamedTuple):
+    """S→C, the answer to Hello."""
+
+    version: int
+    supervisor_pid: int
+    name: str | None
+    workers: int
+    socket_path: str | None
+    grace: float
+    term_grace: float
+    max_frame: int
+    checkpoint_dir: str | None = None
+
+
+@message(3)
+class Refused(NamedTuple):
+    """S→C, instead of Welcome; the connection closes after it."""
+
+    message: str
+
+
+@message(4)
+class Start(NamedTuple):
+    """Creator→S, the first frame on the creator's channel: the pool's configuration."""
+
+    creator_pid: int
+    workers: int
+    capacity: int
+    grace: float
+    term_grace: float
+    checkpoint_dir: str | None
+    keep_checkpoints: int
+    name: str | None
+    sys_path: list
+    max_frame: int
+    history: int
+    max_queued: int | None
+
+
+# -- client → supervisor -------------------------------------------------------------------
+
+
+@message(10)
+class Task(NamedTuple):
+    """One execution as submitted. ``agent`` is ``module:qualname`` or ``blob:<sha256 hex>``
+    (a function shipped by value through :class:`DefineAgent`); ``input`` is pickled."""
+
+    id: str
+    agent: str
+    input: bytes
+    timeout: float | None = None
+    grace: float | None = None
+    term_grace: float | None = None
+    resume: bool = False
+    hook: str | None = None
+
+
+@message(11)
+class DefineAgent(NamedTuple):
+    """C→S: a function by value (cloudpickle bytes) under its digest, sent once per connection
+    before the first Task that names it. The supervisor stores it opaque, never unpickles it."""
+
+    digest: str
+    blob: bytes
+
+
+@message(12)
+class Submit(NamedTuple):
+    """C→S: executions to queue. ``req`` 0: no reply (the owner's fast path: a clash ends the
+    execution as failed); otherwise a Reply with ``value`` = the accepted ids."""
+
+    req: int
+    tasks: list[Task]
+
+
+@message(13)
+class Cancel(NamedTuple):
+    req: int
+    id: str
+    mode: int
+    reason: int
+    source: int
+    message: str | None = None
+
+
+@message(14)
+class CancelWorker(NamedTuple):
+    req: int
+    worker_id: int
+    mode: int
+    reason: int
+    source: int
+    message: str | None = None
+
+
+@message(15)
+class CancelAll(NamedTuple):
+    """C→S: stop every live execution (``mine_only``: only this client's)."""
+
+    req: int
+    mode: int
+    reason: int
+    source: int
+    message: str | None = None
+    mine_only: bool = False
+
+
+@message(16)
+class Query(NamedTuple):
+    """C→S: ``what`` is workers, executions, status or has (``arg``: an id)."""
+
+    req: int
+    what: str
+    arg: str | None = None
+
+
+@message(17)
+class Wait(NamedTuple):
+    """C→S: reply (Reply.value = [info, value bytes]) once execution ``id`` has ended."""
+
+    req: int
+    id: str
+
+
+@message(18)
+class Subscribe(NamedTuple):
+    """C→S: send this client every Event from now on."""
+
+    req: int
+
+
+@message(19)
+class Shutdown(NamedTuple):
+    """C→S (owner only): take no new work; ``mode`` 0 lets live executions finish."""
+
+    mode: int
+    reason: int
+    source: int
+
+
+# -- supervisor → client -------------------------------------------------------------------
+
+
+@message(30)
+class Started(NamedTuple):
+    id: str
+    worker_id: int
+    pid: int
+    wall_ns: int
+
+
+@message(31)
+class Cancelling(NamedTuple):
+    id: str
+
+
+@message(32)
+class Ended(NamedTuple):
+    """S→C: the one end of an execution. ``info`` is the outcome record built by the
+    supervisor's ``outcome_info`` and read by ``ExecutionResult.from_wire``."""
+
+    id: str
+    info: dict
+    value: bytes | None
+
+
+@message(33)
+class Reply(NamedTuple):
+    req: int
+    ok: bool
+    value: Any = None
+    error: str | None = None
+
+
+@message(34)
+class WorkerSpawned(NamedTuple):
+    """S→owner: a worker's pid and start time, for the owner's last-resort kill."""
+
+    worker_id: int
+    pid: int
+    create_time: float
+
+
+@message(35)
+class Event(NamedTuple):
+    kind: str
+    id: str | None
+    worker_id: int | None
+    mono_ns: int
+    data: dict | None = None
+
+
+@message(36)
+class Gone(NamedTuple):
+    """S→C: a clean exit; nothing more will come."""
+
+
+# -- supervisor ⇄ worker ---------------------------------------------------------------------
+
+
+@message(50)
+class Run(NamedTuple):
+    """S→W: run one execution in flag slot word ``control_index`` armed with ``armed``."""
+
+    id: str
+    control_index: int
+    armed: int
+    agent: str
+    agent_blob: bytes | None
+    input: bytes
+    resume: bool
+    hook: str | None
+    hook_blob: bytes | None
+
+
+@message(51)
+class Interrupt(NamedTuple):
+    """S→W: the details of a stop (sent before the flag is written; also the doorbell)."""
+
+    id: str
+    armed: int
+    mode: int
+    reason: int
+    source: int
+    message: str | None
+    requested_ns: int
+
+
+@message(52)
+class Exit(NamedTuple):
+    pass
+
+
+@message(60)
+class WorkerReady(NamedTuple):
+    pid: int
+
+
+@message(61)
+class Result(NamedTuple):
+    id: str
+    status: int
+    value: bytes | None
+    error: list | None  # [type, message, traceback]
+    stage: int | None
+    observed_ns: int
+    checkpoint: list | None  # CheckpointInfo.to_wire()
+    resumed_from: list | None
+
+
+@message(62)
+class Observed(NamedTuple):
+    id: str
+    observed_ns: int
+
+
+@message(63)
+class CheckpointAnnounce(NamedTuple):
+    """W→S: about to make this checkpoint file visible (sent before ``os.replace``)."""
+
+    id: str
+    seq: int
+    path: str
+    size: int
+    time: float
+
+
+# -- channel -------------------------------------------------------------------------------------
+
+
+class Channel:
+    """One end of a stream socket carrying frames.
+
+    Blocking use (workers, client reader threads): :meth:`send`, :meth:`recv`,
+    :meth:`poll`. Non-blocking use (the supervisor): :meth:`feed` returns the
+    complete messages read so far, :meth:`queue` and :meth:`flush` write.
+    ``validate`` checks every received field's type (off only for our own workers).
+    """
+
+    __slots__ = ("sock", "max_frame", "validate", "_buf", "_inbox", "_out", "_out_bytes", "closed")
+
+    def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, validate: bool = True):
+        self.sock = sock
+        self.max_frame = max_frame
+        self.validate = validate
+        self._buf = bytearray()
+        self._inbox: deque = deque()
+        self._out: deque[bytes] = deque()
+        self._out_bytes = 0
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _frames(self) -> list:
+        """Cut every complete frame off the input buffer and decode it."""
+        buf, out, pos = self._buf, [], 0
+        n = len(buf)
+        while n - pos >= 4:
+            (size,) = _LEN.unpack_from(buf, pos)
+            if size > self.max_frame:
+                raise ProtocolError(f"frame of {size} bytes is larger than the limit of {self.max_frame}")
+            if n - pos - 4 < size:
+                break
+            out.append(decode(bytes(buf[pos + 4 : pos + 4 + size]), self.validate))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return out
+
+    # -- blocking use -----------------------------------------------------
+
+    def send(self, msg) -> None:
+        self.sock.sendall(encode(msg))
+
+    def send_many(self, msgs) -> None:
+        self.sock.sendall(b"".join(map(encode, msgs)))
+
+    def recv(self):
+        """The next message, blocking; None at EOF."""
+        inbox = self._inbox
+        while True:
+            if inbox:
+                return inbox.popleft()
+            frames = self._frames()
+            if frames:
+                inbox.extend(frames)
+                continue
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return None
+            self._buf += data
+
+    def poll(self) -> list:
+        """Every message that has already arrived, without blocking."""
+        try:
+            while True:
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                if not data:
+                    break
+                self._buf += data
+        except (BlockingIOError, InterruptedError):
+            pass
+        out = list(self._inbox) + self._frames()
+        self._inbox.clear()
+        return out
+
+    # -- non-blocking use (supervisor) ------------------------------------
+
+    def feed(self) -> list | None:
+        """Read what is available; the complete messages, or None at EOF.
+        Raises ProtocolError for a malformed or oversized frame."""
+        try:
+            data = self.sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except ConnectionError:
+            data = b""
+        if not data:
+            self.closed = True
+            return None
+        self._buf += data
+        return self._frames()
+
+    def queue(self, msg) -> None:
+        data = encode(msg)
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._out)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._out_bytes
+
+    def flush(self) -> bool:
+        """Write as much queued output as the socket takes; True when all is out."""
+        if self.closed:
+            return True
+        out = self._out
+        while out:
+            if len(out) > 1:
+                data = b"".join(out)
+                out.clear()
+                out.append(data)
+            try:
+                n = self.sock.send(out[0])
+            except (BlockingIOError, InterruptedError):
+                return False
+            except (BrokenPipeError, ConnectionError):
+                out.clear()
+                self._out_bytes = 0
+                self.closed = True
+                return True
+            self._out_bytes -= n
+            if n < len(out[0]):
+                out[0] = out[0][n:]
+                return False
+            out.popleft()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self._out.clear()  # nothing can be delivered any more
+        self._out_bytes = 0
+        self.sock.close()
