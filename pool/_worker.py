@@ -67,15 +67,16 @@ def _on_sigterm(signum, frame):
         raise Interrupted("worker received SIGTERM", stage=Stage.SIGTERM)
 
 
-def resolve(spec: str, blob: bytes | None, cache: dict):
+def resolve(spec: str, cache: dict, blobs: dict):
     """The function ``spec`` names: ``module:qualname`` imported, or ``blob:<digest>``
     unpickled from the bytes the supervisor sent the first time this worker needed it."""
     fn = cache.get(spec)
     if fn is not None:
         return fn
     if spec.startswith("blob:"):
+        blob = blobs.get(spec)
         if blob is None:
-            raise RuntimeError(f"agent {spec} was not sent to this worker (a supervisor bug)")
+            raise RuntimeError(f"agent {spec} was never sent to this worker (a supervisor bug)")
         fn = pickle.loads(blob)  # cloudpickle output; cloudpickle's helpers are imported on demand
     else:
         module, _, qualname = spec.partition(":")
@@ -102,7 +103,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
     sys.stdin = None  # agents must not read the user's terminal
-    cache: dict[str, object] = {}
+    cache: dict[str, object] = {}  # spec -> function
+    blobs: dict[str, bytes] = {}  # by-value agents' bytes, kept as they arrive (the supervisor sends each once)
     pending: list = []
     chan.send(P.WorkerReady(os.getpid()))
     while True:
@@ -114,10 +116,14 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         if type(msg) is not P.Run:
             continue  # a late Interrupt for an execution that already ended
         exec_id = msg.id
+        if msg.agent_blob is not None:
+            blobs[msg.agent] = msg.agent_blob
+        if msg.hook_blob is not None:
+            blobs[msg.hook] = msg.hook_blob
         ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, exec_id,
                                                                         msg.resume, chan)  # fmt: skip
         ctx = Context(words, msg.control_index, msg.armed, chan, exec_id, worker_id, ckpt)
-        status, value, error, stage = _run(ctx, cache, msg)
+        status, value, error, stage = _run(ctx, cache, blobs, msg)
         if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
             signal.signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
         _flush_std()
@@ -136,7 +142,7 @@ def _error(exc: BaseException, prefix: str = "") -> list:
     return [type(exc).__name__, prefix + str(exc), tb]
 
 
-def _run(ctx: Context, cache: dict, msg: P.Run):
+def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
     """Run one execution; return (status, pickled value, error, stage code)."""
     global _armed, _current
     _current = ctx
@@ -144,8 +150,8 @@ def _run(ctx: Context, cache: dict, msg: P.Run):
         ctx._observe()
         return ExecutionStatus.INTERRUPTED, None, None, Stage.QUEUED.code
     try:
-        fn = resolve(msg.agent, msg.agent_blob, cache)
-        hook = resolve(msg.hook, msg.hook_blob, cache) if msg.hook else getattr(fn, "on_interrupt", None)
+        fn = resolve(msg.agent, cache, blobs)
+        hook = resolve(msg.hook, cache, blobs) if msg.hook else getattr(fn, "on_interrupt", None)
         inp = pickle.loads(msg.input)
         if ctx._ckpt is not None and ctx._ckpt.resume:
             found = ctx._ckpt.newest()
