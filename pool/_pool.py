@@ -26,6 +26,7 @@ import atexit
 import concurrent.futures as cf
 import hashlib
 import importlib
+import importlib.util
 import itertools
 import math
 import os
@@ -166,14 +167,21 @@ def _agent_spec(fn: Any, cache: dict, what: str = "agent") -> tuple[str, bytes |
         module, sep, qualname = fn.partition(":")
         if not sep or not module or not qualname:
             raise ValueError(f"{what} {fn!r} must be written as 'module:function', e.g. 'mypkg.agents:research'")
+        # Checked without importing the agent's module here (only workers import agents):
+        # the module must be findable; if this process already imported it, the name too.
+        obj = sys.modules.get(module)
+        if obj is not None and getattr(getattr(obj, "__spec__", None), "_initializing", False):
+            obj = None  # another thread is still importing it: its names are not all there yet
         try:
-            obj = importlib.import_module(module)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
+            if obj is None and importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"No module named {module!r}")
+            if obj is not None:
+                for part in qualname.split("."):
+                    obj = getattr(obj, part)
         except Exception as exc:
             raise TypeError(f"{what} {fn} cannot be imported ({type(exc).__name__}: {exc}); "
                             "check the module path and the function name") from exc  # fmt: skip
-        if not callable(obj):
+        if obj is not None and not callable(obj):
             raise TypeError(f"{what} {fn} is a {type(obj).__name__}, not a function")
         spec = (fn, None)
     else:

@@ -17,9 +17,7 @@ exits after its result: the supervisor replaces it.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import inspect
 import os
 import pickle
 import signal
@@ -163,7 +161,7 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
         _armed = True
         try:
             result = fn(ctx, inp)
-            if inspect.iscoroutine(result):
+            if type(result).__name__ == "coroutine":
                 result = _run_async(ctx, result)
         finally:
             _armed = False
@@ -185,6 +183,8 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
 def _run_async(ctx: Context, coro):
     """Run an ``async def`` agent; the doorbell (the worker channel) cancels its task
     at its current await, and the CancelledError comes back out as Interrupted."""
+
+    import asyncio
 
     async def main():
         loop = asyncio.get_running_loop()

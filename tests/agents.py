@@ -16,6 +16,14 @@ def identity(ctx, x):
     return x
 
 
+def logs_and_returns(ctx, x):
+    """Logs through the standard logging module (whose locks a forked host could hold)."""
+    import logging
+
+    logging.getLogger("agent").info("item %s", x)
+    return x
+
+
 def count(ctx, n):
     total = 0
     for i in range(n):

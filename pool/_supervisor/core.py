@@ -48,6 +48,7 @@ from ..shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason,
 from ..shared import _protocol as P
 from ..shared._checkpoint import CheckpointError, CheckpointStore, check_envelope
 from .. import _naming
+from .._worker import worker_main  # imported here, before any fork: workers share its pages
 from .._proc import direct_children, kill_tree, killpg, set_child_subreaper, set_name, start_ticks
 from ..shared._protocol import Channel
 from .clients import MAX_CLIENTS, MAX_OUTPUT, Client, Listener, log
@@ -608,8 +609,6 @@ class Supervisor:
                 keep = theirs.fileno()
                 os.closerange(3, keep)  # everything of ours: the selector, other workers, clients, the listener
                 os.closerange(keep + 1, 1 << 20)
-                from .._worker import worker_main
-
                 worker_main(P.Channel(theirs, validate=False), self.flags.words, wid, self.pid,
                             self.cfg.checkpoint_dir, self.cfg.keep_checkpoints)  # fmt: skip
             except BaseException:
