@@ -18,6 +18,7 @@ import psutil
 from interrupt_pool import Escalation, Pool
 
 from . import peer_agents as pa
+from ._optional import peer, skipped_note
 from ._stats import pct, summary, table
 
 
@@ -48,7 +49,7 @@ def _kill(pid: int) -> None:
 
 
 def stop_latency(quick: bool) -> dict:
-    n = 20 if quick else 200
+    n = 10 if quick else 200
     agents = {"cooperative": pa.check_loop, "never checks": pa.never_checks, "ignores SIGTERM": pa.ignores_sigterm}
     res: dict = {}
     rows = []
@@ -225,7 +226,8 @@ def _billiard(d: Path, i: int):
 
 
 def stuck_task(quick: bool) -> dict:
-    n = 5 if quick else 20
+    n = 3 if quick else 20
+    have = {name: peer(name) is not None for name in ("pebble", "billiard")}
     impls = {
         "interrupt-pool (graceful, zero grace)": _ours("graceful"),
         "interrupt-pool (kill)": _ours("kill"),
@@ -237,6 +239,8 @@ def stuck_task(quick: bool) -> dict:
         f"pebble (timeout={TIMEOUT_S:g} s)": _pebble_timeout,
         f"billiard (hard time limit {TIMEOUT_S:g} s)": _billiard_timeout,
     }
+    skipped = [p for p, ok in have.items() if not ok]
+    impls = {k: v for k, v in impls.items() if k.split()[0] not in skipped}
     times: dict[str, list[float]] = {k: [] for k in impls}
     survived: dict[str, int] = {k: 0 for k in impls}
     with tempfile.TemporaryDirectory() as d:
@@ -258,7 +262,9 @@ def stuck_task(quick: bool) -> dict:
         "call until the next task's result is back. For the time-limit rows it runs from the submission, less the "
         f"{TIMEOUT_S:g} s limit: how long after its deadline the pool was ready again.\n\n"
         + table(["pool", "median", "min", "max", "vs ours", "grandchild survived"], rows)
+        + skipped_note(skipped)
     )
+    res["skipped"] = skipped
     return res
 
 
@@ -266,9 +272,8 @@ def stuck_task(quick: bool) -> dict:
 
 
 def throughput(quick: bool) -> dict:
-    import billiard
-    import pebble
-
+    pebble, billiard = peer("pebble"), peer("billiard")
+    skipped = [name for name, mod in (("pebble", pebble), ("billiard", billiard)) if mod is None]
     sizes = (2000,) if quick else (2000, 10000)
     repeats = 1 if quick else 3
     res: dict = {}
@@ -297,26 +302,32 @@ def throughput(quick: bool) -> dict:
                 mpp.map(pa.triv, range(200))
                 timed("multiprocessing.Pool apply_async", lambda: [r.get() for r in [mpp.apply_async(pa.triv, (x,)) for x in data]])
                 timed("multiprocessing.Pool map (chunksize 1)", lambda: mpp.map(pa.triv, data, chunksize=1))
-            with pebble.ProcessPool(max_workers=2) as pp:
-                pp.schedule(pa.triv, (0,)).result()
-                timed("pebble schedule", lambda: [f.result() for f in [pp.schedule(pa.triv, (x,)) for x in data]])
-                timed("pebble map", lambda: pp.map(pa.triv, data).result())
-            bp = billiard.Pool(2)
-            try:
-                bp.map(pa.triv, range(200))
-                timed("billiard apply_async", lambda: [r.get() for r in [bp.apply_async(pa.triv, (x,)) for x in data]])
-                timed("billiard map (chunksize 1)", lambda: bp.map(pa.triv, data, chunksize=1))
-            finally:
-                bp.terminate()
-                bp.join()
+            if pebble is not None:
+                with pebble.ProcessPool(max_workers=2) as pp:
+                    pp.schedule(pa.triv, (0,)).result()
+                    timed("pebble schedule", lambda: [f.result() for f in [pp.schedule(pa.triv, (x,)) for x in data]])
+                    timed("pebble map", lambda: pp.map(pa.triv, data).result())
+            if billiard is not None:
+                bp = billiard.Pool(2)
+                try:
+                    bp.map(pa.triv, range(200))
+                    timed("billiard apply_async",
+                          lambda: [r.get() for r in [bp.apply_async(pa.triv, (x,)) for x in data]])  # fmt: skip
+                    timed("billiard map (chunksize 1)", lambda: bp.map(pa.triv, data, chunksize=1))
+                finally:
+                    bp.terminate()
+                    bp.join()
         ours_submit = statistics.median(runs["interrupt-pool submit"])
         res[n] = {k: summary(v) for k, v in runs.items()}
         for k, v in runs.items():
-            rows.append([n, k, f"{statistics.median(v):.1f}", f"{min(v):.1f}", f"{statistics.median(v) / ours_submit:.2f}×"])
+            rows.append([n, k, f"{statistics.median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}",
+                         f"{statistics.median(v) / ours_submit:.2f}×"])  # fmt: skip
     res["markdown"] = (
         f"### Throughput of trivial tasks with 2 workers (µs per task, median of {repeats})\n\n"
-        + table(["tasks", "pool and call", "median", "min", "vs interrupt-pool submit"], rows)
+        + table(["tasks", "pool and call", "median", "min", "max", "vs interrupt-pool submit"], rows)
+        + skipped_note(skipped)
     )
+    res["skipped"] = skipped
     return res
 
 
