@@ -2,33 +2,34 @@
 
 Prints markdown tables and writes JSON (with machine, Python and load) to
 benchmarks/results/.
+
+Only ``sys`` is imported at module level, and each section's module only when
+it runs: ``multiprocessing``'s spawn and forkserver children (and loky's)
+re-import the parent's main module, and the startup section must not charge
+the peers for importing the whole suite.
 """
 
-from __future__ import annotations
-
-import argparse
-import datetime as dt
-import json
-import os
-import platform
 import sys
-import time
-from pathlib import Path
 
-from . import bench_checkpoint, bench_core, bench_peers
-
+# section -> (module, function); imported on use (see the docstring)
 SECTIONS = {
-    "check": bench_core.check_overhead,
-    "latency": bench_core.cooperative_latency,
-    "stages": bench_peers.stop_latency,
-    "stuck": bench_peers.stuck_task,
-    "throughput": bench_peers.throughput,
-    "resources": bench_peers.resources,
-    "checkpoint": bench_checkpoint.checkpoint_cost,
+    "startup": ("bench_startup", "startup"),
+    "memory": ("bench_memory", "memory"),
+    "check": ("bench_core", "check_overhead"),
+    "latency": ("bench_core", "cooperative_latency"),
+    "stages": ("bench_peers", "stop_latency"),
+    "stuck": ("bench_peers", "stuck_task"),
+    "throughput": ("bench_peers", "throughput"),
+    "resources": ("bench_peers", "resources"),
+    "checkpoint": ("bench_checkpoint", "checkpoint_cost"),
 }
 
 
 def machine() -> dict:
+    import os
+    import platform
+    from pathlib import Path
+
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -41,33 +42,57 @@ def machine() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        "executable": sys.executable,
         "platform": platform.platform(),
         "loadavg_before": os.getloadavg(),
+        # With PYTHONDONTWRITEBYTECODE set, every fresh interpreter (our supervisor, spawn and
+        # loky workers) recompiles what it imports: startup figures would not be an installed package's.
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+        "dont_write_bytecode": sys.dont_write_bytecode,
     }
 
 
 def main(argv=None) -> int:
+    import argparse
+    import datetime as dt
+    import importlib
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    from ._optional import missing
+
     ap = argparse.ArgumentParser(prog="python -m benchmarks")
-    ap.add_argument("--quick", action="store_true", help="smoke run, under a minute")
-    ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
+    ap.add_argument("--quick", action="store_true", help="smoke run, about 30 s")
+    ap.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="directory for the JSON")
     args = ap.parse_args(argv)
     info = machine()
     print(f"# interrupt-pool benchmarks{' (quick)' if args.quick else ''}\n")
-    print(f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, load {info['loadavg_before'][0]:.2f}\n")
-    results = {"machine": info, "quick": args.quick, "started": dt.datetime.now(dt.timezone.utc).isoformat()}
+    bytecode = ("bytecode caches written (PYTHONDONTWRITEBYTECODE unset or empty)" if not sys.dont_write_bytecode
+                else "PYTHONDONTWRITEBYTECODE is set: fresh interpreters recompile every import, startup figures "
+                     "are pessimistic; run with `PYTHONDONTWRITEBYTECODE=` for installed-package behaviour")  # fmt: skip
+    print(f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, load {info['loadavg_before'][0]:.2f}; "
+          f"{bytecode}\n")  # fmt: skip
+    results = {"machine": info, "quick": args.quick, "argv": list(sys.argv[1:] if argv is None else argv),
+               "started": dt.datetime.now(dt.timezone.utc).isoformat()}  # fmt: skip
+    t_all = time.monotonic()
     for name in args.only or SECTIONS:
+        module, fn = SECTIONS[name]
         t = time.monotonic()
-        res = SECTIONS[name](args.quick)
+        res = getattr(importlib.import_module(f".{module}", __package__), fn)(args.quick)
         res["seconds"] = round(time.monotonic() - t, 2)
         print(res["markdown"] + "\n", flush=True)
         results[name] = res
+    results["seconds"] = round(time.monotonic() - t_all, 2)
+    results["peers_missing"] = missing()
     results["machine"]["loadavg_after"] = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{'quick' if args.quick else 'full'}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
-    print(f"JSON: {path}")
+    print(f"Total {results['seconds']:.1f} s. JSON: {path}")
     return 0
 
 

@@ -226,7 +226,7 @@ def _billiard(d: Path, i: int):
 
 
 def stuck_task(quick: bool) -> dict:
-    n = 3 if quick else 20
+    n = 2 if quick else 20
     have = {name: peer(name) is not None for name in ("pebble", "billiard")}
     impls = {
         "interrupt-pool (graceful, zero grace)": _ours("graceful"),
