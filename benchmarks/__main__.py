@@ -52,6 +52,23 @@ def machine() -> dict:
     }
 
 
+def source_state() -> dict:
+    """The commit measured and any uncommitted changes in the checkout (the package is installed editable)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
+            "uncommitted": [line for line in git("status", "--porcelain").splitlines() if line]}  # fmt: skip
+
+
 def main(argv=None) -> int:
     import argparse
     import datetime as dt
@@ -75,7 +92,7 @@ def main(argv=None) -> int:
                      "are pessimistic; run with `PYTHONDONTWRITEBYTECODE=` for installed-package behaviour")  # fmt: skip
     print(f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, load {info['loadavg_before'][0]:.2f}; "
           f"{bytecode}\n")  # fmt: skip
-    results = {"machine": info, "quick": args.quick, "argv": list(sys.argv[1:] if argv is None else argv),
+    results = {"machine": info, "source": source_state(), "quick": args.quick, "argv": list(sys.argv[1:] if argv is None else argv),
                "started": dt.datetime.now(dt.timezone.utc).isoformat()}  # fmt: skip
     t_all = time.monotonic()
     for name in args.only or SECTIONS:
