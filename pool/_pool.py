@@ -888,13 +888,17 @@ class Pool:
             self._calls.put((listener, event))
 
     def events(self) -> Iterator[Event]:
-        """Iterate over events from now on until the pool has shut down (or this client disconnected)."""
+        """Iterate over events from this call on (the subscription starts here, not at the
+        first ``next``) until the pool has shut down or this client disconnected."""
         q: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
             if self._reader_done:
-                return
+                return iter(())
             self._event_queues.append(q)
         self._subscribe()
+        return self._drain_events(q)
+
+    def _drain_events(self, q: queue.SimpleQueue) -> Iterator[Event]:
         try:
             while True:
                 ev = q.get()

@@ -24,6 +24,10 @@ def logs_and_returns(ctx, x):
     return x
 
 
+def big_result(ctx, n):
+    return b"r" * n
+
+
 def count(ctx, n):
     total = 0
     for i in range(n):

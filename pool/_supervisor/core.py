@@ -60,6 +60,7 @@ _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
 PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
+_MAX_WAIT_S = 3600.0  # longest single wait in select(); longer deadlines are reached in several
 
 
 class _Timer:
@@ -201,9 +202,11 @@ class Supervisor:
     def _flush(self) -> None:
         if not self.dirty:
             return
+        hung_up = []
         for chan in self.dirty:
             done = chan.flush()
             if chan.closed:
+                hung_up.append(chan)
                 continue
             want = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
             try:
@@ -213,6 +216,10 @@ class Supervisor:
             if key.events != want:
                 self.sel.modify(chan.sock, want, key.data)
         self.dirty = {c for c in self.dirty if c.pending and not c.closed}
+        for chan in hung_up:  # a client that hung up before reading: forget it now (workers: SIGCHLD does)
+            for c in list(self.clients.values()):
+                if c.chan is chan:
+                    self._on_client(c, 0)
 
     def _at(self, delay: float, fn, *args) -> _Timer:
         t = _Timer(time.monotonic() + delay, fn, args)
@@ -253,8 +260,8 @@ class Supervisor:
             while self.timers and self.timers[0].cancelled:
                 heapq.heappop(self.timers)
                 self.cancelled_timers -= 1
-            if self.timers:
-                timeout = max(0.0, self.timers[0].deadline - time.monotonic())
+            if self.timers:  # capped: epoll takes at most INT_MAX ms; a far deadline is simply reached later
+                timeout = min(max(0.0, self.timers[0].deadline - time.monotonic()), _MAX_WAIT_S)
             for key, mask in self.sel.select(timeout):
                 data = key.data
                 if isinstance(data, tuple):
@@ -342,7 +349,11 @@ class Supervisor:
                 ex.waiters = [(w, r) for w, r in ex.waiters if w is not c]
 
     def _on_client(self, c: Client, mask: int) -> None:
-        if c.chan.closed:
+        if c.chan.closed:  # a write found it hung up (EPIPE): forget it now, or its EOF keeps us busy
+            if c.owner:
+                self._owner_gone("the owner hung up")
+            elif c.id in self.clients:
+                self._drop(c, "hung up", quiet=True)
             return
         if mask & selectors.EVENT_WRITE:
             self.dirty.add(c.chan)
@@ -566,6 +577,11 @@ class Supervisor:
                         for w in self.workers.values()],
             "executions": executions, "counts": counts, "queued": len(self.queue), "clients": len(self.clients),
             "history_limit": self.cfg.history, "at": time.time(),
+            # what the supervisor holds: each bounded by live work, workers or configuration
+            "held": {"executions": len(self.execs), "queue": len(self.queue), "timers": len(self.timers),
+                     "history": len(self.history), "history_bytes": self.history_bytes,
+                     "agents": len(self.agents), "workers": len(self.workers), "pids": len(self.by_pid),
+                     "free_slots": len(self.free_slots), "capacity": self.cfg.capacity},
         }  # fmt: skip
 
     @staticmethod
@@ -631,8 +647,12 @@ class Supervisor:
         self._event("worker_started", None, w, pid=pid)
 
     def _on_worker(self, w: _Worker, mask: int) -> None:
-        if w.chan.closed:
-            return  # reaped earlier in this same batch of ready events
+        if w.chan.closed:  # reaped earlier in this batch, or a write found it gone: SIGCHLD settles it
+            try:
+                self.sel.unregister(w.chan.sock)
+            except (KeyError, ValueError):
+                pass
+            return
         if mask & selectors.EVENT_WRITE:
             self.dirty.add(w.chan)
         if mask & selectors.EVENT_READ:
@@ -1128,12 +1148,26 @@ def run_supervisor(sock: socket.socket) -> int:
             if sup.listener is not None:
                 sup.listener.close()
             _naming.release(cfg.name, lock[1], lock[0])
-        for c in list(sup.clients.values()):
-            try:
-                c.chan.sock.setblocking(True)
-                c.chan.sock.settimeout(1.0)  # a client that does not read cannot hold our exit
-                c.chan.flush()
-            except OSError:
-                pass
+        _flush_before_exit(list(sup.clients.values()), deadline=time.monotonic() + 1.0)
     return 0
+
+
+def _flush_before_exit(clients: list[Client], deadline: float) -> None:
+    """Deliver what is queued (Gone, last replies) to every client, all within one shared
+    deadline: a client that does not read cannot hold our exit, nor can many of them."""
+    pending = [c for c in clients if not c.chan.closed and not c.chan.flush()]
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        sel = selectors.DefaultSelector()
+        try:
+            for c in pending:
+                sel.register(c.chan.sock, selectors.EVENT_WRITE, c)
+            ready = [key.data for key, _ in sel.select(left)]
+        finally:
+            sel.close()
+        for c in ready:
+            c.chan.flush()
+        pending = [c for c in pending if c.chan.pending and not c.chan.closed]
 
