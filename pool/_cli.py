@@ -620,6 +620,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pool", description="Run many AI agents at once and stop any one of them on demand.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"interrupt-pool {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def escalation_args(sp):
