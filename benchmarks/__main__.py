@@ -100,6 +100,7 @@ def main(argv=None) -> int:
         t = time.monotonic()
         res = getattr(importlib.import_module(f".{module}", __package__), fn)(args.quick)
         res["seconds"] = round(time.monotonic() - t, 2)
+        res["loadavg_after"] = os.getloadavg()  # a busy neighbour on the machine shows here
         print(res["markdown"] + "\n", flush=True)
         results[name] = res
     results["seconds"] = round(time.monotonic() - t_all, 2)
