@@ -18,6 +18,9 @@ from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSo
 __all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo", "CheckpointRef")
 
 
+MAX_GRACE_S = 7 * 86400.0  # a week: longer grace periods are a mistake, and must fit in nanoseconds
+
+
 class Escalation(BaseModel):
     """How long each stage of a stop may take before the next, harder one.
 
@@ -27,12 +30,12 @@ class Escalation(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    grace: float = Field(5.0, ge=0.0, allow_inf_nan=False)
+    grace: float = Field(5.0, ge=0.0, le=MAX_GRACE_S, allow_inf_nan=False)
     """Seconds a flagged agent has to stop on its own (at its next ``ctx.check()``)
     before SIGTERM. Longer lets agents save work cleanly; shorter frees stuck
     workers sooner."""
 
-    term_grace: float = Field(2.0, ge=0.0, allow_inf_nan=False)
+    term_grace: float = Field(2.0, ge=0.0, le=MAX_GRACE_S, allow_inf_nan=False)
     """Seconds after SIGTERM (which raises ``Interrupted`` in the agent, so its
     ``finally`` blocks run) before SIGKILL of the whole process group. Longer
     gives clean-up code time; shorter bounds the worst case."""

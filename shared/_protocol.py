@@ -109,6 +109,8 @@ def _build(cls, fields: list, validate: bool):
             if not isinstance(value, allowed):
                 raise ProtocolError(f"{cls.__name__}.{name} must be {'/'.join(t.__name__ for t in allowed)}, "
                                     f"got {type(value).__name__}")  # fmt: skip
+            if isinstance(value, (list, dict, msgpack.Timestamp)) and nested is None:
+                _plain(value, f"{cls.__name__}.{name}")
             if nested is not None:
                 idx = cls._fields.index(name)
                 items = []
@@ -119,6 +121,19 @@ def _build(cls, fields: list, validate: bool):
                 fields = list(fields)
                 fields[idx] = items
     return cls._make(fields)
+
+
+def _plain(value, where: str) -> None:
+    """msgpack's own Timestamp extension bypasses ext_hook: refuse it anywhere in a container."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, msgpack.Timestamp):
+            raise ProtocolError(f"{where} holds a msgpack timestamp extension, which is not part of the protocol")
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
 
 
 def encode(msg) -> bytes:
@@ -439,7 +454,8 @@ class Channel:
     Blocking use (workers, client reader threads): :meth:`send`, :meth:`recv`,
     :meth:`poll`. Non-blocking use (the supervisor): :meth:`feed` returns the
     complete messages read so far, :meth:`queue` and :meth:`flush` write.
-    ``validate`` checks every received field's type (off only for our own workers).
+    ``validate`` checks every received field's type: on in the supervisor for its clients
+    (hostile input), off where the peer is our own supervisor or worker (the hot path).
     """
 
     __slots__ = ("sock", "max_frame", "validate", "_buf", "_inbox", "_out", "_out_bytes", "closed")

@@ -60,6 +60,7 @@ _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
 PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
+_MAX_GRACE_S = 7 * 86400.0  # as Escalation allows: a deadline in nanoseconds must stay an int
 _MAX_WAIT_S = 3600.0  # longest single wait in select(); longer deadlines are reached in several
 
 
@@ -129,7 +130,7 @@ def _positive_or_none(v) -> bool:
 
 
 def _grace_ok(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0)
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= _MAX_GRACE_S)
 
 
 class Supervisor:
@@ -429,7 +430,8 @@ class Supervisor:
         if not _positive_or_none(t.timeout):
             return f"timeout must be a positive, finite number of seconds or None, got {t.timeout!r}"
         if not _grace_ok(t.grace) or not _grace_ok(t.term_grace):
-            return f"grace and term_grace must be finite numbers of seconds >= 0, got {t.grace!r}, {t.term_grace!r}"
+            return (f"grace and term_grace must be numbers of seconds from 0 to {_MAX_GRACE_S:g}, "
+                    f"got {t.grace!r}, {t.term_grace!r}")  # fmt: skip
         return None
 
     def _on_submit(self, c: Client, msg: P.Submit) -> None:
