@@ -102,7 +102,8 @@ def _build(cls, fields: list, validate: bool):
         defaults = cls._field_defaults
         missing = cls._fields[len(fields) :]
         if any(f not in defaults for f in missing):
-            raise ProtocolError(f"{cls.__name__} needs {n} fields, got {len(fields)}")
+            required = n - len(defaults)
+            raise ProtocolError(f"{cls.__name__} needs at least {required} fields, got {len(fields)}")
         fields = list(fields) + [defaults[f] for f in missing]
     if validate:
         for value, (name, allowed, nested) in zip(fields, _CHECKS[cls]):
