@@ -392,6 +392,7 @@ class Pool:
         self._closed = False
         self._broken: str | None = None
         self._pid = os.getpid()
+        self._forked_away = False  # set in a child the user forks: this pool is its parent's
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (fn, arg) for the callback thread
 
     def _attach(self, sock: socket.socket, chan: P.Channel, welcome: P.Welcome, owner: bool) -> None:
@@ -426,7 +427,7 @@ class Pool:
     # -- submitting ----------------------------------------------------------
 
     def _check_open(self) -> None:
-        if os.getpid() != self._pid:
+        if self._forked_away:
             raise PoolClosed(f"this Pool belongs to process {self._pid}; a forked child cannot use it: create a "
                              "new Pool in the child, or attach to a named one with Pool.connect(name)")  # fmt: skip
         if self._broken:
@@ -492,21 +493,23 @@ class Pool:
 
     def _register(self, tasks: list[P.Task], defs: list, reserved: bool) -> tuple[list[Execution], list]:
         """Record and send Submit frames (and the futures of their acceptance); caller holds ``_lock``."""
-        seen = set()
-        for t in tasks:
-            if t.id in self._live or t.id in seen:
-                raise ValueError(f"execution id {t.id!r} is already in use by a live execution; pick another id")
-            seen.add(t.id)
-        frames = [d for d in defs if d.digest not in self._sent_agents]
+        live = self._live
+        ids = [t.id for t in tasks]
+        if any(i in live for i in ids) or len(set(ids)) != len(ids):
+            clash = next(i for n, i in enumerate(ids) if i in live or i in ids[:n])
+            raise ValueError(f"execution id {clash!r} is already in use by a live execution; pick another id")
+        frames = [d for d in defs if d.digest not in self._sent_agents] if defs else []
         execs = []
-        watched = self._watched
-        for t in tasks:
-            ex = Execution(self, t.id)
+        handles = self._handles
+        for i in ids:
+            ex = Execution(self, i)
             ex._reserved = reserved
-            self._live[t.id] = self._handles[t.id] = ex
+            live[i] = handles[i] = ex
             execs.append(ex)
-            if watched:
-                self._emit(Event.model_construct(kind=EventKind.SUBMITTED, mono_ns=time.monotonic_ns(), execution_id=ex.id))
+        if self._listeners or self._event_queues:
+            now = time.monotonic_ns()
+            for ex in execs:
+                self._emit(Event.model_construct(kind=EventKind.SUBMITTED, mono_ns=now, execution_id=ex.id))
         acks = []
         for i in range(0, len(tasks), _SUBMIT_BATCH):
             req = 0
@@ -519,7 +522,8 @@ class Pool:
         except BaseException:
             self._forget(tasks)
             raise
-        self._sent_agents.update(d.digest for d in defs)
+        if frames and defs:
+            self._sent_agents.update(d.digest for d in defs)
         return execs, acks
 
     def _forget(self, tasks: list[P.Task]) -> None:
@@ -747,7 +751,7 @@ class Pool:
         mode = 0
         if cancel:
             mode = (InterruptMode.GRACEFUL if cancel is True else _parse(InterruptMode, cancel, "cancel")).code
-        if os.getpid() != self._pid:
+        if self._forked_away:
             return  # a forked child's copy: the pool is its parent's
         with self._lock:
             first = not self._closed
@@ -1001,6 +1005,7 @@ def _after_fork_in_child() -> None:
     """A child the user forks must not touch its parent's pools: their sockets are closed
     here (so the child holds no end of them), and its exit shuts nothing down."""
     for pool in list(_open_pools):
+        pool._forked_away = True
         try:
             fd = pool._sock.detach()
             if fd >= 0:

@@ -105,22 +105,23 @@ def _build(cls, fields: list, validate: bool):
             required = n - len(defaults)
             raise ProtocolError(f"{cls.__name__} needs at least {required} fields, got {len(fields)}")
         fields = list(fields) + [defaults[f] for f in missing]
-    if validate:
-        for value, (name, allowed, nested) in zip(fields, _CHECKS[cls]):
-            if not isinstance(value, allowed):
-                raise ProtocolError(f"{cls.__name__}.{name} must be {'/'.join(t.__name__ for t in allowed)}, "
-                                    f"got {type(value).__name__}")  # fmt: skip
-            if isinstance(value, (list, dict, msgpack.Timestamp)) and nested is None:
-                _plain(value, f"{cls.__name__}.{name}")
-            if nested is not None:
-                idx = cls._fields.index(name)
-                items = []
-                for item in value:
-                    if not isinstance(item, list):
-                        raise ProtocolError(f"{cls.__name__}.{name} items must be {nested.__name__} arrays")
-                    items.append(_build(nested, item, True))
-                fields = list(fields)
-                fields[idx] = items
+    if not validate:
+        return cls._make(fields)
+    for value, (name, allowed, nested) in zip(fields, _CHECKS[cls]):
+        if not isinstance(value, allowed):
+            raise ProtocolError(f"{cls.__name__}.{name} must be {'/'.join(t.__name__ for t in allowed)}, "
+                                f"got {type(value).__name__}")  # fmt: skip
+        if isinstance(value, (list, dict, msgpack.Timestamp)) and nested is None:
+            _plain(value, f"{cls.__name__}.{name}")
+        if nested is not None:
+            idx = cls._fields.index(name)
+            items = []
+            for item in value:
+                if not isinstance(item, list):
+                    raise ProtocolError(f"{cls.__name__}.{name} items must be {nested.__name__} arrays")
+                items.append(_build(nested, item, True))
+            fields = list(fields)
+            fields[idx] = items
     return cls._make(fields)
 
 
@@ -146,16 +147,18 @@ def encode(msg) -> bytes:
 def decode(body: bytes, validate: bool = True):
     """The message in one frame body; ProtocolError if it is not one."""
     try:
-        raw = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext)
+        raw = _unpackb(body)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types (ExtraData, ValueError, ...)
         raise ProtocolError(f"not a msgpack frame: {type(exc).__name__}: {exc}") from None
-    if not isinstance(raw, list) or not raw or not isinstance(raw[0], int) or isinstance(raw[0], bool):
+    if type(raw) is not list or not raw or type(raw[0]) is not int:
         raise ProtocolError("a frame must be an array that starts with a message kind")
     cls = _BY_KIND.get(raw[0])
     if cls is None:
         raise ProtocolError(f"unknown message kind {raw[0]}")
+    if not validate and len(raw) == len(cls._fields) + 1:  # the hot path: our own peer, same version
+        return cls._make(raw[1:])
     return _build(cls, raw[1:], validate)
 
 
@@ -164,6 +167,10 @@ def _no_ext(code, data):
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpackb(body):
+    return msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext)
 
 
 # -- handshake ------------------------------------------------------------------------------
@@ -484,7 +491,8 @@ class Channel:
                 raise ProtocolError(f"frame of {size} bytes is larger than the limit of {self.max_frame}")
             if n - pos - 4 < size:
                 break
-            out.append(decode(bytes(buf[pos + 4 : pos + 4 + size]), self.validate))
+            with memoryview(buf) as view:  # no copy of the body; released before the buffer is resized
+                out.append(decode(view[pos + 4 : pos + 4 + size], self.validate))
             pos += 4 + size
         if pos:
             del buf[:pos]

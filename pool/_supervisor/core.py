@@ -168,10 +168,12 @@ class Supervisor:
         self.timers: list[_Timer] = []
         self.cancelled_timers = 0
         self.dirty: set[Channel] = set()
+        self.unsent_started: dict[str, _Exec] = {}  # started in this loop turn; Started goes out at the flush
         self.next_worker_id = 0
         self.run_ema_ns = 1e9  # average run time; starts high: no prefetch until tasks prove short
         self.stopping = False  # no replacement workers; exit once everything ended
         self.agents: dict[str, bytes] = {}  # by-value agents: digest -> cloudpickle bytes (opaque here)
+        self.good_specs: set[str] = set()  # 'module:function' names already checked
         self.history: OrderedDict[str, tuple[dict, bytes | None]] = OrderedDict()
         self.history_bytes = 0
 
@@ -200,7 +202,15 @@ class Supervisor:
         if w.chan.pending:
             self.dirty.add(w.chan)
 
+    def _send_started(self, ex: _Exec) -> None:
+        if self.unsent_started.pop(ex.id, None) is not None:
+            w = ex.worker
+            self._send(ex.client, P.Started(ex.id, w.id, w.pid, ex.wall_started_ns))
+
     def _flush(self) -> None:
+        if self.unsent_started:
+            for ex in list(self.unsent_started.values()):
+                self._send_started(ex)
         if not self.dirty:
             return
         hung_up = []
@@ -418,7 +428,7 @@ class Supervisor:
         if t.id in self.execs:
             return f"execution id {t.id!r} is already in use by a live execution; pick another id"
         for what, spec in (("agent", t.agent), ("on_interrupt hook", t.hook)):
-            if spec is None and what != "agent":
+            if spec is None or spec in self.good_specs:
                 continue
             if spec.startswith("blob:"):
                 if spec[5:] not in self.agents:
@@ -427,6 +437,8 @@ class Supervisor:
                 module, sep, qualname = spec.partition(":")
                 if not sep or not module or not qualname:
                     return f"{what} {spec!r} must be written as 'module:function', e.g. 'mypkg.agents:research'"
+                if len(self.good_specs) < 10_000:  # bounded: a client inventing names cannot grow it forever
+                    self.good_specs.add(spec)
         if not _positive_or_none(t.timeout):
             return f"timeout must be a positive, finite number of seconds or None, got {t.timeout!r}"
         if not _grace_ok(t.grace) or not _grace_ok(t.term_grace):
@@ -815,7 +827,8 @@ class Supervisor:
         else:
             ex.status = ExecutionStatus.RUNNING
             ex.reported = True
-            self._send(ex.client, P.Started(ex.id, w.id, w.pid, ex.wall_started_ns))
+            if ex.client is not None:  # sent at the next flush, unless it has ended by then (Ended says it all)
+                self.unsent_started[ex.id] = ex
         if ex.timeout:
             ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
         if ex.mode:
@@ -844,6 +857,7 @@ class Supervisor:
         if ex.mode == 0:
             ex.reason, ex.source, ex.message, ex.requested_ns = reason, source, message, now
             ex.status = ExecutionStatus.CANCELLING
+            self._send_started(ex)  # in order: its client hears it started before it hears it is cancelling
             self._send(ex.client, P.Cancelling(ex.id))
             self._event("requested", ex, w, now, mode=mode, reason=reason, message=message)
         else:
@@ -1059,6 +1073,7 @@ class Supervisor:
                 "sigkill_ns": ex.sigkill_ns, "sigkill_deadline_ns": ex.sigkill_deadline_ns if ex.sigkill_ns else None,
                 "ended_ns": now,
             }  # fmt: skip
+        self.unsent_started.pop(ex.id, None)  # Ended carries the worker: a Started not yet sent is moot
         self._send(ex.client, P.Ended(ex.id, info, value))
         for c, req in ex.waiters:
             self._reply(c, req, [info, value])
@@ -1069,21 +1084,22 @@ class Supervisor:
 
     def _remember(self, id: str, info: dict, value: bytes | None) -> None:
         """Keep the newest ``history`` ended executions (values over the byte budget are dropped)."""
+        history = self.history
         limit = self.cfg.history
         if limit <= 0:
             return
-        budget = _HISTORY_VALUE_BYTES
-        if value is not None and len(value) > budget // max(1, limit):
-            value = None  # too large to keep for everyone: the submitting client already has it
-            info = dict(info, value_dropped=True)
-        old = self.history.pop(id, None)
+        if value is not None:
+            if len(value) > _HISTORY_VALUE_BYTES // limit:
+                value = None  # too large to keep for everyone: the submitting client already has it
+                info["value_dropped"] = True
+            else:
+                self.history_bytes += len(value)
+        old = history.pop(id, None)
         if old is not None and old[1] is not None:
             self.history_bytes -= len(old[1])
-        self.history[id] = (info, value)
-        if value is not None:
-            self.history_bytes += len(value)
-        while len(self.history) > limit or self.history_bytes > budget:
-            _, (_, v) = self.history.popitem(last=False)
+        history[id] = (info, value)
+        while len(history) > limit or self.history_bytes > _HISTORY_VALUE_BYTES:
+            _, (_, v) = history.popitem(last=False)
             if v is not None:
                 self.history_bytes -= len(v)
 
