@@ -1,6 +1,9 @@
-"""Process-control helpers: prctl flags and race-tolerant killing of process trees.
+"""Process-control helpers: prctl flags, process trees through /proc, cgroup v2 groups,
+and race-tolerant killing.
 
-Owns nothing; stateless functions used by the supervisor and the client.
+Owns nothing; stateless functions used by the supervisor, the workers and the client.
+Every walk of a process tree reads /proc/PID/task/TID/children of that tree only, so
+its cost depends on the size of the tree, never on how many processes the machine has.
 """
 
 from __future__ import annotations
@@ -9,8 +12,8 @@ import ctypes
 import os
 import signal
 
-__all__ = ("direct_children", "set_pdeathsig", "set_child_subreaper", "set_name", "kill_tree", "killpg",
-           "start_ticks")
+__all__ = ("direct_children", "descendants", "kill_descendants", "set_pdeathsig", "set_child_subreaper", "set_name",
+           "kill_pids", "killpg", "start_ticks", "cgroup_create", "cgroup_kill", "cgroup_remove", "cgroup_join")
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -80,19 +83,94 @@ def start_ticks(pid: int) -> int | None:
     return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
-def kill_tree(procs: list, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to every process in ``procs`` (psutil.Process objects) and their descendants."""
-    import psutil
-    seen = {}
-    for p in procs:
-        seen[p.pid] = p
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (children first), read from /proc: O(size of the tree)."""
+    out: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in direct_children(stack.pop()):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def kill_pids(pids, sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
         try:
-            for c in p.children(recursive=True):
-                seen[c.pid] = c
-        except psutil.Error:
-            pass  # exited while we listed it: its children were reparented to us
-    for p in seen.values():
-        try:
-            p.send_signal(sig)
-        except psutil.Error:
-            pass  # exited (or reaped) since we listed it: nothing to kill
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # exited since we listed it (or the pid went to another user's process): nothing of ours
+
+
+def kill_descendants(pid: int, sig: int = signal.SIGKILL) -> list[int]:
+    """Signal every descendant of ``pid``; the pids signalled."""
+    found = descendants(pid)
+    kill_pids(found, sig)
+    return found
+
+
+# -- cgroup v2 ------------------------------------------------------------------------------------
+
+
+def _cgroup2_root() -> str | None:
+    """Where this process's own cgroup v2 directory is mounted, or None (no cgroup v2 here)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+        with open("/proc/self/mountinfo") as f:
+            mount = next((line.split()[4] for line in f if " - cgroup2 " in line), None)
+    except OSError:
+        return None
+    if own is None or mount is None:
+        return None
+    return os.path.join(mount, own.lstrip("/"))
+
+
+def cgroup_create(name: str) -> str | None:
+    """A new cgroup v2 directory ``name`` under our own cgroup, or None where the host
+    does not allow one (no cgroup v2, no write permission, no cgroup.kill)."""
+    root = _cgroup2_root()
+    if root is None:
+        return None
+    path = os.path.join(root, name)
+    try:
+        os.mkdir(path)
+    except OSError:
+        return None
+    if not os.path.exists(os.path.join(path, "cgroup.kill")):  # kernels before 5.14: not worth it
+        cgroup_remove(path)
+        return None
+    return path
+
+
+def cgroup_join(path: str) -> bool:
+    """Move the calling process into cgroup ``path`` (its future children follow)."""
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write("0")
+        return True
+    except OSError:
+        return False
+
+
+def cgroup_kill(path: str) -> None:
+    """SIGKILL every process in cgroup ``path`` and the cgroups below it, at once."""
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # removed already, or never created: nothing to kill
+
+
+def cgroup_remove(path: str) -> bool:
+    """Remove cgroup ``path`` and the empty cgroups below it; False while processes remain."""
+    try:
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                cgroup_remove(entry.path)
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # EBUSY: killed processes not reaped yet

@@ -1,42 +1,106 @@
 """The worker process: runs one agent call at a time for the supervisor.
 
-Owns: the worker's own process (its process group, signal dispositions and
-exit), the observed_ns word of the slot it currently runs in, and its cache of
-agent functions (imported by name, or unpickled from the bytes of an agent
-shipped by value). It is forked from the supervisor, and this is the only
-place agent code is ever imported.
+Owns: the worker's own process (its session and process group, its cgroup,
+signal dispositions, descriptors 0-2 and exit), the observed_ns word of the
+slot it currently runs in, the processes its executions start (it is their
+child subreaper), and its cache of agent functions (imported by name, or
+unpickled from the bytes of an agent shipped by value). It is forked from the
+supervisor, and this is the only place agent code is ever imported.
 
-Signals: SIGTERM raises :class:`Interrupted` in the agent (stage
-``sigterm``), so its ``finally`` blocks run; it is *armed* only while agent
-code runs. Outside the agent (resolving, pickling, sending the result) our
-handler only marks the worker for exit after its result is out, so it can
-never cut a result frame in half; an agent that installed a handler of its own
-gets ours back before the result is sent. A worker that saw SIGTERM always
-exits after its result: the supervisor replaces it.
+Per execution: acknowledge it (Begun), restore a clean slate (default signal
+dispositions, an empty signal mask, fds 0-2 as they were, stdin on /dev/null,
+the starting directory), run the agent, stop every process it started (unless
+the pool keeps tools), send the Result.
+
+Signals: SIGTERM raises :class:`Interrupted` in the agent (stage ``sigterm``)
+so its ``finally`` blocks run, from the moment its module starts loading. The
+handler first checks the slot's ``signalled`` word: a SIGTERM the supervisor
+sent for the execution this worker has *just finished* is ignored (it raced
+the Result), one sent for the running execution (or by someone outside the
+pool) stops it. Inside the library's critical sections (a checkpoint write,
+a frame) the Interrupted is deferred to the end of the section. If the
+agent's unwinding then blocks on one of its own threads for longer than a
+short bound, a watchdog thread saves what it can, sends the Result at stage
+``sigterm`` and exits. A worker that was stopped by SIGTERM always exits after
+its Result: the supervisor replaces it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
 import signal
 import sys
+import threading
+import time
 import traceback
 
+from ._proc import cgroup_join, descendants, direct_children, kill_pids, set_child_subreaper, set_name, set_pdeathsig
 from .shared import Context, ExecutionStatus, Interrupted, Stage
 from .shared import _protocol as P
 from .shared._context import ExecutionCheckpoints
-
-from ._proc import set_name, set_pdeathsig
+from .shared._flags import PENDING, SIGNALLED
 
 __all__ = ("worker_main",)
 
-_armed = False  # True only while agent code runs: SIGTERM then raises into it
-_idle = True  # waiting for a task: SIGTERM simply ends the worker
-_term_seen = False  # a SIGTERM arrived: exit once the current result is sent
-_current: Context | None = None  # the execution whose agent code is running
-_SIGTERM = {signal.SIGTERM}
+# Signals whose disposition a clean slate resets (SIGKILL and SIGSTOP cannot be changed).
+_RESETTABLE = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
+_OURS = {signal.SIGTERM: None, signal.SIGINT: signal.SIG_IGN, signal.SIGPIPE: signal.SIG_IGN}  # None: _on_sigterm
+_UNWIND_BOUND_S = 1.0  # at most this long (and at most half the term grace) for a stuck unwinding
+
+
+class _State:
+    """The worker's view of what runs now; written by the main thread, read by the SIGTERM
+    handler (which Python runs in the main thread) and the unwinding watchdog."""
+
+    armed = False  # agent code runs in the main thread: SIGTERM raises Interrupted there
+    term_seen = False  # a SIGTERM for the running execution arrived: exit after its Result
+    critical = 0  # depth of library critical sections (any thread): SIGTERM waits for their end
+    deferred = False  # a SIGTERM arrived inside a critical section
+    ctx: Context | None = None  # the execution running now
+    finished: tuple[int, int] | None = None  # (control index, armed) of the one that ended last
+    words = None
+    chan: "_Chan | None" = None
+    result_sent = threading.Lock()  # whoever holds it sends the one Result of the running execution
+    watchdog: threading.Timer | None = None
+    bound = _UNWIND_BOUND_S
+    task = loop = None  # an async agent's task and event loop while it runs
+    task_stage = Stage.FLAG
+    max_value = P.DEFAULT_MAX_FRAME
+
+
+S = _State()
+
+
+class _Chan(P.Channel):
+    """The worker's channel: sends from any thread are serialised."""
+
+    __slots__ = ("_send_lock",)
+
+    def __init__(self, sock, max_frame: int):
+        super().__init__(sock, max_frame, validate=False)
+        self._send_lock = threading.Lock()
+
+    def send(self, msg) -> None:
+        data = P.encode(msg)
+        with self._send_lock:
+            self.sock.sendall(data)
+
+
+@contextlib.contextmanager
+def critical():
+    """Library work that a SIGTERM's Interrupted must not cut in half; the deferred stop
+    is delivered again at the end (to the main thread, whichever thread ran this)."""
+    S.critical += 1
+    try:
+        yield
+    finally:
+        S.critical -= 1
+        if S.deferred and S.critical == 0:
+            S.deferred = False
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs now that nothing is in the way
 
 
 def _exit(code: int = 0) -> None:
@@ -54,15 +118,36 @@ def _flush_std() -> None:
             pass  # closed or replaced by the agent: nothing we can deliver
 
 
+def _targets(ctl: int, armed: int) -> bool:
+    return S.words[ctl + SIGNALLED] == armed
+
+
 def _on_sigterm(signum, frame):
-    global _armed, _term_seen
-    _term_seen = True
-    if _idle:
-        _exit(0)
-    if _armed:
-        _armed = False  # raise once; a second SIGTERM must not hit the agent's finally
-        _current._observe()
-        raise Interrupted("worker received SIGTERM", stage=Stage.SIGTERM)
+    ctx = S.ctx
+    if ctx is None or not _targets(ctx._ctl, ctx._armed):
+        if S.finished is not None and _targets(*S.finished):
+            return  # meant for the execution that has just ended: it raced its Result
+        if ctx is None:
+            _exit(0)  # from outside the pool, between executions: the worker simply ends
+        # from outside the pool while an execution runs: a stop of that execution, as ever
+    S.term_seen = True
+    if S.critical:
+        S.deferred = True
+        return
+    if S.armed:
+        S.armed = False  # raise once; a second SIGTERM must not hit the agent's finally
+        ctx._observe()
+        _start_watchdog(ctx)
+        if S.task is not None:  # an async agent
+            import asyncio
+
+            if asyncio.current_task(S.loop) is None:  # the loop's own code runs, not the agent's:
+                S.task_stage = Stage.SIGTERM  # cancel the agent's task instead of raising in asyncio
+                S.loop.call_soon_threadsafe(S.task.cancel, "SIGTERM")
+                return
+        exc = Interrupted("worker received SIGTERM", stage=Stage.SIGTERM)
+        exc._from_pool = True
+        raise exc
 
 
 def resolve(spec: str, cache: dict, blobs: dict):
@@ -85,54 +170,175 @@ def resolve(spec: str, cache: dict, blobs: dict):
     return fn
 
 
+class _Slate:
+    """What every execution starts from: taken when the worker starts, restored before each."""
+
+    def __init__(self):
+        self.cwd = os.getcwd()
+        self.stdio = [os.fstat(fd) for fd in (1, 2)]
+        self.saved = [os.dup(fd) for fd in (1, 2)]  # cloexec: tools never see these
+        self.devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(self.devnull, 0, inheritable=True)
+        self.wake = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def restore(self) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        for sig in _RESETTABLE:
+            want = _OURS.get(sig, signal.SIG_DFL) if sig in _OURS else signal.SIG_DFL
+            if want is None:
+                want = _on_sigterm
+            try:
+                if signal.getsignal(sig) is not want:
+                    signal.signal(sig, want)
+            except (OSError, ValueError, RuntimeError):
+                pass  # a real-time or reserved signal Python cannot set: left as it is
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # ignored SIGCHLD breaks subprocess exit codes
+        self._fd(0, None)
+        for i, fd in enumerate((1, 2)):
+            self._fd(fd, i)
+        for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+            stream = getattr(sys, name)
+            if stream is None or getattr(stream, "closed", True) or getattr(stream, "fileno", None) is None:
+                setattr(sys, name, open(fd, mode, closefd=False, buffering=1 if fd else -1))
+        try:
+            if os.getcwd() != self.cwd:
+                os.chdir(self.cwd)
+        except OSError:
+            os.chdir(self.cwd)  # the agent's directory was removed
+        try:
+            while os.read(self.wake[0], 4096):
+                pass  # a stop of the previous execution rang it
+        except BlockingIOError:
+            pass
+
+    def _fd(self, fd: int, i: int | None) -> None:
+        """fd 0 on /dev/null; fds 1 and 2 on what they were when the worker started."""
+        try:
+            st = os.fstat(fd)
+            if i is None:
+                null = os.fstat(self.devnull)
+                same = (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino)
+            else:
+                same = (st.st_dev, st.st_ino) == (self.stdio[i].st_dev, self.stdio[i].st_ino)
+        except OSError:
+            same = False  # closed by the agent
+        if not same:
+            os.dup2(self.devnull if i is None else self.saved[i], fd, inheritable=True)
+
+
+def _stop_tools(keep: bool) -> None:
+    """Stop every process the execution started (they are our descendants: we are their
+    subreaper, so even setsid and double-forked ones are), and reap them."""
+    if keep:
+        _reap()
+        return
+    me = os.getpid()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        found = direct_children(me) if threading.active_count() == 1 and _single_task() else descendants(me)
+        if not found:
+            break
+        if threading.active_count() > 1 or not _single_task():
+            found = descendants(me)
+        kill_pids([p for p in found])
+        for pid in found:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # not our child (a grandchild: it re-parents to us once its parent is reaped)
+    _reap()
+
+
+def _single_task() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, checkpoint_dir: str | None,
-                keep_checkpoints: int) -> None:  # fmt: skip
+                keep_checkpoints: int, cgroup: str | None = None, keep_tools: bool = False,
+                max_frame: int = P.DEFAULT_MAX_FRAME) -> None:  # fmt: skip
     """Serve tasks until told to exit, the supervisor vanishes, or a SIGTERM stop."""
-    global _idle
-    os.setpgid(0, 0)  # own process group: SIGKILL reaches tools the agent starts
+    os.setsid()  # session leader, own process group, no controlling terminal
     set_pdeathsig(signal.SIGKILL)
+    set_child_subreaper()  # orphans of the tools it starts re-parent here, so it can stop them all
     set_name(f"pool-worker-{worker_id}")
     if os.getppid() != supervisor_pid:  # it died before prctl took effect
         _exit(1)
+    if cgroup is not None:
+        cgroup_join(cgroup)
+    os.environ["INTERRUPT_POOL_SUPERVISOR"] = str(supervisor_pid)  # tools inherit it: a last-resort marker
+    chan = _Chan(chan.sock, max_frame)
+    S.words, S.chan, S.max_value = words, chan, max_frame - 64 * 1024  # room for the rest of the Result
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the supervisor's to handle
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGTERM)
-    sys.stdin = None  # agents must not read the user's terminal
+    slate = _Slate()
+    slate.restore()
     cache: dict[str, object] = {}  # spec -> function
     blobs: dict[str, bytes] = {}  # by-value agents' bytes, kept as they arrive (the supervisor sends each once)
     pending: list = []
+    begin_delay = float(os.environ.get("_INTERRUPT_POOL_TEST_BEGIN_DELAY", "0"))  # tests force the race window
     chan.send(P.WorkerReady(os.getpid()))
     while True:
-        _idle = True
         msg = pending.pop(0) if pending else chan.recv()
-        _idle = False
         if msg is None or type(msg) is P.Exit:
             _exit(0)
         if type(msg) is not P.Run:
             continue  # a late Interrupt for an execution that already ended
-        exec_id = msg.id
         if msg.agent_blob is not None:
             blobs[msg.agent] = msg.agent_blob
         if msg.hook_blob is not None:
             blobs[msg.hook] = msg.hook_blob
-        ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, exec_id,
+        if begin_delay:
+            time.sleep(begin_delay)
+        chan.send(P.Begun(msg.id, bool(words[msg.control_index + PENDING])))  # skipped if already stopped
+        slate.restore()
+        ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, msg.id,
                                                                         msg.resume, chan)  # fmt: skip
-        ctx = Context(words, msg.control_index, msg.armed, chan, exec_id, worker_id, ckpt)
-        status, value, error, stage = _run(ctx, cache, blobs, msg)
+        ctx = Context(words, msg.control_index, msg.armed, chan, msg.id, worker_id, ckpt, slate.wake, critical)
+        S.ctx, S.term_seen = ctx, False
+        S.bound = max(0.05, min(_UNWIND_BOUND_S, msg.term_grace / 2))
+        status, value, error, stage, own = _run(ctx, cache, blobs, msg)
+        _cancel_watchdog()
         if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
             signal.signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
+        _stop_tools(keep_tools)
+        if not _send_result(ctx, status, value, error, stage, own):
+            _exit(0)  # the watchdog sent it and is ending the process
+        pending.extend(ctx._pending)
+        S.finished, S.ctx = (ctx._ctl, ctx._armed), None
+        if S.term_seen or stage == Stage.SIGTERM.code:
+            _exit(0)
+
+
+def _send_result(ctx: Context, status, value, error, stage, own) -> bool:
+    """Send the execution's one Result; False if another thread (the watchdog) already did."""
+    if not S.result_sent.acquire(blocking=False):
+        return False
+    try:
         _flush_std()
+        ckpt = ctx._ckpt
         newest = resumed = None
         if ckpt is not None:
             resumed = ckpt.restored_from.to_wire() if ckpt.restored_from else None
-            newest = (ckpt.latest or ckpt.restored_from).to_wire() if (ckpt.latest or ckpt.restored_from) else None
-        chan.send(P.Result(exec_id, status.code, value, error, stage, ctx._observed_ns(), newest, resumed))
-        pending.extend(ctx._pending)
-        if _term_seen or stage == Stage.SIGTERM.code:
-            _exit(0)
+            best = ckpt.latest or ckpt.restored_from
+            newest = best.to_wire() if best else None
+        with critical():
+            S.chan.send(P.Result(ctx.execution_id, status.code, value, error, stage, ctx._observed_ns(), newest,
+                                 resumed, own))  # fmt: skip
+    finally:
+        S.result_sent.release()
+    return True
 
 
 def _error(exc: BaseException, prefix: str = "") -> list:
@@ -141,48 +347,76 @@ def _error(exc: BaseException, prefix: str = "") -> list:
 
 
 def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
-    """Run one execution; return (status, pickled value, error, stage code)."""
-    global _armed, _current
-    _current = ctx
+    """Run one execution; return (status, pickled value, error, stage code, own interrupt message)."""
     if ctx.interrupted:  # stopped before its first line ran (e.g. while prefetched): never run it
         ctx._observe()
-        return ExecutionStatus.INTERRUPTED, None, None, Stage.QUEUED.code
+        return ExecutionStatus.INTERRUPTED, None, None, Stage.QUEUED.code, None
+    hook = None
     try:
-        fn = resolve(msg.agent, cache, blobs)
-        hook = resolve(msg.hook, cache, blobs) if msg.hook else getattr(fn, "on_interrupt", None)
-        inp = pickle.loads(msg.input)
-        if ctx._ckpt is not None and ctx._ckpt.resume:
-            found = ctx._ckpt.newest()
-            ctx._ckpt.restored_from = found[0] if found else None
-    except Exception as exc:
-        what = msg.agent if not msg.agent.startswith("blob:") else "(shipped by value)"
-        return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {what} or its input: "), None
-    try:
-        _armed = True
+        S.armed = True  # loading the agent's module runs agent code: a SIGTERM stops it there too
         try:
+            try:
+                fn = resolve(msg.agent, cache, blobs)
+                hook = resolve(msg.hook, cache, blobs) if msg.hook else getattr(fn, "on_interrupt", None)
+                inp = pickle.loads(msg.input)
+                if ctx._ckpt is not None and ctx._ckpt.resume:
+                    found = ctx._ckpt.newest()
+                    ctx._ckpt.restored_from = found[0] if found else None
+            except Exception as exc:
+                what = msg.agent if not msg.agent.startswith("blob:") else "(shipped by value)"
+                return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {what} or its input: "), None, None
             result = fn(ctx, inp)
             if type(result).__name__ == "coroutine":
                 result = _run_async(ctx, result)
         finally:
-            _armed = False
+            S.armed = False
     except Interrupted as exc:
-        return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), exc.stage.code
+        if not exc._from_pool:  # the agent stopped itself: its message, source "agent"
+            return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), Stage.FLAG.code, str(exc)
+        return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), exc.stage.code, None
     except BaseException as exc:  # the agent's own failure, SystemExit included
-        return ExecutionStatus.FAILED, None, _error(exc), None
+        return ExecutionStatus.FAILED, None, _error(exc), None, None
     try:
-        return ExecutionStatus.COMPLETED, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), None, None
+        value = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(value) > S.max_value:
+            raise ValueError(f"it is {len(value)} bytes pickled, more than the pool's max_frame allows "
+                             f"({S.max_value} for a value); return a path or a reference instead, or raise max_frame")  # fmt: skip
+        return ExecutionStatus.COMPLETED, value, None, None, None
     except Exception as exc:
-        return (
-            ExecutionStatus.FAILED,
-            None,
-            _error(exc, f"the result of execution {ctx.execution_id!r} cannot be pickled; return plain data: "),
-            None,
-        )
+        return (ExecutionStatus.FAILED, None,
+                _error(exc, f"the result of execution {ctx.execution_id!r} cannot be pickled; return plain data: "),
+                None, None)  # fmt: skip
+
+
+def _start_watchdog(ctx: Context) -> None:
+    """After SIGTERM's Interrupted: if the agent's unwinding blocks (on one of its threads,
+    an executor's shutdown), save what it had, report stage sigterm and exit."""
+    t = threading.Timer(S.bound, _unwinding_stuck, args=(ctx,))
+    t.daemon = True
+    S.watchdog = t
+    t.start()
+
+
+def _cancel_watchdog() -> None:
+    if S.watchdog is not None:
+        S.watchdog.cancel()
+        S.watchdog = None
+
+
+def _unwinding_stuck(ctx: Context) -> None:
+    if S.ctx is not ctx:
+        return  # it unwound in time
+    error = _on_interrupt(ctx, getattr(ctx, "_hook", None))
+    if _send_result(ctx, ExecutionStatus.INTERRUPTED, None, error, Stage.SIGTERM.code, None):
+        _exit(0)
 
 
 def _run_async(ctx: Context, coro):
-    """Run an ``async def`` agent; the doorbell (the worker channel) cancels its task
-    at its current await, and the CancelledError comes back out as Interrupted."""
+    """Run an ``async def`` agent. The doorbell (the worker channel) cancels its task at its
+    current await; so does a SIGTERM that arrives while the event loop's own code runs (a
+    SIGTERM while the agent's code runs raises there, as in a sync agent). The
+    CancelledError comes back out as Interrupted, at stage flag or sigterm; nothing is
+    ever raised inside asyncio's machinery, so a stopped agent prints nothing."""
 
     import asyncio
 
@@ -198,13 +432,19 @@ def _run_async(ctx: Context, coro):
                 task.cancel("stop requested")
 
         loop.add_reader(fd, doorbell)
+        S.task, S.loop, S.task_stage = task, loop, Stage.FLAG
         try:
             return await task
         except asyncio.CancelledError:
+            if task.cancelled() and S.task_stage is Stage.SIGTERM:
+                exc = Interrupted("worker received SIGTERM", stage=Stage.SIGTERM)
+                exc._from_pool = True
+                raise exc from None
             if task.cancelled() and (ctx.interrupted or ctx._details is not None):
                 ctx._stop(Stage.FLAG)  # raises Interrupted with the request's details
             raise
         finally:
+            S.task = S.loop = None
             loop.remove_reader(fd)
 
     return asyncio.run(main())
@@ -212,11 +452,10 @@ def _run_async(ctx: Context, coro):
 
 def _on_interrupt(ctx: Context, hook) -> list | None:
     """Save what the agent had: its hook decides, else ``ctx.state`` is checkpointed.
-    Runs with SIGTERM blocked; SIGKILL after term_grace still bounds it. Returns an
-    error triple if saving failed (the execution stays INTERRUPTED)."""
+    SIGKILL after term_grace still bounds it. Returns an error triple if saving failed
+    (the execution stays INTERRUPTED)."""
     if ctx._ckpt is None or (hook is None and ctx.state is None):
         return None
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
     ctx._in_hook = True
     try:
         if hook is not None:
@@ -227,5 +466,4 @@ def _on_interrupt(ctx: Context, hook) -> list | None:
         return _error(exc, f"saving the state of interrupted execution {ctx.execution_id!r} failed: ")
     finally:
         ctx._in_hook = False
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return None

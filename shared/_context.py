@@ -5,12 +5,22 @@ and the one write a worker makes to the control part of a slot, the
 ``observed_ns`` stamp. The stop request's details (its free-text message)
 arrive on the worker's channel, which the supervisor writes *before* it sets
 the flag; the same channel is the doorbell that wakes :meth:`Context.sleep`.
+
+Threads: every method may be called from any thread of the agent. Reads of the
+channel are serialised; when one thread reads the stop's details it also
+writes the worker's wake pipe, which every sleeping thread watches, so a stop
+wakes all sleepers. Checkpoints are serialised (one sequence). Library work
+that must not be cut in half by SIGTERM (a checkpoint write, a frame) runs
+inside the worker's *critical section*, which defers the SIGTERM's
+``Interrupted`` to its end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
-import signal
+import threading
 import time
 from typing import NamedTuple
 
@@ -21,7 +31,6 @@ from . import _protocol as P
 
 __all__ = ("Context", "InterruptRequest")
 
-_SIGTERM = {signal.SIGTERM}
 
 
 class InterruptRequest(NamedTuple):
@@ -39,7 +48,7 @@ class ExecutionCheckpoints:
     what was restored. A fresh (not resumed) execution never sees checkpoints an
     earlier execution of the same id left: its floor is the next sequence number."""
 
-    __slots__ = ("store", "resume", "floor", "latest", "restored_from", "_chan")
+    __slots__ = ("store", "resume", "floor", "latest", "restored_from", "_chan", "_lock")
 
     def __init__(self, root, keep: int, execution_id: str, resume: bool, chan):
         self.store = CheckpointStore(root, execution_id, keep)
@@ -48,6 +57,7 @@ class ExecutionCheckpoints:
         self.latest: CheckpointInfo | None = None
         self.restored_from: CheckpointInfo | None = None
         self._chan = chan
+        self._lock = threading.Lock()  # agent threads checkpoint one at a time: one sequence, one temp file
 
     def _min_seq(self) -> int:
         if self.floor is None:
@@ -55,9 +65,10 @@ class ExecutionCheckpoints:
         return self.floor
 
     def save(self, state, durable: bool) -> CheckpointInfo:
-        self._min_seq()  # fixed before our first write
-        self.latest = self.store.write(state, durable, before_commit=self._announce, skip_if_unchanged=True)
-        return self.latest
+        with self._lock:
+            self._min_seq()  # fixed before our first write
+            self.latest = self.store.write(state, durable, before_commit=self._announce, skip_if_unchanged=True)
+            return self.latest
 
     def _announce(self, info: CheckpointInfo) -> None:
         # Before os.replace: a kill after the file became visible is always known.
@@ -76,10 +87,11 @@ class Context:
     """
 
     __slots__ = ("_words", "_ctl", "_flag", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending",
-                 "_ckpt", "_in_hook", "state")  # fmt: skip
+                 "_ckpt", "_in_hook", "state", "_wake", "_critical", "_read_lock")  # fmt: skip
 
     def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int,
-                 checkpoints: ExecutionCheckpoints | None = None):  # fmt: skip
+                 checkpoints: ExecutionCheckpoints | None = None, wake: tuple[int, int] | None = None,
+                 critical=contextlib.nullcontext):  # fmt: skip
         self._words = words
         self._ctl = control_index
         # A one-word view of the slot's pending word (0 until a stop is requested): the
@@ -94,6 +106,9 @@ class Context:
         self._ckpt = checkpoints
         self._in_hook = False
         self.state = None
+        self._wake = wake  # (read fd, write fd) of the worker's wake pipe: readable once a stop arrived
+        self._critical = critical  # context manager: SIGTERM waits for its end
+        self._read_lock = threading.Lock()
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a stop of this execution was requested.
@@ -129,15 +144,18 @@ class Context:
 
     def sleep(self, seconds: float) -> None:
         """Sleep like ``time.sleep``, but end early (within about 1 ms) when a
-        stop is requested, by raising :class:`Interrupted` like :meth:`check`."""
+        stop is requested, by raising :class:`Interrupted` like :meth:`check`.
+        Safe from any thread: a stop wakes every sleeping thread."""
         deadline = time.monotonic() + max(0.0, seconds)
-        fd = self._chan.fileno()
+        fds = (self._chan.fileno(), self._wake[0]) if self._wake else (self._chan.fileno(),)
         while True:
             self.check()
+            if self._details is not None:  # another thread read the doorbell for us
+                self._stop(Stage.FLAG)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            readable, _, _ = select.select((fd,), (), (), remaining)
+            readable, _, _ = select.select(fds, (), (), remaining)
             if readable:
                 self._read_channel()
                 if self._details is not None:  # the doorbell rang for us
@@ -153,11 +171,8 @@ class Context:
         Raises ``CheckpointError`` naming the path of a value that cannot be saved."""
         if self._ckpt is None:
             raise RuntimeError("this pool has checkpoints disabled (checkpoint_dir=None)")
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)  # never a half-written file
-        try:
+        with self._critical():  # never a half-written file: a SIGTERM waits for the end of the write
             info = self._ckpt.save(state, durable)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if not self._in_hook:
             self.check()
         return info
@@ -173,32 +188,37 @@ class Context:
     # -- slow path -------------------------------------------------------
 
     def _read_channel(self) -> None:
-        for msg in self._chan.poll():
-            if type(msg) is P.Interrupt and msg.id == self.execution_id and msg.armed == self._armed:
-                self._details = {
-                    "mode": msg.mode,
-                    "reason": msg.reason,
-                    "source": msg.source,
-                    "message": msg.message,
-                    "requested_ns": msg.requested_ns,
-                }
-            else:
-                self._pending.append(msg)
+        if not self._read_lock.acquire(blocking=False):
+            return  # another thread is reading it: it will wake us through the wake pipe
+        try:
+            for msg in self._chan.poll():
+                if type(msg) is P.Interrupt and msg.id == self.execution_id and msg.armed == self._armed:
+                    self._details = {
+                        "mode": msg.mode,
+                        "reason": msg.reason,
+                        "source": msg.source,
+                        "message": msg.message,
+                        "requested_ns": msg.requested_ns,
+                    }
+                    if self._wake:
+                        os.write(self._wake[1], b"!")  # every sleeping thread wakes
+                else:
+                    self._pending.append(msg)
+        finally:
+            self._read_lock.release()
 
     def _observe(self) -> None:
         """Stamp the first sight of the request in the slot and tell the supervisor
-        (for the live event stream). SIGTERM is blocked around the send: its handler
-        raises, and a frame cut in half would corrupt the channel."""
+        (for the live event stream), inside the critical section: a frame cut in
+        half by SIGTERM's Interrupted would corrupt the channel."""
         slot_observed = self._ctl + OBSERVED_NS
         if self._words[slot_observed] == 0:
             now = self._words[slot_observed] = time.monotonic_ns()
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM)
-            try:
-                self._chan.send(P.Observed(self.execution_id, now))
-            except OSError:
-                pass  # the supervisor is gone; PDEATHSIG ends us
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            with self._critical():
+                try:
+                    self._chan.send(P.Observed(self.execution_id, now))
+                except OSError:
+                    pass  # the supervisor is gone; PDEATHSIG ends us
 
     def _stop(self, stage: Stage) -> None:
         word = self._words[self._ctl]
@@ -213,7 +233,9 @@ class Context:
         text = f"execution {self.execution_id!r} was asked to stop ({what})"
         if request and request.message:
             text += f": {request.message}"
-        raise Interrupted(text, stage=stage)
+        exc = Interrupted(text, stage=stage)
+        exc._from_pool = True
+        raise exc
 
     def _observed_ns(self) -> int:
         return self._words[self._ctl + OBSERVED_NS]

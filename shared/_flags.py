@@ -11,10 +11,16 @@ Layout (all words little-endian u64, accessed only through one
 
     header  [magic, layout version, slot count, 0, 0, 0, 0, 0]   64 bytes
     slot i  [control, reason, requested_ns, observed_ns,
-             cost, progress, pending, 0]                        64 bytes each
+             cost, progress, pending, signalled]                64 bytes each
 
 ``control = (generation << 8) | request``; request 0 is none, otherwise an
 ``InterruptMode`` code. ``reason = (reason_code << 8) | source_code``.
+``signalled`` is the execution's armed control value once the supervisor has
+sent (or is about to send) SIGTERM for it, 0 before: a worker that receives a
+SIGTERM checks it to tell a signal meant for the execution it runs from a late
+one meant for the execution it has just finished (and from one sent by someone
+outside the pool).
+
 ``pending`` mirrors the request of the current generation (0: none). It is
 the word the agent's fast path reads: a value that is 0 while nothing is
 requested reads as CPython's cached small int, where the generation-tagged
@@ -55,6 +61,7 @@ OBSERVED_NS = 3
 COST = 4
 PROGRESS = 5
 PENDING = 6
+SIGNALLED = 7
 
 _REQUEST_MASK = 0xFF
 
@@ -125,6 +132,10 @@ class FlagArray:
         w[b + PENDING] = mode_code
         return w[b + REQUESTED_NS]
 
+    def mark_signalled(self, slot: int, armed: int) -> None:
+        """Record, before sending SIGTERM, that it is meant for the execution armed with ``armed``."""
+        self.words[self.base(slot) + SIGNALLED] = armed
+
     # -- reads (either side) ---------------------------------------------
 
     def read(self, slot: int) -> dict[str, int]:
@@ -142,6 +153,7 @@ class FlagArray:
             "cost": w[b + COST],
             "progress": w[b + PROGRESS],
             "pending": w[b + PENDING],
+            "signalled": w[b + SIGNALLED],
         }
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ __all__ = (
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "ProtocolError", "Channel", "encode", "decode",
     "Start", "Hello", "Welcome", "Refused", "Task", "DefineAgent", "Submit", "Cancel", "CancelWorker", "CancelAll",
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "WorkerSpawned", "Event",
-    "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce",
+    "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Begun",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 2
@@ -198,6 +198,7 @@ class Welcome(NamedTuple):
     term_grace: float
     max_frame: int
     checkpoint_dir: str | None = None
+    cgroup: str | None = None  # the pool's cgroup v2 directory, if the host allows one
 
 
 @message(3)
@@ -223,6 +224,10 @@ class Start(NamedTuple):
     max_frame: int
     history: int
     max_queued: int | None
+    keep_tools: bool = False
+    log_dir: str | None = None
+    max_log_bytes: int = 1 << 20
+    memory_limit: int | None = None
 
 
 # -- client → supervisor -------------------------------------------------------------------
@@ -241,6 +246,7 @@ class Task(NamedTuple):
     term_grace: float | None = None
     resume: bool = False
     hook: str | None = None
+    memory_limit: int | None = None
 
 
 @message(11)
@@ -399,6 +405,7 @@ class Run(NamedTuple):
     resume: bool
     hook: str | None
     hook_blob: bytes | None
+    term_grace: float = 2.0  # bounds how long the worker lets a SIGTERM-interrupted agent unwind
 
 
 @message(51)
@@ -434,12 +441,23 @@ class Result(NamedTuple):
     observed_ns: int
     checkpoint: list | None  # CheckpointInfo.to_wire()
     resumed_from: list | None
+    own_interrupt: str | None = None  # the message of an Interrupted the agent raised itself
 
 
 @message(62)
 class Observed(NamedTuple):
     id: str
     observed_ns: int
+
+
+@message(64)
+class Begun(NamedTuple):
+    """W→S: the worker has taken execution ``id`` (the start acknowledgement): from now
+    on, and only now, a signal the supervisor sends is meant for it. ``skipped``: its
+    flag was already set, so no agent code will run (no signal is needed)."""
+
+    id: str
+    skipped: bool = False
 
 
 @message(63)

@@ -76,6 +76,7 @@ class InterruptSource(_CodedEnum):
     TIMEOUT = ("timeout", 4)
     BUDGET = ("budget", 5)
     SYSTEM = ("system", 6)
+    AGENT = ("agent", 7)  # the agent raised Interrupted itself
 
 
 class Stage(_CodedEnum):
@@ -104,3 +105,4 @@ class Interrupted(BaseException):
     def __init__(self, message: str = "execution interrupted", *, stage: Stage = Stage.FLAG):
         super().__init__(message)
         self.stage = stage
+        self._from_pool = False  # True when the pool raised it (a stop request), False when the agent did

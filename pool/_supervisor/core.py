@@ -49,7 +49,18 @@ from ..shared import _protocol as P
 from ..shared._checkpoint import CheckpointError, CheckpointStore, check_envelope
 from .. import _naming
 from .._worker import worker_main  # imported here, before any fork: workers share its pages
-from .._proc import direct_children, kill_tree, killpg, set_child_subreaper, set_name, start_ticks
+from .._proc import (
+    cgroup_create,
+    cgroup_kill,
+    cgroup_remove,
+    direct_children,
+    kill_descendants,
+    kill_pids,
+    killpg,
+    set_child_subreaper,
+    set_name,
+    start_ticks,
+)
 from ..shared._protocol import Channel
 from .clients import MAX_CLIENTS, MAX_OUTPUT, Client, Listener, log
 
@@ -82,7 +93,7 @@ class _Exec:
         "status", "worker", "slot", "armed", "started_ns", "wall_started_ns",
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
-        "announced", "reported", "waiters",
+        "announced", "reported", "waiters", "begun", "pending_signal",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None):
@@ -103,19 +114,23 @@ class _Exec:
         self.sigterm_ns = self.sigterm_deadline_ns = self.sigkill_ns = self.sigkill_deadline_ns = None
         self.timers: list[_Timer] = []
         self.waiters: list[tuple[Client, int]] = []
+        self.begun = False  # its worker acknowledged it (Begun): only then may a signal be meant for it
+        self.pending_signal = None  # _sigterm or _sigkill, due before the acknowledgement came
 
 
 class _Worker:
     """One forked worker process."""
 
     __slots__ = ("id", "pid", "pidfd", "chan", "state", "inflight", "retained", "ticks", "kill_timer", "killed",
-                 "known_agents")  # fmt: skip
+                 "known_agents", "cgroup")  # fmt: skip
 
-    def __init__(self, id, pid, pidfd, chan, ticks):
-        self.id, self.pid, self.pidfd, self.chan, self.ticks = id, pid, pidfd, chan, ticks
+    def __init__(self, id, pid, pidfd, chan, ticks, cgroup):
+        self.id, self.pid, self.pidfd, self.chan, self.ticks, self.cgroup = id, pid, pidfd, chan, ticks, cgroup
         self.state = "starting"  # starting | idle | busy | stopping
         self.inflight: deque[_Exec] = deque()  # sent to it, in order: the running one first
-        self.retained: list[int] = []  # slots of signalled executions, freed only once it is reaped
+        # Slots of executions it was sent SIGTERM for: kept (not re-armed) until its next Result or its
+        # reaping, so that a late SIGTERM is still recognised by the worker as meant for a finished one.
+        self.retained: list[int] = []
         self.kill_timer: _Timer | None = None
         self.killed = False
         self.known_agents: set[str] = set()  # by-value agents it already has
@@ -172,6 +187,9 @@ class Supervisor:
         self.next_worker_id = 0
         self.run_ema_ns = 1e9  # average run time; starts high: no prefetch until tasks prove short
         self.stopping = False  # no replacement workers; exit once everything ended
+        self.cgroup = cgroup_create(f"interrupt-pool-{self.pid}")  # None where the host allows none
+        self.dead_cgroups: list[str] = []  # of reaped workers, removed once their killed tools are reaped
+        self.fork_failures = 0
         self.agents: dict[str, bytes] = {}  # by-value agents: digest -> cloudpickle bytes (opaque here)
         self.good_specs: set[str] = set()  # 'module:function' names already checked
         self.history: OrderedDict[str, tuple[dict, bytes | None]] = OrderedDict()
@@ -416,7 +434,7 @@ class Supervisor:
         cfg = self.cfg
         return P.Welcome(P.PROTOCOL_VERSION, self.pid, cfg.name, cfg.workers,
                          str(self.lock[1]) if self.lock else None, cfg.grace, cfg.term_grace, cfg.max_frame,
-                         cfg.checkpoint_dir)  # fmt: skip
+                         cfg.checkpoint_dir, self.cgroup)  # fmt: skip
 
     def _reply(self, c: Client, req: int, value=None, error: str | None = None) -> None:
         if req:
@@ -629,9 +647,19 @@ class Supervisor:
     def _spawn(self) -> None:
         wid = self.next_worker_id
         self.next_worker_id += 1
+        cgroup = cgroup_create(f"{os.path.basename(self.cgroup)}/w{wid}") if self.cgroup else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         gc.freeze()  # the worker's collector never touches our objects: no copy-on-write of our heap per worker
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            gc.unfreeze()
+            ours.close()
+            theirs.close()
+            if cgroup:
+                cgroup_remove(cgroup)
+            self._fork_failed(exc)
+            return
         if pid == 0:  # the worker
             code = 70
             try:
@@ -639,26 +667,48 @@ class Supervisor:
                 keep = theirs.fileno()
                 os.closerange(3, keep)  # everything of ours: the selector, other workers, clients, the listener
                 os.closerange(keep + 1, 1 << 20)
-                worker_main(P.Channel(theirs, validate=False), self.flags.words, wid, self.pid,
-                            self.cfg.checkpoint_dir, self.cfg.keep_checkpoints)  # fmt: skip
+                sys.path[:] = [p for p in self.cfg.sys_path if isinstance(p, str)]  # agents import as the creator's
+                worker_main(P.Channel(theirs, self.cfg.max_frame, validate=False), self.flags.words, wid, self.pid,
+                            self.cfg.checkpoint_dir, self.cfg.keep_checkpoints, cgroup, self.cfg.keep_tools,
+                            self.cfg.max_frame)  # fmt: skip
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
         gc.unfreeze()  # ours again: cyclic garbage among them stays collectable
         theirs.close()
-        try:
-            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
-        except (PermissionError, ProcessLookupError):
-            pass  # the child already set it (EACCES) or already died: reaping will tell
+        self.fork_failures = 0
         pidfd = os.pidfd_open(pid)
         ours.setblocking(False)
-        w = _Worker(wid, pid, pidfd, P.Channel(ours, validate=False), start_ticks(pid) or 0)
+        w = _Worker(wid, pid, pidfd, P.Channel(ours, self.cfg.max_frame, validate=False), start_ticks(pid) or 0, cgroup)
         self.workers[wid] = w
         self.by_pid[pid] = w
         self.sel.register(ours, selectors.EVENT_READ, (self._on_worker, w))
         self._send(self.owner, P.WorkerSpawned(wid, pid, float(w.ticks)))
         self._event("worker_started", None, w, pid=pid)
+
+    def _fork_failed(self, exc: OSError) -> None:
+        """No worker could be forked (EAGAIN, ENOMEM): try again later, backing off; if the
+        pool has no worker at all for long, the queued executions end with the reason."""
+        self.fork_failures += 1
+        delay = min(5.0, 0.05 * 2**self.fork_failures)
+        log(f"cannot fork a worker ({exc}); trying again in {delay:g} s")
+        self._at(delay, self._replace_missing)
+        if not self.workers and self.fork_failures >= 8:
+            for ex in list(self.queue):
+                if ex.status is ExecutionStatus.QUEUED and ex.worker is None:
+                    self._end(ex, ExecutionStatus.CRASHED, error=["WorkerCrashed", f"no worker could be started for "
+                              f"execution {ex.id!r}: {exc}", None])  # fmt: skip
+            self.queue.clear()
+
+    def _replace_missing(self) -> None:
+        if self.stopping and not self.execs:
+            return
+        while len(self.workers) < self.cfg.workers and self.fork_failures == 0 or not self.workers:
+            before = len(self.workers)
+            self._spawn()
+            if len(self.workers) == before:
+                return  # failed again: _fork_failed scheduled the next try
 
     def _on_worker(self, w: _Worker, mask: int) -> None:
         if w.chan.closed:  # reaped earlier in this batch, or a write found it gone: SIGCHLD settles it
@@ -697,7 +747,15 @@ class Supervisor:
             self._kill_worker(w)
 
     def _kill_worker(self, w: _Worker) -> None:
-        killpg(w.pid)
+        """SIGKILL the worker and everything it started, by every handle we have: its pidfd
+        (it may have left its group), its process group and its cgroup."""
+        try:
+            signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
+            pass  # already dead (a zombie waiting to be reaped) or its pidfd closed at reaping
+        killpg(w.pid)  # unreaped, so its pid (= its group's id) cannot have been reused
+        if w.cgroup:
+            cgroup_kill(w.cgroup)
         w.killed = True
         w.state = "stopping"
 
@@ -716,19 +774,40 @@ class Supervisor:
                 stage = Stage.FLAG  # seen at the flag before its first line ran, but its client saw it start
             if ex.started_ns:
                 self.run_ema_ns += 0.2 * ((time.monotonic_ns() - ex.started_ns) - self.run_ema_ns)
-            if w.state == "stopping" or stage is Stage.SIGTERM:
-                w.state = "stopping"  # it was signalled: it exits, and keeps the slot until reaped
+            if w.retained:
+                self.free_slots.extend(w.retained)  # it has run Python since: any late SIGTERM was handled
+                w.retained = []
+            if stage is Stage.SIGTERM or w.killed:
+                w.state = "stopping"  # it exits after a SIGTERM stop; it keeps the slot until reaped
                 w.retained.append(ex.slot)
-                self._send_worker(w, P.Exit())
+            elif ex.sigterm_ns:
+                # It ended on its own as (or just before) SIGTERM was sent: the worker ignores that late
+                # signal, so it stays; its slot is kept until its next Result shows the signal was handled.
+                w.retained.append(ex.slot)
+                if w.kill_timer:
+                    self._cancel(w.kill_timer)
+                    w.kill_timer = None
+                w.state = "busy"
             else:
                 self.free_slots.append(ex.slot)
+            if w.state != "stopping":
                 if w.inflight:
                     self._start(w.inflight[0])
                 else:
                     w.state = "idle"
                     self.idle.append(w)
             self._end(ex, ExecutionStatus.from_code(msg.status), value=msg.value, error=msg.error, stage=stage,
-                      checkpoint=msg.checkpoint, resumed_from=msg.resumed_from)  # fmt: skip
+                      checkpoint=msg.checkpoint, resumed_from=msg.resumed_from, own=msg.own_interrupt)  # fmt: skip
+        elif kind is P.Begun:
+            ex = w.exec
+            if ex is None or ex.id != msg.id:
+                return
+            if ex.started_ns is None:
+                self._start(ex)  # it moved on to its prefetched execution by itself
+            ex.begun = True
+            pending, ex.pending_signal = ex.pending_signal, None
+            if pending is not None and not msg.skipped:  # skipped: no agent code runs, the flag ends it
+                pending(ex)
         elif kind is P.Observed:
             ex = w.exec
             if ex is not None and ex.id == msg.id and not ex.observed_ns:
@@ -832,7 +911,7 @@ class Supervisor:
         if ex.timeout:
             ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
         if ex.mode:
-            self._arm_escalation(ex, ex.mode, ex.started_ns)
+            self._arm_escalation(ex, ex.mode, ex.started_ns)  # its signals wait for the acknowledgement
 
     def _on_timeout(self, ex: _Exec) -> None:
         self._escalate(ex, InterruptMode.GRACEFUL.code, InterruptReason.TIMEOUT.code, InterruptSource.TIMEOUT.code,
@@ -884,13 +963,28 @@ class Supervisor:
             self._sigterm(ex)
         else:
             ex.sigkill_deadline_ns = now
-            self._sigkill(ex.worker)
+            self._kill_execution(ex)
+
+    def _kill_execution(self, ex: _Exec) -> None:
+        """SIGKILL the worker running ``ex`` once it has acknowledged exactly that execution."""
+        w = ex.worker
+        if ex.status not in _LIVE or w is None or w.exec is not ex:
+            return
+        if not ex.begun:
+            ex.pending_signal = self._kill_execution  # a kill outranks a pending SIGTERM
+            return
+        self._sigkill(w)
 
     def _sigterm(self, ex: _Exec) -> None:
         w = ex.worker
         if ex.status not in _LIVE or ex.sigterm_ns or w.killed or w.exec is not ex:
             return
+        if not ex.begun:
+            if ex.pending_signal is None:
+                ex.pending_signal = self._sigterm
+            return
         ex.sigterm_ns = time.monotonic_ns()  # stamped before the call: the timeline stays monotonic
+        self.flags.mark_signalled(ex.slot, ex.armed)  # before the signal: the worker checks it
         try:
             signal.pidfd_send_signal(w.pidfd, signal.SIGTERM)
         except ProcessLookupError:
@@ -907,11 +1001,7 @@ class Supervisor:
         ex = w.exec if w.exec is not None and w.exec.status in _LIVE else None
         if ex is not None:
             ex.sigkill_ns = now
-        killpg(w.pid)  # the worker is unreaped, so its pid (= pgid) cannot have been reused
-        # Descendants that left the group (setsid) re-parent to us, the subreaper, as
-        # their parents die; _sweep_orphans kills them when we reap.
-        w.killed = True
-        w.state = "stopping"
+        self._kill_worker(w)  # its descendants re-parent to us as it dies; _sweep_orphans kills them
         late = (now - ex.sigkill_deadline_ns) / 1e6 if ex is not None and ex.sigkill_deadline_ns else None
         self._event("sigkill", ex, w, now, pid=w.pid, late_ms=late)
 
@@ -981,12 +1071,16 @@ class Supervisor:
             for msg in msgs:
                 self._handle_worker_safely(w, msg)
         killpg(w.pid)  # tools it left in its group; its zombie still pins the pgid
+        if w.cgroup:
+            cgroup_kill(w.cgroup)  # and every other process it started, wherever it moved
+            self.dead_cgroups.append(w.cgroup)
         os.waitpid(w.pid, 0)
         exit_code = info.si_status if info.si_code == os.CLD_EXITED else None
         signo = info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else None
         self._event("worker_exited", None, w, pid=w.pid,
                     message=f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name}")  # fmt: skip
-        ex = w.inflight.popleft() if w.inflight and w.inflight[0].started_ns else None
+        # The execution it had acknowledged ended with it; one it had not taken yet goes back to the queue.
+        ex = w.inflight.popleft() if w.inflight and w.inflight[0].begun else None
         self._requeue(w)
         self._forget_worker(w)
         if ex is not None and ex.status in _LIVE:
@@ -1016,30 +1110,32 @@ class Supervisor:
             self.free_slots.append(ex.slot)
             ex.slot = ex.armed = None
             ex.worker = None
+            ex.started_ns = ex.wall_started_ns = None
+            ex.pending_signal = None
+            for t in ex.timers:  # its clocks start again when it really starts
+                self._cancel(t)
+            ex.timers = []
+            self.unsent_started.pop(ex.id, None)
             if ex.mode:
                 self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
             else:
                 self.queue.appendleft(ex)
 
     def _sweep_orphans(self) -> None:
-        """Kill adopted descendants of dead workers (they re-parent to us as subreaper)."""
-        strays = [pid for pid in direct_children(self.pid) if pid not in self.by_pid]
-        if not strays:
-            return
-        import psutil
-
-        procs = []
-        for pid in strays:
-            try:
-                procs.append(psutil.Process(pid))
-            except psutil.NoSuchProcess:
-                pass  # exited (and will be reaped) since we listed it
-        kill_tree(procs)
+        """Kill what re-parented to us: the processes of a worker that died (its workers are
+        subreapers of their own tools, so nothing else ever lands here). Then remove the
+        cgroups of dead workers that have emptied."""
+        for pid in direct_children(self.pid):
+            if pid not in self.by_pid:
+                kill_descendants(pid)
+                kill_pids((pid,))
+        if self.dead_cgroups:
+            self.dead_cgroups = [cg for cg in self.dead_cgroups if not cgroup_remove(cg)]
 
     # -- ending ------------------------------------------------------------
 
     def _end(self, ex: _Exec, status: ExecutionStatus, *, value=None, error=None, stage=None,
-             exit_code=None, signo=None, checkpoint=None, resumed_from=None) -> None:  # fmt: skip
+             exit_code=None, signo=None, checkpoint=None, resumed_from=None, own=None) -> None:  # fmt: skip
         """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it."""
         now = time.monotonic_ns()
         for t in ex.timers:
@@ -1061,6 +1157,9 @@ class Supervisor:
             "resume": ex.resume,
             "resumed_from": resumed_from,
         }
+        if own is not None and not ex.mode:  # the agent raised Interrupted itself
+            ex.mode, ex.reason, ex.source = InterruptMode.GRACEFUL.code, InterruptReason.CUSTOM.code, InterruptSource.AGENT.code
+            ex.message = own
         if ex.mode or stage is not None:
             if not ex.mode:  # a SIGTERM we did not send
                 ex.mode, ex.reason, ex.source = InterruptMode.IMMEDIATE.code, InterruptReason.CUSTOM.code, InterruptSource.SIGNAL.code
@@ -1134,7 +1233,6 @@ def run_supervisor(sock: socket.socket) -> int:
     except (OSError, P.ProtocolError) as exc:
         log(f"no valid Start frame from the creator ({exc}); exiting")
         return 2
-    sys.path[:] = [p for p in cfg.sys_path if isinstance(p, str)]  # workers import agents as the creator would
     lock = None
     try:
         if cfg.name is not None:
@@ -1155,13 +1253,18 @@ def run_supervisor(sock: socket.socket) -> int:
     finally:
         # Whatever happens, no worker or tool of theirs outlives us.
         for w in list(sup.workers.values()):
-            killpg(w.pid)
+            sup._kill_worker(w)
+        if sup.cgroup:
+            cgroup_kill(sup.cgroup)
         sup._sweep_orphans()
         while True:
             try:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 break
+            sup._sweep_orphans()  # what re-parented to us as they died
+        if sup.cgroup:
+            cgroup_remove(sup.cgroup)
         if lock is not None:
             if sup.listener is not None:
                 sup.listener.close()
