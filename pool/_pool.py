@@ -48,7 +48,7 @@ from . import _naming
 from ._events import Event, EventKind
 from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, QueueFull, WorkerCrashed
 from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
-from ._proc import killpg, start_ticks
+from ._proc import cgroup_kill, cgroup_remove, kill_pids, start_ticks
 from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
 from .shared import _protocol as P
 
@@ -307,7 +307,9 @@ class Pool:
     def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None,
                  *, name: str | None = None, on_event: Callable[[Event], Any] | None = None,
                  checkpoint_dir: str | os.PathLike | None = ".pool/checkpoints", keep_checkpoints: int = 3,
-                 max_queued: int | None = None, history: int = 1000, max_frame: int = P.DEFAULT_MAX_FRAME):  # fmt: skip
+                 max_queued: int | None = None, history: int = 1000, max_frame: int = P.DEFAULT_MAX_FRAME,
+                 keep_tools: bool = False, log_dir: str | os.PathLike | None = ".pool/logs",
+                 max_log_bytes: int = 1 << 20, memory_limit: int | None = None):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
         _whole("workers", workers, 1)
@@ -329,13 +331,18 @@ class Pool:
         if name is not None:
             _naming.check_name(name)
         check_workers_fit(workers)
+        _whole("max_log_bytes", max_log_bytes, 4096)
+        if memory_limit is not None:
+            _whole("memory_limit", memory_limit, 1 << 20)
+        log_dir = None if log_dir is None else os.path.abspath(os.fspath(log_dir))
         # Absolute now: agents may chdir, and 'pool checkpoints' must find the same place.
         checkpoint_dir = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
         self._init_client(on_event, max_queued, workers)
         start = P.Start(os.getpid(), workers, capacity, escalation.grace, escalation.term_grace, checkpoint_dir,
                         keep_checkpoints, name, [p for p in sys.path if isinstance(p, str)], max_frame, history,
-                        max_queued)  # fmt: skip
+                        max_queued, bool(keep_tools), log_dir, max_log_bytes, memory_limit)  # fmt: skip
         sock, self._proc, welcome, chan = _launch(start)
+        self._supervisor_ticks = start_ticks(self._proc.pid)
         self.escalation = escalation
         self._attach(sock, chan, welcome, owner=True)
 
@@ -388,7 +395,6 @@ class Pool:
         self._id_prefix = os.urandom(5).hex()  # auto ids: unique in this pool, and across runs in practice
         self._ref_cache: dict = {}
         self._sent_agents: set[str] = set()
-        self._worker_procs: dict[int, tuple[int, int]] = {}  # id -> (pid, start ticks), for the last-resort kill
         self._closed = False
         self._broken: str | None = None
         self._pid = os.getpid()
@@ -401,6 +407,7 @@ class Pool:
         self.name = welcome.name
         self.socket_path = welcome.socket_path
         self.checkpoint_dir = welcome.checkpoint_dir
+        self._cgroup = welcome.cgroup
         self._max_frame = welcome.max_frame
         _open_pools.add(self)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"pool-callbacks-{self.supervisor_pid}",
@@ -853,8 +860,6 @@ class Pool:
                             fut.set_result(msg.value)
                         else:
                             fut.set_exception(_RequestError(msg.error))
-                elif kind is P.WorkerSpawned:
-                    self._worker_procs[msg.worker_id] = (msg.pid, int(msg.create_time))
                 elif kind is P.Event:
                     if self._watched:
                         self._emit(Event.from_wire(msg.kind, msg.id, msg.worker_id, msg.mono_ns, msg.data))
@@ -969,11 +974,7 @@ class Pool:
         _open_pools.discard(self)
         if not clean and self._owner:
             self._broken = f"the supervisor process (pid {self.supervisor_pid}) died{how}; create a new Pool"
-            for pid, ticks in self._worker_procs.values():
-                # Workers die with their supervisor (PR_SET_PDEATHSIG); this is the last resort
-                # for their tools, guarded against pid reuse by the worker's start time.
-                if start_ticks(pid) == ticks:
-                    killpg(pid)
+            _kill_what_the_pool_started(self.supervisor_pid, self._supervisor_ticks, self._cgroup)
         if self._owner:
             reason = self._broken or "the pool shut down before this execution ended"
             etype = "SupervisorDied" if self._broken else "PoolClosed"
@@ -995,6 +996,34 @@ class Pool:
         for q in queues:
             q.put(None)  # ends each events() iterator
         self._calls.put(None)  # the callback thread ends after what is queued
+
+
+def _kill_what_the_pool_started(supervisor_pid: int, ticks: int | None, cgroup: str | None) -> None:
+    """The last resort when a supervisor died without cleaning up (SIGKILL, a crash). Its
+    workers died with it (PR_SET_PDEATHSIG); the processes their agents started are killed
+    here: by the pool's cgroup where the host gave it one, and in every case by the marker
+    every worker's environment carries (a tool that cleared its environment and left every
+    cgroup escapes; README says so). This scans /proc once, on this rare path only."""
+    if cgroup:
+        cgroup_kill(cgroup)
+    marker = f"INTERRUPT_POOL_SUPERVISOR={supervisor_pid}:{ticks}".encode()
+    uid = os.getuid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not readable: not one of ours
+        if marker in env:
+            kill_pids((int(entry),))
+    if cgroup:
+        deadline = time.monotonic() + 2.0
+        while not cgroup_remove(cgroup) and time.monotonic() < deadline:
+            time.sleep(0.01)  # killed processes leave their cgroup as init reaps them
 
 
 class _RequestError(Exception):

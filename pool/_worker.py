@@ -37,7 +37,16 @@ import threading
 import time
 import traceback
 
-from ._proc import cgroup_join, descendants, direct_children, kill_pids, set_child_subreaper, set_name, set_pdeathsig
+from ._proc import (
+    cgroup_join,
+    descendants,
+    direct_children,
+    kill_pids,
+    set_child_subreaper,
+    set_name,
+    set_pdeathsig,
+    start_ticks,
+)
 from .shared import Context, ExecutionStatus, Interrupted, Stage
 from .shared import _protocol as P
 from .shared._context import ExecutionCheckpoints
@@ -59,6 +68,7 @@ class _State:
     term_seen = False  # a SIGTERM for the running execution arrived: exit after its Result
     critical = 0  # depth of library critical sections (any thread): SIGTERM waits for their end
     deferred = False  # a SIGTERM arrived inside a critical section
+    current: tuple[int, int] | None = None  # (control index, armed) of the execution taken, from its Run on
     ctx: Context | None = None  # the execution running now
     finished: tuple[int, int] | None = None  # (control index, armed) of the one that ended last
     words = None
@@ -124,13 +134,15 @@ def _targets(ctl: int, armed: int) -> bool:
 
 def _on_sigterm(signum, frame):
     ctx = S.ctx
-    if ctx is None or not _targets(ctx._ctl, ctx._armed):
+    if S.current is None or not _targets(*S.current):
         if S.finished is not None and _targets(*S.finished):
             return  # meant for the execution that has just ended: it raced its Result
-        if ctx is None:
+        if S.current is None:
             _exit(0)  # from outside the pool, between executions: the worker simply ends
         # from outside the pool while an execution runs: a stop of that execution, as ever
     S.term_seen = True
+    if ctx is None:
+        return  # taken but not started: _run sees term_seen as soon as it arms
     if S.critical:
         S.deferred = True
         return
@@ -278,7 +290,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         _exit(1)
     if cgroup is not None:
         cgroup_join(cgroup)
-    os.environ["INTERRUPT_POOL_SUPERVISOR"] = str(supervisor_pid)  # tools inherit it: a last-resort marker
+    # Tools inherit it: the owner's last resort finds them by it if the supervisor is SIGKILLed.
+    os.environ["INTERRUPT_POOL_SUPERVISOR"] = f"{supervisor_pid}:{start_ticks(supervisor_pid)}"
     chan = _Chan(chan.sock, max_frame)
     S.words, S.chan, S.max_value = words, chan, max_frame - 64 * 1024  # room for the rest of the Result
     signal.set_wakeup_fd(-1)
@@ -299,6 +312,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
             blobs[msg.agent] = msg.agent_blob
         if msg.hook_blob is not None:
             blobs[msg.hook] = msg.hook_blob
+        S.current, S.term_seen = (msg.control_index, msg.armed), False  # from here a SIGTERM may be for it
         if begin_delay:
             time.sleep(begin_delay)
         chan.send(P.Begun(msg.id, bool(words[msg.control_index + PENDING])))  # skipped if already stopped
@@ -306,7 +320,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, msg.id,
                                                                         msg.resume, chan)  # fmt: skip
         ctx = Context(words, msg.control_index, msg.armed, chan, msg.id, worker_id, ckpt, slate.wake, critical)
-        S.ctx, S.term_seen = ctx, False
+        S.ctx = ctx
         S.bound = max(0.05, min(_UNWIND_BOUND_S, msg.term_grace / 2))
         status, value, error, stage, own = _run(ctx, cache, blobs, msg)
         _cancel_watchdog()
@@ -316,7 +330,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         if not _send_result(ctx, status, value, error, stage, own):
             _exit(0)  # the watchdog sent it and is ending the process
         pending.extend(ctx._pending)
-        S.finished, S.ctx = (ctx._ctl, ctx._armed), None
+        S.finished, S.current, S.ctx = S.current, None, None
         if S.term_seen or stage == Stage.SIGTERM.code:
             _exit(0)
 
@@ -355,6 +369,12 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
     try:
         S.armed = True  # loading the agent's module runs agent code: a SIGTERM stops it there too
         try:
+            if S.term_seen:  # a SIGTERM for it came before it started: it ends at that stage
+                S.armed = False
+                _start_watchdog(ctx)
+                exc = Interrupted("worker received SIGTERM before the agent started", stage=Stage.SIGTERM)
+                exc._from_pool = True
+                raise exc
             try:
                 fn = resolve(msg.agent, cache, blobs)
                 hook = resolve(msg.hook, cache, blobs) if msg.hook else getattr(fn, "on_interrupt", None)

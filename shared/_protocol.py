@@ -32,7 +32,7 @@ import msgpack
 __all__ = (
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "ProtocolError", "Channel", "encode", "decode",
     "Start", "Hello", "Welcome", "Refused", "Task", "DefineAgent", "Submit", "Cancel", "CancelWorker", "CancelAll",
-    "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "WorkerSpawned", "Event",
+    "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
     "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Begun",
 )  # fmt: skip
 
@@ -364,15 +364,6 @@ class Reply(NamedTuple):
     ok: bool
     value: Any = None
     error: str | None = None
-
-
-@message(34)
-class WorkerSpawned(NamedTuple):
-    """S→owner: a worker's pid and start time, for the owner's last-resort kill."""
-
-    worker_id: int
-    pid: int
-    create_time: float
 
 
 @message(35)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from ..shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason, InterruptSource, Stage
 from ..shared import _protocol as P
-from ..shared._checkpoint import CheckpointError, CheckpointStore, check_envelope
+from ..shared._checkpoint import CheckpointError, CheckpointStore, check_envelope, id_to_dirname
 from .. import _naming
 from .._worker import worker_main  # imported here, before any fork: workers share its pages
 from .._proc import (
@@ -410,6 +410,8 @@ class Supervisor:
                 self._handle_client(c, msg)
             except Exception as exc:
                 log(f"error handling {type(msg).__name__} from {c}:\n{traceback.format_exc()}")
+                if getattr(msg, "req", 0):  # the caller must not wait for ever
+                    self._reply(c, msg.req, error=f"the supervisor failed on this request: {type(exc).__name__}: {exc}")
                 if not c.owner:
                     self._drop(c, f"its {type(msg).__name__} could not be handled ({type(exc).__name__}: {exc})")
 
@@ -684,7 +686,6 @@ class Supervisor:
         self.workers[wid] = w
         self.by_pid[pid] = w
         self.sel.register(ours, selectors.EVENT_READ, (self._on_worker, w))
-        self._send(self.owner, P.WorkerSpawned(wid, pid, float(w.ticks)))
         self._event("worker_started", None, w, pid=pid)
 
     def _fork_failed(self, exc: OSError) -> None:
@@ -805,6 +806,7 @@ class Supervisor:
             if ex.started_ns is None:
                 self._start(ex)  # it moved on to its prefetched execution by itself
             ex.begun = True
+            ex.payload = None  # its worker has it: it can no longer be requeued
             pending, ex.pending_signal = ex.pending_signal, None
             if pending is not None and not msg.skipped:  # skipped: no agent code runs, the flag ends it
                 pending(ex)
@@ -829,8 +831,9 @@ class Supervisor:
         checked (header, length, CRC): the supervisor never decodes agent state.
         Temp files the dead worker left half-written are removed."""
         try:
-            if ex.announced:
-                for tmp in Path(ex.announced[-1][1]).parent.glob(f".tmp-*-{w.pid}"):
+            if self.cfg.checkpoint_dir:  # announced or not: a write the kill cut short
+                ck_dir = Path(self.cfg.checkpoint_dir) / id_to_dirname(ex.id)
+                for tmp in ck_dir.glob(f".tmp-*-{w.pid}"):
                     tmp.unlink(missing_ok=True)
             for seq, path, size, wall in reversed(ex.announced):
                 try:
@@ -897,7 +900,6 @@ class Supervisor:
         """``ex`` is now what its worker runs: the clocks (timeout, a stop requested while
         it was prefetched) start now."""
         ex.started_ns, ex.wall_started_ns = time.monotonic_ns(), time.time_ns()
-        ex.payload = None  # it can no longer be requeued
         w = ex.worker
         if ex.mode:
             # Stopped while prefetched: its worker will see the flag and not start it, so
@@ -943,7 +945,7 @@ class Supervisor:
             self._event("escalated", ex, w, now, mode=mode)
         ex.mode = mode
         if mode == InterruptMode.KILL.code and ex.started_ns:
-            self._arm_escalation(ex, mode, now)  # SIGKILL now; a flag first would only race it
+            self._arm_escalation(ex, mode, now)  # SIGKILL now (once acknowledged); a flag would only race it
             return True
         # Details (and the doorbell for ctx.sleep) go out before the flag, so an
         # agent that sees the flag finds them already in its socket.
@@ -1116,6 +1118,8 @@ class Supervisor:
                 self._cancel(t)
             ex.timers = []
             self.unsent_started.pop(ex.id, None)
+            if not ex.mode:
+                ex.status = ExecutionStatus.QUEUED  # it never began: it waits for a worker again
             if ex.mode:
                 self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
             else:
