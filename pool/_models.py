@@ -132,6 +132,9 @@ class ExecutionResult(BaseModel):
     """None if resume was not asked for; "restored" if it started from ``resumed_from``;
     "fresh" if resume was asked for but its id had no checkpoint, so it started from scratch."""
     resumed_from: CheckpointRef | None = None
+    value_dropped: bool = False
+    """True when this outcome came from the supervisor's history, which keeps results only up to
+    a byte budget: the value was too large to keep (its submitting client received it)."""
 
     @property
     def ok(self) -> bool:
@@ -157,6 +160,7 @@ class ExecutionResult(BaseModel):
             checkpoint=CheckpointRef.from_wire(d.get("checkpoint")),
             resume=(("restored" if d.get("resumed_from") else "fresh") if d.get("resume") else None),
             resumed_from=CheckpointRef.from_wire(d.get("resumed_from")),
+            value_dropped=bool(d.get("value_dropped")),
         )
 
 

@@ -147,6 +147,31 @@ def release(name: str, sock_path: Path, lock_fd: int) -> None:
     os.close(lock_fd)
 
 
+def _remove_if_stale(lock_path: Path, sock_path: Path) -> None:
+    """Remove a dead pool's files, holding its lock (so a pool claiming the name right now
+    keeps them: it holds the lock, or it locked a newer file than the one we hold)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return  # it came alive
+    try:
+        if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+            for p in (sock_path, lock_path):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def list_pools() -> list[PoolAddress]:
     """Running named pools of this user; files of dead supervisors are removed."""
     d = ensure_dir(create=False)
@@ -158,11 +183,7 @@ def list_pools() -> list[PoolAddress]:
         pid = _lock_holder(p)
         sock = d / f"{name}.sock"
         if pid is None:
-            for stale in (p, sock):
-                try:
-                    stale.unlink()
-                except FileNotFoundError:
-                    pass
+            _remove_if_stale(p, sock)
             continue
         if sock.exists():
             found.append(PoolAddress(name, pid, sock))

@@ -69,7 +69,7 @@ class Execution:
     """
 
     __slots__ = ("id", "_pool", "_status", "_worker_id", "_ended", "_value", "_outcome", "_callbacks", "_reserved",
-                 "__weakref__")  # fmt: skip
+                 "_watchers", "__weakref__")  # fmt: skip
 
     def __init__(self, pool: "Pool", id: str):
         self.id = id
@@ -80,6 +80,7 @@ class Execution:
         self._value: Any = None
         self._outcome: ExecutionResult | None = None
         self._callbacks: list | None = None
+        self._watchers: list | None = None  # queues the reader thread puts it in when it ends (as_completed)
         self._reserved = False  # holds one of the pool's max_queued places
 
     def __repr__(self) -> str:
@@ -393,8 +394,7 @@ class Pool:
         self._req_ids = itertools.count(1)
         self._auto_ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()  # auto ids: unique in this pool, and across runs in practice
-        self._ref_cache: dict = {}
-        self._sent_agents: set[str] = set()
+        self._ref_cache: _LRU = _LRU(256)  # function -> (spec, blob): bounded, so closures made per call do not pile up
         self._closed = False
         self._broken: str | None = None
         self._pid = os.getpid()
@@ -402,6 +402,7 @@ class Pool:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (fn, arg) for the callback thread
 
     def _attach(self, sock: socket.socket, chan: P.Channel, welcome: P.Welcome, owner: bool) -> None:
+        chan.max_frame = welcome.max_frame
         self._sock, self._chan, self._owner = sock, chan, owner
         self.supervisor_pid = welcome.supervisor_pid
         self.name = welcome.name
@@ -447,6 +448,10 @@ class Pool:
         defs = []
         agent, blob = _agent_spec(fn, self._ref_cache)
         if blob is not None:
+            if len(blob) > self._max_frame // 2:
+                raise TypeError(f"agent {fn!r} is {len(blob)} bytes when sent by value (it captures large objects), "
+                                f"more than half the pool's max_frame ({self._max_frame}); make it an importable "
+                                "module-level function, or pass the data as its input")  # fmt: skip
             defs.append(P.DefineAgent(agent[5:], blob))
         hook = None
         if on_interrupt is not None:
@@ -485,7 +490,7 @@ class Pool:
             ok = self._changed.wait_for(lambda: self._queued + n <= limit or self._reader_done,
                                         timeout if block else 0)  # fmt: skip
             if self._reader_done:
-                return
+                raise PoolBroken(self._broken) if self._broken else PoolClosed("this pool was shut down")
             if not ok:
                 why = "block=False" if not block else f"after waiting {timeout} s"
                 raise QueueFull(f"{self._queued} executions are queued, max_queued={limit}; not submitted ({why}); "
@@ -505,7 +510,7 @@ class Pool:
         if any(i in live for i in ids) or len(set(ids)) != len(ids):
             clash = next(i for n, i in enumerate(ids) if i in live or i in ids[:n])
             raise ValueError(f"execution id {clash!r} is already in use by a live execution; pick another id")
-        frames = [d for d in defs if d.digest not in self._sent_agents] if defs else []
+        frames: list = []
         execs = []
         handles = self._handles
         for i in ids:
@@ -518,20 +523,36 @@ class Pool:
             for ex in execs:
                 self._emit(Event.model_construct(kind=EventKind.SUBMITTED, mono_ns=now, execution_id=ex.id))
         acks = []
-        for i in range(0, len(tasks), _SUBMIT_BATCH):
+        for batch in self._batches(tasks):
+            # A by-value agent travels with every frame that needs it: the supervisor keeps it only
+            # while executions use it, so nothing accumulates for the pool's life.
+            frames.extend(defs)
             req = 0
             if not self._owner:  # another client's live id is refused with a reply, not a failed execution
                 req = next(self._req_ids)
-                acks.append(self._replies.setdefault(req, cf.Future()))
-            frames.append(P.Submit(req, tasks[i : i + _SUBMIT_BATCH]))
+                acks.append((self._replies.setdefault(req, cf.Future()), batch))
+            frames.append(P.Submit(req, batch))
         try:
             self._send_many(frames)
         except BaseException:
             self._forget(tasks)
             raise
-        if frames and defs:
-            self._sent_agents.update(d.digest for d in defs)
         return execs, acks
+
+    def _batches(self, tasks: list[P.Task]) -> Iterator[list[P.Task]]:
+        """Tasks in frames of at most _SUBMIT_BATCH and of at most half of max_frame in bytes."""
+        limit = self._max_frame // 2
+        batch: list[P.Task] = []
+        size = 0
+        for t in tasks:
+            n = len(t.input) + len(t.id) + len(t.agent) + 64
+            if batch and (len(batch) >= _SUBMIT_BATCH or size + n > limit):
+                yield batch
+                batch, size = [], 0
+            batch.append(t)
+            size += n
+        if batch:
+            yield batch
 
     def _forget(self, tasks: list[P.Task]) -> None:
         for t in tasks:
@@ -543,13 +564,17 @@ class Pool:
         with self._lock:
             self._check_open()
             execs, acks = self._register(tasks, defs, self._max_queued is not None)
-        try:
-            for fut in acks:
+        refused = None
+        for fut, batch in acks:
+            try:
                 fut.result()
-        except _RequestError as exc:
-            with self._lock:
-                self._forget(tasks)
-            raise ValueError(str(exc)) from None
+            except _RequestError as exc:  # that frame was refused as a whole; the others stand
+                with self._lock:
+                    self._forget(batch)
+                refused = refused or exc
+        if refused is not None:
+            text = str(refused)
+            raise (QueueFull(text) if "queue is full" in text else ValueError(text)) from None
         return execs
 
     def submit(self, fn: Callable | str, input: Any = None, *, id: str | None = None, timeout: float | None = None,
@@ -635,11 +660,18 @@ class Pool:
 
     @staticmethod
     def as_completed(executions: Iterable[Execution], timeout: float | None = None) -> Iterator[Execution]:
-        """Yield the executions as they end (any status), like concurrent.futures.as_completed."""
+        """Yield the executions as they end (any status), like concurrent.futures.as_completed.
+        Safe from a done callback or a listener: it does not wait on the callback thread."""
         pending = list(executions)
         ended: queue.SimpleQueue = queue.SimpleQueue()
         for ex in pending:
-            ex.add_done_callback(ended.put)
+            with ex._pool._changed:
+                if ex._ended is None:
+                    if ex._watchers is None:
+                        ex._watchers = []
+                    ex._watchers.append(ended)
+                    continue
+            ended.put(ex)
         deadline = None if timeout is None else time.monotonic() + timeout
         for left in range(len(pending), 0, -1):
             try:
@@ -673,9 +705,12 @@ class Pool:
                       source: InterruptSource | str = InterruptSource.USER) -> bool:  # fmt: skip
         """Stop whatever execution worker ``worker_id`` runs. False if it runs nothing or does not exist."""
         codes = _request_codes(mode, reason, source)
-        if self._broken or isinstance(worker_id, bool) or not isinstance(worker_id, int):
+        if self._broken or self._reader_done or isinstance(worker_id, bool) or not isinstance(worker_id, int):
             return False
-        return bool(self._call(lambda req: P.CancelWorker(req, worker_id, *codes, message)))
+        try:
+            return bool(self._call(lambda req: P.CancelWorker(req, worker_id, *codes, message)))
+        except PoolClosed:
+            return False
 
     def cancel_all(self, mode: InterruptMode | str = InterruptMode.GRACEFUL,
                    reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
@@ -732,6 +767,10 @@ class Pool:
         try:
             info, value = fut.result(timeout)
         except cf.TimeoutError:
+            with self._lock:
+                for req, f in list(self._replies.items()):
+                    if f is fut:
+                        del self._replies[req]  # the supervisor keeps only this client's newest wait
             raise TimeoutError(f"execution {id!r} has not ended after {timeout} s") from None
         except _RequestError as exc:
             raise KeyError(str(exc)) from None
@@ -802,6 +841,8 @@ class Pool:
             raise PoolBroken(self._broken or f"the supervisor process (pid {self.supervisor_pid}) is gone") from exc
 
     def _request(self, build: Callable[[int], Any]) -> cf.Future:
+        if self._forked_away:
+            self._check_open()  # raises: the pool belongs to the parent
         fut: cf.Future = cf.Future()
         with self._lock:
             if self._reader_done:
@@ -905,7 +946,15 @@ class Pool:
                 return iter(())
             self._event_queues.append(q)
         self._subscribe()
-        return self._drain_events(q)
+        gen = self._drain_events(q)
+        weakref.finalize(gen, self._drop_queue, q)  # an iterator dropped before it ran still lets go
+        return gen
+
+    def _drop_queue(self, q) -> None:
+        try:
+            self._event_queues.remove(q)
+        except ValueError:
+            pass
 
     def _drain_events(self, q: queue.SimpleQueue) -> Iterator[Event]:
         try:
@@ -951,8 +1000,11 @@ class Pool:
                 ex._reserved = False
                 self._queued -= 1
             callbacks, ex._callbacks = ex._callbacks, None
+            watchers, ex._watchers = ex._watchers, None
             self._live.pop(ex.id, None)  # from now on only the user's handles keep it
             self._changed.notify_all()
+        for q in watchers or ():
+            q.put(ex)
         for fn in callbacks or ():
             self._calls.put((fn, ex))
         if self._watched:
@@ -964,8 +1016,16 @@ class Pool:
 
     def _on_supervisor_gone(self, clean: bool) -> None:
         how = ""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # if we stopped reading (a bad frame), the supervisor sees EOF
+        except OSError:
+            pass
         if self._proc is not None:
-            code = self._proc.wait()
+            try:
+                code = self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # it is draining its executions: it ends them within the graces
+                self._proc.kill()
+                code = self._proc.wait()
             how = f" with exit code {code}" if code >= 0 else f" by signal {signal.Signals(-code).name}"
         try:
             self._sock.close()
@@ -978,10 +1038,13 @@ class Pool:
         if self._owner:
             reason = self._broken or "the pool shut down before this execution ended"
             etype = "SupervisorDied" if self._broken else "PoolClosed"
-        else:
+        elif clean or self._closed:
             reason = (f"this client disconnected from pool {self.name!r} before the execution ended; it goes on "
                       f"there: Pool.connect({self.name!r}).outcome(id) or 'pool wait ID' gives its result")  # fmt: skip
             etype = "ClientDisconnected"
+        else:
+            reason = f"the connection to pool {self.name!r} (supervisor pid {self.supervisor_pid}) broke"
+            etype = "PoolBroken"
         for ex in list(self._live.values()):
             self._settle(ex, {"id": ex.id, "status": ExecutionStatus.CRASHED.code, "worker_id": ex._worker_id,
                               "error": [etype, reason, None]})  # fmt: skip
@@ -1024,6 +1087,19 @@ def _kill_what_the_pool_started(supervisor_pid: int, ticks: int | None, cgroup: 
         deadline = time.monotonic() + 2.0
         while not cgroup_remove(cgroup) and time.monotonic() < deadline:
             time.sleep(0.01)  # killed processes leave their cgroup as init reaps them
+
+
+class _LRU(dict):
+    """A dict that forgets its oldest entries beyond ``size`` (insertion order is age)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            del self[next(iter(self))]
 
 
 class _RequestError(Exception):

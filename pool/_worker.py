@@ -52,12 +52,32 @@ from .shared import _protocol as P
 from .shared._context import ExecutionCheckpoints
 from .shared._flags import PENDING, SIGNALLED
 
-__all__ = ("worker_main",)
+__all__ = ("AgentCache", "worker_main")
 
 # Signals whose disposition a clean slate resets (SIGKILL and SIGSTOP cannot be changed).
 _RESETTABLE = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
 _OURS = {signal.SIGTERM: None, signal.SIGINT: signal.SIG_IGN, signal.SIGPIPE: signal.SIG_IGN}  # None: _on_sigterm
 _UNWIND_BOUND_S = 1.0  # at most this long (and at most half the term grace) for a stuck unwinding
+
+
+class AgentCache:
+    """The by-value agents a worker keeps: at most ``size``, least recently used out first.
+    The supervisor keeps one per worker with the same rule, updated for the same Run frames
+    in the same order, so it knows without asking whether the worker still has an agent."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self.order: dict[str, None] = {}
+        self.evicted: list[str] = []
+
+    def touch(self, spec: str) -> bool:
+        """Record a use; True if it was already held."""
+        held = self.order.pop(spec, False) is None
+        self.order[spec] = None
+        while len(self.order) > self.size:
+            self.evicted.append(next(iter(self.order)))
+            del self.order[self.evicted[-1]]
+        return held
 
 
 class _State:
@@ -298,7 +318,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     slate = _Slate()
     slate.restore()
     cache: dict[str, object] = {}  # spec -> function
-    blobs: dict[str, bytes] = {}  # by-value agents' bytes, kept as they arrive (the supervisor sends each once)
+    blobs: dict[str, bytes] = {}  # by-value agents' bytes, as they arrived (the supervisor sends them when needed)
+    held = AgentCache()  # which by-value agents this worker keeps
     pending: list = []
     begin_delay = float(os.environ.get("_INTERRUPT_POOL_TEST_BEGIN_DELAY", "0"))  # tests force the race window
     chan.send(P.WorkerReady(os.getpid()))
@@ -308,10 +329,15 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
             _exit(0)
         if type(msg) is not P.Run:
             continue  # a late Interrupt for an execution that already ended
-        if msg.agent_blob is not None:
-            blobs[msg.agent] = msg.agent_blob
-        if msg.hook_blob is not None:
-            blobs[msg.hook] = msg.hook_blob
+        for spec, blob in ((msg.agent, msg.agent_blob), (msg.hook, msg.hook_blob)):
+            if spec is not None and spec.startswith("blob:"):
+                held.touch(spec)  # as the supervisor did when it sent this Run
+                if blob is not None:
+                    blobs[spec] = blob
+        for spec in held.evicted:
+            blobs.pop(spec, None)
+            cache.pop(spec, None)
+        held.evicted.clear()
         S.current, S.term_seen = (msg.control_index, msg.armed), False  # from here a SIGTERM may be for it
         if begin_delay:
             time.sleep(begin_delay)

@@ -216,33 +216,43 @@ def _frame(exec_id: str, seq: int, state_bytes: bytes, wall: float) -> bytes:
     return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, seq, len(payload), zlib.crc32(payload)) + payload
 
 
-def check_envelope(path: Path) -> tuple[int, bytes]:
-    """(seq, payload) of a complete checkpoint file: header, length and CRC32 checked,
-    the payload *not* decoded (the supervisor uses this: it never imports agent types).
-    CheckpointError naming the file and the fault otherwise."""
+def check_envelope(path: Path, keep_payload: bool = False) -> tuple[int, bytes | None]:
+    """(seq, payload or None) of a complete checkpoint file: header, length and CRC32
+    checked, the payload *not* decoded (the supervisor uses this: it never imports agent
+    types) and, unless asked for, not kept (it is read in chunks). CheckpointError naming
+    the file and the fault otherwise."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+            if len(head) < HEADER_SIZE:
+                raise CheckpointError(f"{path} is truncated ({len(head)} bytes, the header alone is {HEADER_SIZE})")
+            magic, version, _flags, seq, length, crc = _HEADER.unpack_from(head)
+            if magic != MAGIC:
+                raise CheckpointError(f"{path} is not a checkpoint (bad magic {magic!r})")
+            if version > FORMAT_VERSION:
+                raise CheckpointError(f"{path} has format version {version}, newer than this interrupt-pool reads "
+                                      f"({FORMAT_VERSION}); upgrade interrupt-pool")  # fmt: skip
+            parts, got, running = [], 0, 0
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+                running = zlib.crc32(chunk, running)
+                if keep_payload:
+                    parts.append(chunk)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) < HEADER_SIZE:
-        raise CheckpointError(f"{path} is truncated ({len(data)} bytes, the header alone is {HEADER_SIZE})")
-    magic, version, _flags, seq, length, crc = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise CheckpointError(f"{path} is not a checkpoint (bad magic {magic!r})")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {version}, newer than this interrupt-pool reads "
-                              f"({FORMAT_VERSION}); upgrade interrupt-pool")  # fmt: skip
-    payload = data[HEADER_SIZE:]
-    if len(payload) != length:
-        raise CheckpointError(f"{path} is truncated ({len(payload)} of {length} payload bytes)")
-    if zlib.crc32(payload) != crc:
+    if got != length:
+        raise CheckpointError(f"{path} is truncated ({got} of {length} payload bytes)")
+    if running != crc:
         raise CheckpointError(f"{path} is corrupted (CRC32 mismatch)")
-    return seq, payload
+    return seq, b"".join(parts) if keep_payload else None
 
 
 def read_file(path: Path) -> tuple[int, str, float, Any]:
     """(seq, execution id, time, state) of one checkpoint file; CheckpointError if it is not complete and valid."""
-    seq, payload = check_envelope(path)
+    seq, payload = check_envelope(path, keep_payload=True)
     try:
         exec_id, _seq, wall, state = decode(payload)
     except CheckpointError:

@@ -39,6 +39,7 @@ __all__ = (
 PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME = 64 << 20  # 64 MiB: an input or result larger than this is refused with a clear error
 _LEN = struct.Struct("<I")
+_COALESCE = 256 << 10  # queued output up to this size is joined into one send
 
 
 class ProtocolError(Exception):
@@ -475,7 +476,7 @@ class Channel:
     (hostile input), off where the peer is our own supervisor or worker (the hot path).
     """
 
-    __slots__ = ("sock", "max_frame", "validate", "_buf", "_inbox", "_out", "_out_bytes", "closed")
+    __slots__ = ("sock", "max_frame", "validate", "_buf", "_inbox", "_out", "_out_bytes", "_offset", "closed")
 
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, validate: bool = True):
         self.sock = sock
@@ -485,6 +486,7 @@ class Channel:
         self._inbox: deque = deque()
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
+        self._offset = 0  # bytes of _out[0] already sent
         self.closed = False
 
     def fileno(self) -> int:
@@ -575,33 +577,39 @@ class Channel:
         return self._out_bytes
 
     def flush(self) -> bool:
-        """Write as much queued output as the socket takes; True when all is out."""
+        """Write as much queued output as the socket takes; True when all is out. Small
+        frames are coalesced into one send; a large one is sent from an offset (never
+        copied again per partial send)."""
         if self.closed:
             return True
         out = self._out
         while out:
-            if len(out) > 1:
-                data = b"".join(out)
+            if len(out) > 1 and self._out_bytes <= _COALESCE:
+                head = memoryview(out.popleft())[self._offset :]
+                data = b"".join([head, *out])
                 out.clear()
                 out.append(data)
+                self._offset = 0
+            head = out[0]
             try:
-                n = self.sock.send(out[0])
+                n = self.sock.send(memoryview(head)[self._offset :])
             except (BlockingIOError, InterruptedError):
                 return False
             except (BrokenPipeError, ConnectionError):
                 out.clear()
-                self._out_bytes = 0
+                self._out_bytes = self._offset = 0
                 self.closed = True
                 return True
             self._out_bytes -= n
-            if n < len(out[0]):
-                out[0] = out[0][n:]
+            self._offset += n
+            if self._offset < len(head):
                 return False
             out.popleft()
+            self._offset = 0
         return True
 
     def close(self) -> None:
         self.closed = True
         self._out.clear()  # nothing can be delivered any more
-        self._out_bytes = 0
+        self._out_bytes = self._offset = 0
         self.sock.close()

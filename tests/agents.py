@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from interrupt_pool import Interrupted
 
 def identity(ctx, x):
     return x
+
+
+HOST_LOCK = threading.Lock()
+
+
+def takes_host_lock(ctx, _):
+    """True if this process can take HOST_LOCK (a host that forked while holding it passes it on held)."""
+    ok = HOST_LOCK.acquire(timeout=5)
+    if ok:
+        HOST_LOCK.release()
+    return ok
 
 
 def logs_and_returns(ctx, x):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 
 import psutil
@@ -44,15 +45,28 @@ def _shm() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.lower().startswith(_SHM_PREFIXES)}
 
 
-def snapshot() -> tuple[set[int], set[str]]:
+def _fds() -> dict[int, str]:
+    """This process's open descriptors (what they point at), sockets, pipes and anon inodes only."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, closed again
+        if target.startswith(("socket:", "pipe:", "anon_inode:")):
+            out[int(fd)] = target
+    return out
+
+
+def snapshot() -> tuple[set[int], set[str], dict[int, str]]:
     procs = {p.pid for p in _marked_processes()} | {p.pid for p in psutil.Process().children(recursive=True)}
-    return procs, _shm()
+    return procs, _shm(), _fds()
 
 
 def find_leaks(baseline: tuple[set[int], set[str]], wait: float = LEAK_WAIT_S) -> list[str]:
     """Processes (children, zombies, escaped descendants) and /dev/shm entries that
     appeared since ``baseline`` and are still there after up to ``wait`` seconds."""
-    procs_before, shm_before = baseline
+    procs_before, shm_before = baseline[0], baseline[1]
 
     def new_procs():
         seen = {}
@@ -73,6 +87,15 @@ def find_leaks(baseline: tuple[set[int], set[str]], wait: float = LEAK_WAIT_S) -
         except psutil.Error:
             continue  # exited just now: not a leak
     leaks += [f"/dev/shm/{name}" for name in sorted(_shm() - shm_before)]
+    if len(baseline) > 2:
+        deadline = time.monotonic() + wait
+        extra = {}
+        while True:  # a pool's reader thread closes its socket as it ends: give it the same time
+            extra = {fd: t for fd, t in _fds().items() if baseline[2].get(fd) != t}
+            if not extra or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        leaks += [f"descriptor {fd} -> {t}" for fd, t in sorted(extra.items())]
     return leaks
 
 
@@ -88,7 +111,8 @@ def kill_leaks(baseline) -> None:
 
 @pytest.fixture(autouse=True)
 def no_leaks(request):
-    """Fail any test that leaves a child process, zombie or shared-memory segment of ours."""
+    """Fail any test that leaves a child process, zombie, descriptor (socket, pipe, pidfd)
+    or shared-memory segment of ours."""
     baseline = snapshot()
     yield
     leaks = find_leaks(baseline)

@@ -17,10 +17,11 @@ class Plan(pydantic.BaseModel):
 
     @pydantic.field_validator("steps")
     @classmethod
-    def _refuse_outside_workers(cls, v):
-        # Decoding this state anywhere but in an agent's process is a bug we want loud.
-        if os.environ.get("POOL_MODEL_AGENT_FORBID_PID") == str(os.getpid()):
-            raise RuntimeError("Plan was decoded in a forbidden process")
+    def _refuse_in_the_supervisor(cls, v):
+        # Decoding this state in the supervisor is the bug this module exists to catch: loud.
+        with open("/proc/self/comm") as f:
+            if f.read().startswith("pool-supervisor"):
+                raise RuntimeError("Plan was decoded in the supervisor")
         return v
 
 

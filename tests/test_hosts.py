@@ -25,9 +25,9 @@ from tests import agents
 from tests.test_core import wait_for_file
 
 ROOT = Path(__file__).resolve().parent.parent
-# Generous bound for "gone within 2 s": the requirement is 2 s; a loaded 2-core CI
-# machine can add scheduling delay, and the benchmarks report the typical figure.
-GONE_WITHIN_S = 5.0
+# "Gone within 2 s" is the requirement; this test's own polling and a loaded 2-core CI
+# machine's scheduling add up to half a second more. The benchmarks report the typical figure.
+GONE_WITHIN_S = 2.5
 
 
 def run_host(code: str, *args: str, timeout: float = 60, env: dict | None = None, warn: str = "error::DeprecationWarning"):
@@ -81,6 +81,21 @@ def test_pools_created_while_eight_threads_log_run_every_execution():
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "200"
+
+
+def test_a_lock_a_host_thread_holds_while_the_pool_starts_is_free_in_the_workers():
+    """A module-level lock held for good by a host thread (as a logging handler's can be when
+    a fork happens) is a fresh, free lock in the workers: they never inherit the host's memory."""
+    r = run_host("""
+        import threading
+        from interrupt_pool import Pool
+        from tests import agents
+        agents.HOST_LOCK.acquire()  # held by this host for the pool's whole life
+        with Pool(workers=2) as pool:
+            print(pool.map("tests.agents:takes_host_lock", range(4), timeout=20))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[True, True, True, True]"
 
 
 def test_a_module_another_thread_is_importing_at_pool_start_loads_in_the_workers(tmp_path):
@@ -212,6 +227,31 @@ def test_when_the_user_process_is_killed_every_worker_and_tool_is_gone(tmp_path)
         host.stderr.close()
 
 
+def test_when_the_user_process_dies_mid_stop_the_long_term_grace_is_cut_short(tmp_path):
+    """A stop already under way with a 30 s term grace: the user's death still ends
+    everything within the 2 s bound (the owner-gone bound replaces the longer one)."""
+    host = start_host("""
+        import json, sys, time
+        from interrupt_pool import Pool, Escalation
+        pool = Pool(workers=1, escalation=Escalation(grace=0.05, term_grace=30))
+        ex = pool.submit("tests.agents:ignore_term_sleep", sys.argv[1])
+        while not __import__("os").path.exists(sys.argv[1]):
+            time.sleep(0.01)
+        ex.cancel()
+        time.sleep(0.3)  # SIGTERM sent and ignored; SIGKILL is 30 s away
+        print(json.dumps({"supervisor": pool.supervisor_pid, "workers": [w.pid for w in pool.workers()]}), flush=True)
+        time.sleep(60)
+    """, str(tmp_path / "m"))
+    try:
+        info = json.loads(host.stdout.readline())
+        host.kill()
+        host.wait()
+        assert gone([info["supervisor"], *info["workers"]], GONE_WITHIN_S) == []
+    finally:
+        host.stdout.close()
+        host.stderr.close()
+
+
 def test_killing_the_supervisor_leaves_no_worker_or_in_group_tool(tmp_path):
     """SIGKILL of the supervisor: workers die with it (PDEATHSIG) and the owner kills their groups."""
     pidfile = tmp_path / "tools"
@@ -220,21 +260,18 @@ def test_killing_the_supervisor_leaves_no_worker_or_in_group_tool(tmp_path):
         in_group, _setsid, worker = (int(x) for x in wait_for_file(pidfile).split())
         os.kill(pool.supervisor_pid, signal.SIGKILL)
         assert ex.outcome(timeout=10).status is ExecutionStatus.CRASHED
-        assert gone([worker, in_group], GONE_WITHIN_S) == []
-    # The setsid tool escapes to init here: containment of those is the next issue's (#9) work;
-    # the leak fixture would flag it, so it is killed by hand.
-    os.kill(_setsid, signal.SIGKILL)
+        assert gone([worker, in_group, _setsid], GONE_WITHIN_S) == []
 
 
 # -- 4. no execution takes the pool down; the supervisor never runs agent code ------------------------
 
 
-def test_a_killed_execution_whose_checkpoint_the_supervisor_cannot_decode_leaves_the_pool_serving(tmp_path, monkeypatch):
-    """The supervisor checks checkpoint envelopes only: a state holding a model class it must
-    not import (decoding it there raises) does not stop the pool, and resumes in a worker."""
+def test_a_killed_execution_whose_checkpoint_the_supervisor_cannot_decode_leaves_the_pool_serving(tmp_path):
+    """The supervisor checks checkpoint envelopes only: a state holding a model class whose
+    validator raises in the supervisor (decoding it there would fail) leaves the pool serving,
+    and resumes in a worker."""
     marker = tmp_path / "m"
     with Pool(workers=1, checkpoint_dir=tmp_path / "ck", escalation=Escalation(grace=0.1, term_grace=0.1)) as pool:
-        monkeypatch.setenv("POOL_MODEL_AGENT_FORBID_PID", str(pool.supervisor_pid))
         ex = pool.submit("tests.model_agent:save_model_then_hang", str(marker), id="m1")
         wait_for_file(marker)
         pool.cancel("m1", mode="kill")
@@ -299,23 +336,30 @@ def test_a_worker_count_the_machine_cannot_hold_is_refused_saying_what_fits():
 
 @pytest.mark.timeout(180)
 def test_memory_grows_linearly_in_workers_at_most_3_mib_each_at_1000():
-    """1,000 workers cost at most 3 MiB each (proportional set size, shared pages split fairly)."""
+    """From 100 to 1,000 workers the pool's memory (proportional set size of the supervisor
+    and every worker, shared pages split fairly) grows by at most 3 MiB per worker, and the
+    cost per worker at 1,000 is no higher than at 100 (linear, not worse)."""
 
     def pss(pid: int) -> int:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
 
-    with Pool(workers=1000, capacity=1000) as pool:
-        deadline = time.monotonic() + 120
-        while True:
-            ws = pool.workers()
-            if all(w.state == "idle" for w in ws) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        total = sum(pss(w.pid) for w in ws) + pss(pool.supervisor_pid)
-        per_worker = total / len(ws)
-    assert len(ws) == 1000
-    assert per_worker <= 3 * 2**20, f"{per_worker / 2**20:.2f} MiB per worker"
+    def pool_pss(n: int) -> int:
+        with Pool(workers=n, capacity=n) as pool:
+            deadline = time.monotonic() + 120
+            while True:
+                ws = pool.workers()
+                if all(w.state == "idle" for w in ws) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert len(ws) == n
+            return sum(pss(w.pid) for w in ws) + pss(pool.supervisor_pid)
+
+    small, large = pool_pss(100), pool_pss(1000)
+    per_worker = (large - small) / 900
+    assert per_worker <= 3 * 2**20, f"{per_worker / 2**20:.2f} MiB per added worker"
+    # Linear: the average at 1,000 is not above the average at 100 (10 % for measurement noise).
+    assert large / 1000 <= small / 100 * 1.1
 
 
 # -- 11. fair dispatch ----------------------------------------------------------------------------------

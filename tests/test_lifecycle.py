@@ -47,6 +47,7 @@ def test_user_process_killed_supervisor_stops_its_workers_and_exits():
     finally:
         user.kill()
         user.wait()
+        user.stdout.close()
 
 
 def test_leak_guard_reports_an_escaped_process_and_a_shm_segment():
@@ -80,6 +81,17 @@ def test_public_names_match_all():
     assert issubclass(interrupt_pool.WorkerCrashed, interrupt_pool.PoolError)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         interrupt_pool.Nope  # noqa: B018
+    # Every public name the private modules define is exported (none forgotten in the lazy table).
+    import interrupt_pool._events as events
+    import interrupt_pool._exceptions as exceptions
+    import interrupt_pool._models as models
+    import interrupt_pool._pool as pool_module
+    from interrupt_pool import shared
+
+    internal = {"FlagArray", "CheckpointInfo"}  # shared's own plumbing, not the user's
+    defined = set(events.__all__) | set(exceptions.__all__) | set(models.__all__) | set(pool_module.__all__)
+    defined |= set(shared.__all__) - internal
+    assert defined == set(interrupt_pool.__all__)
 
 
 def test_sigterm_to_the_supervisor_stops_everything_gracefully_and_reports_each_execution():

@@ -106,7 +106,7 @@ def test_done_callbacks_and_listeners_may_call_every_pool_method(tmp_path):
     def listener(ev):
         if ev.kind is EventKind.STARTED and ev.execution_id == "victim" and "listener" not in seen:
             seen["listener"] = [w.state for w in pool.workers()]
-            seen["listener_cancel_worker"] = pool.cancel_worker(ev.worker_id, mode="graceful")
+            seen["listener_cancel_worker"] = pool.cancel_worker(12345, mode="graceful")  # no such worker
 
     pool = Pool(workers=2, on_event=listener, escalation=Escalation(grace=5, term_grace=1))
     try:
@@ -117,12 +117,28 @@ def test_done_callbacks_and_listeners_may_call_every_pool_method(tmp_path):
             done.set()
 
         first = pool.submit(agents.identity, 1)
-        first.add_done_callback(callback)
         victim = pool.submit(agents.check_forever, str(marker), id="victim")
+        wait_for_file(marker)
+        first.result(timeout=10)
+        first.add_done_callback(callback)  # already ended: runs here
         assert done.wait(10), "the callback never returned"
         out = victim.outcome(timeout=10)
         assert out.status is ExecutionStatus.INTERRUPTED
-        assert seen["workers"] == 2 and seen["cancel_worker"] is False and "listener" in seen
+        assert seen["workers"] == 2 and seen["cancel_worker"] is False and seen["cancel"] is True
+        assert seen["listener"] and seen["listener_cancel_worker"] is False  # it answered
+
+        # as_completed from a callback does not wait on the callback thread it runs on
+        got = []
+        trigger = pool.submit(agents.identity, "t")
+        others = [pool.submit(agents.sleeper, 0.05) for _ in range(3)]
+        finished = threading.Event()
+
+        def collect(_ex):
+            got.extend(pool.as_completed(others, timeout=10))
+            finished.set()
+
+        trigger.add_done_callback(collect)
+        assert finished.wait(20) and sorted(e.id for e in got) == sorted(e.id for e in others)
     finally:
         pool.shutdown()
 
@@ -234,9 +250,17 @@ def test_worker_replacements_release_their_memory_in_the_supervisor(tmp_path):
     assert rss_after - rss_before < 2 * 2**20, f"supervisor grew {(rss_after - rss_before) / 2**20:.1f} MiB"
 
 
-def test_an_input_larger_than_max_frame_is_refused_at_submit():
-    """An input over the pool's frame limit is a clear error at submit, not a broken channel."""
+def test_inputs_results_and_agents_larger_than_max_frame_are_clear_errors_not_a_broken_pool():
+    """Over the pool's frame limit: one input is refused at submit, a result fails its execution,
+    a closure capturing too much is refused; many inputs that fit one by one are split into
+    frames that fit. The pool serves on."""
     with Pool(workers=1, max_frame=1 << 20) as pool:
         with pytest.raises(ValueError, match="more than the pool's max_frame"):
             pool.submit(agents.identity, b"x" * (2 << 20))
-        assert pool.submit(agents.identity, b"y" * 1000).result(timeout=10) == b"y" * 1000
+        out = pool.submit(agents.big_result, 2 << 20).outcome(timeout=10)
+        assert out.status is ExecutionStatus.FAILED and "more than the pool's max_frame" in out.error.message
+        big = b"z" * (800 << 10)
+        with pytest.raises(TypeError, match="more than half the pool's max_frame"):
+            pool.submit(lambda ctx, x: len(big), 1)
+        assert pool.map(agents.identity, [b"y" * 100_000] * 40) == [b"y" * 100_000] * 40  # 4 MB in all
+        assert pool.submit(agents.identity, "still serving").result(timeout=10) == "still serving"

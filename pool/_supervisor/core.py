@@ -48,7 +48,7 @@ from ..shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason,
 from ..shared import _protocol as P
 from ..shared._checkpoint import CheckpointError, CheckpointStore, check_envelope, id_to_dirname
 from .. import _naming
-from .._worker import worker_main  # imported here, before any fork: workers share its pages
+from .._worker import AgentCache, worker_main  # imported here, before any fork: workers share its pages
 from .._proc import (
     cgroup_create,
     cgroup_kill,
@@ -71,6 +71,9 @@ _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
 PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
+_UNUSED_AGENTS = 64  # by-value agents kept after their last execution ended
+_HELLO_WITHIN_S = 10.0  # a connection that has not said Hello by then is closed
+_HELLO_MAX_FRAME = 64 << 10  # the largest frame before Hello: a silent or lying peer holds little
 _MAX_GRACE_S = 7 * 86400.0  # as Escalation allows: a deadline in nanoseconds must stay an int
 _MAX_WAIT_S = 3600.0  # longest single wait in select(); longer deadlines are reached in several
 
@@ -133,7 +136,7 @@ class _Worker:
         self.retained: list[int] = []
         self.kill_timer: _Timer | None = None
         self.killed = False
-        self.known_agents: set[str] = set()  # by-value agents it already has
+        self.known_agents = AgentCache()  # by-value agents it has, as the worker's own cache has them
 
     @property
     def exec(self) -> "_Exec | None":
@@ -191,6 +194,9 @@ class Supervisor:
         self.dead_cgroups: list[str] = []  # of reaped workers, removed once their killed tools are reaped
         self.fork_failures = 0
         self.agents: dict[str, bytes] = {}  # by-value agents: digest -> cloudpickle bytes (opaque here)
+        self.agent_uses: dict[str, int] = {}  # digest -> live executions naming it
+        self.unused_agents: dict[str, None] = {}  # digests no live execution names, oldest first
+        self.n_queued = 0  # executions waiting in the queue (the deque also holds cancelled ones)
         self.good_specs: set[str] = set()  # 'module:function' names already checked
         self.history: OrderedDict[str, tuple[dict, bytes | None]] = OrderedDict()
         self.history_bytes = 0
@@ -202,7 +208,7 @@ class Supervisor:
             return
         client.chan.queue(msg)
         self.dirty.add(client.chan)
-        if not client.owner and client.chan.pending_bytes > MAX_OUTPUT:
+        if not client.owner and client.chan.pending_bytes > max(MAX_OUTPUT, 2 * self.cfg.max_frame):
             self._drop(client, f"it does not read its messages ({client.chan.pending_bytes} bytes queued)")
 
     def _event(self, kind: str, ex: "_Exec | None", w: "_Worker | None", mono_ns: int | None = None, **data) -> None:
@@ -326,13 +332,17 @@ class Supervisor:
         SIGKILL bounded by OWNER_GONE_TERM_GRACE, and exit."""
         if self.owner is not None:
             self._drop(self.owner, why, quiet=True)
-        if self.stopping and all(ex.mode >= InterruptMode.IMMEDIATE.code for ex in self.execs.values()):
-            return
         self.stopping = True
         for ex in list(self.execs.values()):
             ex.term_grace = min(ex.term_grace, OWNER_GONE_TERM_GRACE)
             self._escalate(ex, InterruptMode.IMMEDIATE.code, InterruptReason.SHUTDOWN.code,
                            InterruptSource.SYSTEM.code, why)  # fmt: skip
+        latest = time.monotonic() + OWNER_GONE_TERM_GRACE
+        for w in self.workers.values():  # stops already under way keep their own, shorter bound
+            t = w.kill_timer
+            if t is not None and not t.cancelled and t.deadline > latest:
+                self._cancel(t)
+                w.kill_timer = self._at(OWNER_GONE_TERM_GRACE, self._sigkill, w)
 
     # -- clients -------------------------------------------------------------
 
@@ -344,10 +354,15 @@ class Supervisor:
             if len(self.clients) >= MAX_CLIENTS:
                 self._refuse(conn, f"refused: the pool already has {MAX_CLIENTS} clients; close some first")
                 continue
-            c = Client(self.next_client_id, Channel(conn, self.cfg.max_frame), False, pid)
+            c = Client(self.next_client_id, Channel(conn, _HELLO_MAX_FRAME), False, pid)
             self.next_client_id += 1
             self.clients[c.id] = c
             self.sel.register(conn, selectors.EVENT_READ, (self._on_client, c))
+            self._at(_HELLO_WITHIN_S, self._greeted_in_time, c)
+
+    def _greeted_in_time(self, c: Client) -> None:
+        if not c.greeted and c.id in self.clients:
+            self._drop(c, f"no Hello within {_HELLO_WITHIN_S:g} s")
 
     def _refuse(self, conn: socket.socket, why: str) -> None:
         try:
@@ -357,9 +372,14 @@ class Supervisor:
         conn.close()
 
     def _drop(self, c: Client, why: str, quiet: bool = False) -> None:
-        """Close one client; the pool goes on (the owner's end is handled by _owner_gone)."""
+        """Close one client; the pool goes on, unless it is the owner (then: _owner_gone)."""
         if c.chan.closed and c.id not in self.clients:
             return
+        if c.owner and self.owner is c:
+            self.owner = None
+            log(f"closing {c}: {why}")
+            self._drop(c, why, quiet=True)
+            return self._owner_gone(why)
         if not quiet:
             log(f"closing {c}: {why}")
         self.clients.pop(c.id, None)
@@ -425,6 +445,7 @@ class Supervisor:
                 self._flush()
                 return self._drop(c, f"protocol version {msg.version}", quiet=True)
             c.greeted = True
+            c.chan.max_frame = self.cfg.max_frame
             self._send(c, self._welcome())
             return
         handler = self._client_handlers.get(type(msg))
@@ -481,8 +502,8 @@ class Supervisor:
                     return self._reply(c, msg.req, error=err)
                 seen.add(t.id)
             limit = self.cfg.max_queued
-            if limit is not None and len(self.queue) + len(msg.tasks) > limit:
-                return self._reply(c, msg.req, error=f"the pool's queue is full ({len(self.queue)} queued, "
+            if limit is not None and self.n_queued + len(msg.tasks) > limit:
+                return self._reply(c, msg.req, error=f"the pool's queue is full ({self.n_queued} queued, "
                                                      f"max_queued={limit}); retry later")  # fmt: skip
         for t in msg.tasks:
             if not msg.req:
@@ -494,6 +515,8 @@ class Supervisor:
                        self.term_grace if t.term_grace is None else t.term_grace, c)  # fmt: skip
             self.execs[ex.id] = ex
             self.queue.append(ex)
+            self.n_queued += 1
+            self._use_agent(ex, +1)
         self._reply(c, msg.req, [t.id for t in msg.tasks])
 
     def _end_unstarted(self, c: Client, t: P.Task, etype: str, message: str) -> None:
@@ -502,13 +525,33 @@ class Supervisor:
                 "ended_wall_ns": time.time_ns()}  # fmt: skip
         self._send(c, P.Ended(t.id, info, None))
 
+    def _use_agent(self, ex: _Exec, delta: int) -> None:
+        """Count the live executions that name each by-value agent; forget one nobody names."""
+        for spec in (ex.agent, ex.hook):
+            if spec is not None and spec.startswith("blob:"):
+                digest = spec[5:]
+                n = self.agent_uses.get(digest, 0) + delta
+                if n > 0:
+                    self.agent_uses[digest] = n
+                    self.unused_agents.pop(digest, None)
+                else:
+                    # Unused now: kept a while (a DefineAgent may be just ahead of its Submit), at most
+                    # _UNUSED_AGENTS of them; every Submit that names one brings it again anyway.
+                    self.agent_uses.pop(digest, None)
+                    self.unused_agents[digest] = None
+                    while len(self.unused_agents) > _UNUSED_AGENTS:
+                        old = next(iter(self.unused_agents))
+                        del self.unused_agents[old]
+                        self.agents.pop(old, None)
+
     def _on_define_agent(self, c: Client, msg: P.DefineAgent) -> None:
         import hashlib
 
         if hashlib.sha256(msg.blob).hexdigest() != msg.digest:
             return self._drop(c, f"DefineAgent {msg.digest[:16]}…: the digest does not match the bytes")
         self.agents[msg.digest] = msg.blob
-
+        if msg.digest not in self.agent_uses:
+            self.unused_agents[msg.digest] = None  # counted as used once a Submit names it
     def _on_cancel(self, c: Client, msg: P.Cancel) -> None:
         ex = self.execs.get(msg.id)
         if not self._request_ok(c, msg):
@@ -559,6 +602,7 @@ class Supervisor:
     def _on_wait(self, c: Client, msg: P.Wait) -> None:
         ex = self.execs.get(msg.id)
         if ex is not None:
+            ex.waiters = [(w, r) for w, r in ex.waiters if w is not c]  # a client's newest wait replaces its older
             ex.waiters.append((c, msg.req))
             return
         done = self.history.get(msg.id)
@@ -609,10 +653,10 @@ class Supervisor:
             "workers": [{"id": w.id, "pid": w.pid, "state": w.state,
                          "execution_id": w.exec.id if w.exec and w.exec.started_ns else None}
                         for w in self.workers.values()],
-            "executions": executions, "counts": counts, "queued": len(self.queue), "clients": len(self.clients),
+            "executions": executions, "counts": counts, "queued": self.n_queued, "clients": len(self.clients),
             "history_limit": self.cfg.history, "at": time.time(),
             # what the supervisor holds: each bounded by live work, workers or configuration
-            "held": {"executions": len(self.execs), "queue": len(self.queue), "timers": len(self.timers),
+            "held": {"executions": len(self.execs), "queue": self.n_queued, "timers": len(self.timers),
                      "history": len(self.history), "history_bytes": self.history_bytes,
                      "agents": len(self.agents), "workers": len(self.workers), "pids": len(self.by_pid),
                      "free_slots": len(self.free_slots), "capacity": self.cfg.capacity},
@@ -876,6 +920,7 @@ class Supervisor:
             if w is None:
                 return
             self.queue.popleft()
+            self.n_queued -= 1
             slot = self.free_slots.pop()
             ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
             ex.worker = w
@@ -887,14 +932,11 @@ class Supervisor:
                 self._start(ex)
 
     def _blob_for(self, w: _Worker, spec: str | None) -> bytes | None:
-        """The by-value agent's bytes the first time this worker needs them."""
+        """The by-value agent's bytes unless this worker still has them. Both sides keep the same
+        bounded, least-recently-used set (AgentCache), updated in the same order, so they agree."""
         if spec is None or not spec.startswith("blob:"):
             return None
-        digest = spec[5:]
-        if digest in w.known_agents:
-            return None
-        w.known_agents.add(digest)
-        return self.agents[digest]
+        return None if w.known_agents.touch(spec) else self.agents[spec[5:]]
 
     def _start(self, ex: _Exec) -> None:
         """``ex`` is now what its worker runs: the clocks (timeout, a stop requested while
@@ -926,6 +968,7 @@ class Supervisor:
         are idempotent and only move forward."""
         now = time.monotonic_ns()
         if ex.status is ExecutionStatus.QUEUED and ex.worker is None:  # still in our queue
+            self.n_queued -= 1  # it stays in the deque until it reaches the head; it no longer counts
             ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns = mode, reason, source, message, now
             self._event("requested", ex, None, now, mode=mode, reason=reason, message=message)
             self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
@@ -1124,6 +1167,7 @@ class Supervisor:
                 self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.QUEUED)
             else:
                 self.queue.appendleft(ex)
+                self.n_queued += 1
 
     def _sweep_orphans(self) -> None:
         """Kill what re-parented to us: the processes of a worker that died (its workers are
@@ -1181,8 +1225,10 @@ class Supervisor:
         for c, req in ex.waiters:
             self._reply(c, req, [info, value])
         del self.execs[ex.id]
+        self._use_agent(ex, -1)
         ex.worker = ex.client = None
         ex.waiters = []
+        ex.payload = None  # a cancelled one may wait in the deque until it reaches the head
         self._remember(ex.id, info, value)
 
     def _remember(self, id: str, info: dict, value: bytes | None) -> None:
@@ -1273,7 +1319,10 @@ def run_supervisor(sock: socket.socket) -> int:
             if sup.listener is not None:
                 sup.listener.close()
             _naming.release(cfg.name, lock[1], lock[0])
-        _flush_before_exit(list(sup.clients.values()), deadline=time.monotonic() + 1.0)
+        # The owner reads everything it is sent; other clients may not: they get a second.
+        if sup.owner is not None:
+            _flush_before_exit([sup.owner], deadline=time.monotonic() + 30.0)
+        _flush_before_exit([c for c in sup.clients.values() if not c.owner], deadline=time.monotonic() + 1.0)
     return 0
 
 
