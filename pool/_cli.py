@@ -27,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import _naming
 from ._events import Event, EventKind
@@ -37,7 +38,7 @@ from .shared import ExecutionStatus, InterruptMode, InterruptReason
 
 __all__ = ("main",)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 _STATUS_STYLE = {
     "queued": "dim", "running": "cyan", "cancelling": "yellow", "completed": "green",
@@ -223,12 +224,22 @@ def summary_table(outcomes: list) -> Table:
 class EventPrinter:
     """Prints events as coloured lines; stop timings relative to each request."""
 
-    def __init__(self, console: Console, t0_ns: int, only_stops: bool = False):
-        self.console, self.t0, self.only_stops = console, t0_ns, only_stops
+    def __init__(self, console: Console, t0_ns: int, only_stops: bool = False, show_output: bool = False,
+                 show_events: bool = True):  # fmt: skip
+        self.console, self.t0, self.only_stops, self.show_output = console, t0_ns, only_stops, show_output
+        self.show_events = show_events
         self.requested: dict[str, int] = {}
 
     def __call__(self, ev: Event) -> None:
         k = ev.kind
+        if k is EventKind.OUTPUT:
+            if self.show_output and ev.text is not None:
+                who = ev.execution_id or f"worker {ev.worker_id}"
+                for line in ev.text.split("\n"):
+                    self.console.print(Text(f"{who} | ", style="dim") + Text(line), soft_wrap=True)
+            return
+        if not self.show_events:
+            return
         if k is EventKind.REQUESTED and ev.execution_id:
             self.requested[ev.execution_id] = ev.mono_ns
         base = self.requested.get(ev.execution_id or "")
@@ -269,17 +280,20 @@ class _CtrlC:
         self.console = console
         self.presses = 0
         self.applied = 0
+        self.signals: list[int] = []
 
     def __call__(self, signum, frame) -> None:
         self.presses += 1
+        self.signals.append(signum)
 
     def apply(self, pool: Pool) -> None:
         while self.applied < self.presses:
             mode = self.MODES[min(self.applied, 2)]
             self.applied += 1
-            self.console.print(f"[yellow]Ctrl+C: stopping every execution ({mode.value}); "
+            what = "SIGTERM" if self.signals[self.applied - 1] == signal.SIGTERM else "Ctrl+C"
+            self.console.print(f"[yellow]{what}: stopping every execution ({mode.value}); "
                                f"{'press again to escalate' if mode is not InterruptMode.KILL else 'killing'}[/]")  # fmt: skip
-            pool.cancel_all(mode, InterruptReason.USER_CANCELLED, "Ctrl+C", source="signal")
+            pool.cancel_all(mode, InterruptReason.USER_CANCELLED, what, source="signal")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -287,12 +301,19 @@ class _CtrlC:
 
 def _completed_ids(out_path: str) -> set[str]:
     """Ids whose newest line in an earlier --out file says completed. A last line cut
-    short by a crash is ignored (that execution simply runs again)."""
+    short by a crash is cut off the file (that execution simply runs again), so the lines
+    this run appends start on a line of their own."""
     status: dict[str, str] = {}
     try:
-        lines = Path(out_path).read_text().splitlines()
+        raw = Path(out_path).read_bytes()
     except FileNotFoundError:
         return set()
+    if raw and not raw.endswith(b"\n"):  # a crash cut the last line in half: repair, do not append to it
+        keep = raw.rfind(b"\n") + 1
+        with open(out_path, "r+b") as f:
+            f.truncate(keep)
+        raw = raw[:keep]
+    lines = raw.decode(errors="replace").splitlines()
     for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
@@ -326,15 +347,15 @@ def cmd_run(args) -> int:
                       f"{len(items) - saved} start fresh")  # fmt: skip
         if not items:
             return EXIT_OK
-    out_file = open(args.out, "a" if args.resume else "w") if args.out else sys.stdout  # noqa: SIM115
+    out_file = open(args.out, "a" if args.resume else "w") if args.out else None  # noqa: SIM115
     ctrl_c = _CtrlC(console)
-    previous = signal.signal(signal.SIGINT, ctrl_c)
+    previous = {sig: signal.signal(sig, ctrl_c) for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.monotonic_ns()
     name = args.name or _default_name(agent)
-    printer = EventPrinter(console, t0) if args.events else None
+    printer = EventPrinter(console, t0, show_output=True, show_events=args.events)
     try:
         with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer,
-                  checkpoint_dir=args.checkpoint_dir) as pool:  # fmt: skip
+                  checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir) as pool:  # fmt: skip
             done: queue.SimpleQueue = queue.SimpleQueue()
             execs = pool._submit_batch(agent, items, args.timeout, resume=args.resume)
             for ex in execs:
@@ -356,8 +377,11 @@ def cmd_run(args) -> int:
                     while ex is not None:
                         out = ex.outcome()
                         outcomes.append(out)
-                        out_file.write(json.dumps(result_line(out)) + "\n")
-                        out_file.flush()
+                        # sys.stdout looked up each time: on a terminal the progress display redirects it
+                        # above the bar, so a redraw never erases the start of a result line.
+                        stream = out_file or sys.stdout
+                        stream.write(json.dumps(result_line(out)) + "\n")
+                        stream.flush()
                         try:
                             ex = done.get_nowait()
                         except queue.Empty:
@@ -372,10 +396,13 @@ def cmd_run(args) -> int:
                         rate=f"{len(outcomes) / elapsed:.1f}/s" if elapsed > 0 else "",
                     )  # fmt: skip
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if args.out:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if out_file is not None:
             out_file.close()
     console.print(summary_table(outcomes))
+    if ctrl_c.signals and ctrl_c.signals[0] == signal.SIGTERM:
+        return EXIT_TERMINATED
     if ctrl_c.presses:
         return EXIT_INTERRUPTED
     return EXIT_OK if all(o.status is ExecutionStatus.COMPLETED for o in outcomes) else EXIT_FAILED
@@ -465,7 +492,7 @@ def cmd_serve(args) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer)
+        pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer, log_dir=args.log_dir)
         console.print(f"serving pool {args.name!r} (supervisor pid {pool.supervisor_pid}, {args.workers} "
                       f"worker{'s' if args.workers != 1 else ''}) on {pool.socket_path}")  # fmt: skip
         signum = None
@@ -507,6 +534,45 @@ def cmd_wait(args) -> int:
             raise CliError(str(exc).strip("'\"")) from None
     print(json.dumps(result_line(out)))
     return EXIT_OK if out.status is ExecutionStatus.COMPLETED else EXIT_FAILED
+
+
+def cmd_logs(args) -> int:
+    """Print what an execution printed; --follow keeps printing until it ends."""
+    pool = _pool_with(args.id, args.name)
+    with pool:
+        if pool.log_dir is None:
+            raise CliError(f"pool {pool.name} does not capture output (it runs with log_dir=None)")
+        events = pool.events() if args.follow else None  # subscribed before the log is read: no gap
+        from ._supervisor.output import log_path
+
+        path = log_path(pool.log_dir, args.id)
+        text = ""
+        for p in (path + ".1", path):
+            try:
+                text += Path(p).read_text(errors="replace")
+            except FileNotFoundError:
+                pass
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if events is None or not _is_live(pool, args.id):
+            return EXIT_OK
+        seen = text.count("\n")
+        for ev in events:
+            if ev.execution_id != args.id:
+                continue
+            if ev.kind is EventKind.OUTPUT and ev.text is not None:
+                for line in ev.text.split("\n"):
+                    if seen:  # already printed from the file
+                        seen -= 1
+                        continue
+                    print(line, flush=True)
+            elif ev.kind is EventKind.ENDED:
+                break
+    return EXIT_OK
+
+
+def _is_live(pool: Pool, exec_id: str) -> bool:
+    return any(r[0] == exec_id for r in pool._live_rows())
 
 
 def cmd_checkpoints(args) -> int:
@@ -642,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="skip what --out records as completed; resume the rest from their checkpoints")  # fmt: skip
     run.add_argument("--checkpoint-dir", default=".pool/checkpoints", help="where checkpoints live (.pool/checkpoints)")
+    run.add_argument("--log-dir", default=".pool/logs", help="where each execution's output is logged (.pool/logs)")
     escalation_args(run)
     run.set_defaults(func=cmd_run)
 
@@ -661,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("serve", help="a long-lived pool that takes work from 'pool submit'")
     se.add_argument("--name", required=True)
     se.add_argument("--events", action="store_true", help="print every event as it happens")
+    se.add_argument("--log-dir", default=".pool/logs", help="where each execution's output is logged (.pool/logs)")
     escalation_args(se)
     se.set_defaults(func=cmd_serve)
 
@@ -677,6 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--name", help="the pool; needed only when ambiguous")
     wa.add_argument("--timeout", type=_seconds("--timeout"), default=None)
     wa.set_defaults(func=cmd_wait)
+
+    lg = sub.add_parser("logs", help="what an execution printed (stdout and stderr, its tools' included)")
+    lg.add_argument("id", metavar="ID")
+    lg.add_argument("--name", help="the pool; needed only when ambiguous")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing until the execution ends")
+    lg.set_defaults(func=cmd_logs)
 
     ck = sub.add_parser("checkpoints", help="list or show saved checkpoints")
     ck_sub = ck.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)

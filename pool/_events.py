@@ -32,6 +32,7 @@ class EventKind(str, enum.Enum):
     SIGTERM = "sigterm"
     SIGKILL = "sigkill"
     ENDED = "ended"
+    OUTPUT = "output"  # lines an execution (or an idle worker) printed, in ``text``
     WORKER_STARTED = "worker_started"
     WORKER_EXITED = "worker_exited"
 
@@ -54,6 +55,8 @@ class Event(BaseModel):
     message: str | None = None
     late_ms: float | None = None
     """For sigterm/sigkill: how long after its deadline the signal went out."""
+    text: str | None = None
+    """For output: the complete lines printed (stdout and stderr, as they came), joined by newlines."""
 
     @property
     def at(self) -> _dt.datetime:
@@ -74,4 +77,5 @@ class Event(BaseModel):
             reason=InterruptReason.from_code(d["reason"]) if d.get("reason") else None,
             message=d.get("message"),
             late_ms=d.get("late_ms"),
+            text=d.get("text"),
         )

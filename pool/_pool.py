@@ -133,6 +133,24 @@ class Execution:
                 raise TimeoutError(f"execution {self.id!r} is still {self._status.value} after {timeout} s")
         return self._worker_id is not None
 
+    def logs(self) -> str:
+        """What this execution printed so far (stdout and stderr as they came, its tools'
+        included), from its log: the last ``max_log_bytes`` to twice that. "" if nothing."""
+        log_dir = self._pool.log_dir
+        if log_dir is None:
+            raise RuntimeError("this pool does not capture output (it was created with log_dir=None)")
+        from ._supervisor.output import log_path
+
+        path = log_path(log_dir, self.id)
+        text = []
+        for p in (path + ".1", path):
+            try:
+                with open(p, encoding="utf-8", errors="replace") as f:
+                    text.append(f.read())
+            except FileNotFoundError:
+                pass
+        return "".join(text)
+
     def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
         """Call ``fn(execution)`` once it has ended, on the pool's callback thread (or
         right here if it already has). ``fn`` may call any method of the pool."""
@@ -409,6 +427,7 @@ class Pool:
         self.socket_path = welcome.socket_path
         self.checkpoint_dir = welcome.checkpoint_dir
         self._cgroup = welcome.cgroup
+        self.log_dir = welcome.log_dir
         self._max_frame = welcome.max_frame
         _open_pools.add(self)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"pool-callbacks-{self.supervisor_pid}",
@@ -923,9 +942,6 @@ class Pool:
                 ex._reserved = False
                 self._queued -= 1
             self._changed.notify_all()
-        if self._watched:
-            self._emit(Event.model_construct(kind=EventKind.STARTED, mono_ns=time.monotonic_ns(),
-                                             execution_id=msg.id, worker_id=msg.worker_id, pid=msg.pid))  # fmt: skip
 
     @property
     def _watched(self) -> bool:
@@ -1007,12 +1023,6 @@ class Pool:
             q.put(ex)
         for fn in callbacks or ():
             self._calls.put((fn, ex))
-        if self._watched:
-            i = d.get("interrupt") or {}
-            self._emit(Event.from_wire("ended", ex.id, d.get("worker_id"), time.monotonic_ns(), {
-                "status": d["status"], "stage": i.get("stage"), "mode": i.get("mode"), "reason": i.get("reason"),
-                "pid": d.get("pid"), "message": d["error"][1] if d.get("error") else None,
-            }))  # fmt: skip
 
     def _on_supervisor_gone(self, clean: bool) -> None:
         how = ""

@@ -315,6 +315,10 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     chan = _Chan(chan.sock, max_frame)
     S.words, S.chan, S.max_value = words, chan, max_frame - 64 * 1024  # room for the rest of the Result
     signal.set_wakeup_fd(-1)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # what agents print reaches their log as they print it
+    except (AttributeError, ValueError):
+        pass
     slate = _Slate()
     slate.restore()
     cache: dict[str, object] = {}  # spec -> function

@@ -200,6 +200,7 @@ class Welcome(NamedTuple):
     max_frame: int
     checkpoint_dir: str | None = None
     cgroup: str | None = None  # the pool's cgroup v2 directory, if the host allows one
+    log_dir: str | None = None  # where executions' output is logged; None: not captured
 
 
 @message(3)

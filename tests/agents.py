@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -156,6 +157,10 @@ def sleep_and_time(ctx, params):
 def cli_job(ctx, item):
     """For CLI batches: item fields say what to do. 'marker': write our pid there on start;
     'wait': sleep that long through ctx.sleep (stops at once when asked); 'spin': never check."""
+    if item.get("say"):
+        print(item["say"])
+        print(f"{item['say']} (stderr)", file=sys.stderr)
+        subprocess.run(["echo", f"{item['say']} (a tool)"])
     if item.get("marker"):
         Path(item["marker"]).write_text(str(os.getpid()))
     if item.get("spin"):

@@ -132,12 +132,19 @@ def test_a_pool_created_with_signals_blocked_still_reaps_and_replaces_workers(tm
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def test_what_agents_print_reaches_the_users_stdout_even_when_it_is_a_pipe():
+def test_what_agents_print_is_captured_per_execution_or_reaches_the_users_stdout_when_asked():
+    """By default each execution's output goes to its own log (ex.logs()), never to the host's
+    stdout; with log_dir=None it reaches the host's stdout (flushed even when that is a pipe)."""
     script = textwrap.dedent(
         """
+        import sys, tempfile
         from interrupt_pool import Pool
         from tests import agents
-        with Pool(workers=1) as p:
+        with Pool(workers=1, log_dir=tempfile.mkdtemp()) as p:
+            ex = p.submit(agents.prints, "captured line")
+            ex.result()
+            sys.stderr.write("LOG:" + ex.logs())
+        with Pool(workers=1, log_dir=None) as p:
             p.submit(agents.prints, "hello from an agent").result()
         """
     )
@@ -145,7 +152,8 @@ def test_what_agents_print_reaches_the_users_stdout_even_when_it_is_a_pipe():
     env.pop("PYTHONUNBUFFERED", None)  # a pipe is block-buffered: the worker must flush before it exits
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("hello from an agent") == 1
+    assert out.stdout.count("hello from an agent") == 1 and "captured line" not in out.stdout
+    assert "LOG:captured line" in out.stderr
 
 
 def test_the_readme_quick_start_runs_as_written(tmp_path):

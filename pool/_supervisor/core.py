@@ -63,6 +63,7 @@ from .._proc import (
 )
 from ..shared._protocol import Channel
 from .clients import MAX_CLIENTS, MAX_OUTPUT, Client, Listener, log
+from .output import OutputLog, log_path
 
 __all__ = ("run_supervisor",)
 
@@ -96,7 +97,7 @@ class _Exec:
         "status", "worker", "slot", "armed", "started_ns", "wall_started_ns",
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
-        "announced", "reported", "waiters", "begun", "pending_signal",
+        "announced", "reported", "waiters", "begun", "pending_signal", "out",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None):
@@ -119,13 +120,14 @@ class _Exec:
         self.waiters: list[tuple[Client, int]] = []
         self.begun = False  # its worker acknowledged it (Begun): only then may a signal be meant for it
         self.pending_signal = None  # _sigterm or _sigkill, due before the acknowledgement came
+        self.out: OutputLog | None = None  # its log, once it printed something
 
 
 class _Worker:
     """One forked worker process."""
 
     __slots__ = ("id", "pid", "pidfd", "chan", "state", "inflight", "retained", "ticks", "kill_timer", "killed",
-                 "known_agents", "cgroup")  # fmt: skip
+                 "known_agents", "cgroup", "out_r", "idle_out")  # fmt: skip
 
     def __init__(self, id, pid, pidfd, chan, ticks, cgroup):
         self.id, self.pid, self.pidfd, self.chan, self.ticks, self.cgroup = id, pid, pidfd, chan, ticks, cgroup
@@ -137,6 +139,8 @@ class _Worker:
         self.kill_timer: _Timer | None = None
         self.killed = False
         self.known_agents = AgentCache()  # by-value agents it has, as the worker's own cache has them
+        self.out_r = -1  # read end of its output pipe (fds 1 and 2 of it and its tools), -1 if not captured
+        self.idle_out: OutputLog | None = None  # what it prints while it runs no execution
 
     @property
     def exec(self) -> "_Exec | None":
@@ -457,7 +461,7 @@ class Supervisor:
         cfg = self.cfg
         return P.Welcome(P.PROTOCOL_VERSION, self.pid, cfg.name, cfg.workers,
                          str(self.lock[1]) if self.lock else None, cfg.grace, cfg.term_grace, cfg.max_frame,
-                         cfg.checkpoint_dir, self.cgroup)  # fmt: skip
+                         cfg.checkpoint_dir, self.cgroup, cfg.log_dir)  # fmt: skip
 
     def _reply(self, c: Client, req: int, value=None, error: str | None = None) -> None:
         if req:
@@ -695,6 +699,9 @@ class Supervisor:
         self.next_worker_id += 1
         cgroup = cgroup_create(f"{os.path.basename(self.cgroup)}/w{wid}") if self.cgroup else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        out_r = out_w = -1
+        if self.cfg.log_dir:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         gc.freeze()  # the worker's collector never touches our objects: no copy-on-write of our heap per worker
         try:
             pid = os.fork()
@@ -702,6 +709,9 @@ class Supervisor:
             gc.unfreeze()
             ours.close()
             theirs.close()
+            if out_r >= 0:
+                os.close(out_r)
+                os.close(out_w)
             if cgroup:
                 cgroup_remove(cgroup)
             self._fork_failed(exc)
@@ -710,6 +720,10 @@ class Supervisor:
             code = 70
             try:
                 signal.set_wakeup_fd(-1)
+                if out_w >= 0:  # what it and its tools print goes to the supervisor, per execution
+                    os.set_blocking(out_w, True)
+                    os.dup2(out_w, 1)
+                    os.dup2(out_w, 2)
                 keep = theirs.fileno()
                 os.closerange(3, keep)  # everything of ours: the selector, other workers, clients, the listener
                 os.closerange(keep + 1, 1 << 20)
@@ -723,6 +737,8 @@ class Supervisor:
                 os._exit(code)
         gc.unfreeze()  # ours again: cyclic garbage among them stays collectable
         theirs.close()
+        if out_w >= 0:
+            os.close(out_w)
         self.fork_failures = 0
         pidfd = os.pidfd_open(pid)
         ours.setblocking(False)
@@ -730,6 +746,9 @@ class Supervisor:
         self.workers[wid] = w
         self.by_pid[pid] = w
         self.sel.register(ours, selectors.EVENT_READ, (self._on_worker, w))
+        if out_r >= 0:
+            w.out_r = out_r
+            self.sel.register(out_r, selectors.EVENT_READ, (self._on_output, w))
         self._event("worker_started", None, w, pid=pid)
 
     def _fork_failed(self, exc: OSError) -> None:
@@ -754,6 +773,51 @@ class Supervisor:
             self._spawn()
             if len(self.workers) == before:
                 return  # failed again: _fork_failed scheduled the next try
+
+    # -- output -----------------------------------------------------------
+
+    def _on_output(self, w: _Worker, mask: int) -> None:
+        self._drain_output(w)
+
+    def _drain_output(self, w: _Worker) -> None:
+        """Read what the worker (and its tools) printed; log it for the execution it runs."""
+        while w.out_r >= 0:
+            try:
+                data = os.read(w.out_r, 1 << 16)
+            except BlockingIOError:
+                return
+            if not data:  # every writer is gone: the worker and its tools
+                self.sel.unregister(w.out_r)
+                os.close(w.out_r)
+                w.out_r = -1
+                return
+            # Its current execution, even before its Begun is read: the pipe may be read first.
+            ex = w.exec if w.exec is not None and w.exec.started_ns else None
+            try:
+                if ex is not None:
+                    if ex.out is None:
+                        ex.out = OutputLog(log_path(self.cfg.log_dir, ex.id), self.cfg.max_log_bytes)
+                    lines = ex.out.write(data)
+                else:
+                    if w.idle_out is None:
+                        w.idle_out = OutputLog(os.path.join(self.cfg.log_dir, f"worker-{w.id}.log"),
+                                               self.cfg.max_log_bytes)  # fmt: skip
+                    lines = w.idle_out.write(data)
+            except OSError as exc:
+                log(f"cannot write the output of worker {w.id}: {exc}")
+                continue
+            self._output_event(ex, w, lines)
+
+    def _output_event(self, ex: _Exec | None, w: _Worker, lines: list[str]) -> None:
+        if lines:
+            self._event("output", ex, w, text="\n".join(lines))
+
+    def _close_output(self, ex: _Exec, w: _Worker | None) -> None:
+        if ex.out is not None:
+            lines = ex.out.close()
+            if w is not None:
+                self._output_event(ex, w, lines)
+            ex.out = None
 
     def _on_worker(self, w: _Worker, mask: int) -> None:
         if w.chan.closed:  # reaped earlier in this batch, or a write found it gone: SIGCHLD settles it
@@ -810,6 +874,8 @@ class Supervisor:
             ex = w.exec
             if ex is None or ex.id != msg.id:
                 return
+            self._drain_output(w)  # it flushed before it sent this: all of it is the ending execution's
+            self._close_output(ex, w)
             w.inflight.popleft()
             if msg.observed_ns and not ex.observed_ns:
                 ex.observed_ns = msg.observed_ns
@@ -952,6 +1018,7 @@ class Supervisor:
             ex.reported = True
             if ex.client is not None:  # sent at the next flush, unless it has ended by then (Ended says it all)
                 self.unsent_started[ex.id] = ex
+            self._event("started", ex, w, ex.started_ns, pid=w.pid)
         if ex.timeout:
             ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
         if ex.mode:
@@ -1090,6 +1157,13 @@ class Supervisor:
         if w.pidfd >= 0:
             os.close(w.pidfd)
             w.pidfd = -1
+        if w.out_r >= 0:
+            self.sel.unregister(w.out_r)
+            os.close(w.out_r)
+            w.out_r = -1
+        if w.idle_out is not None:
+            w.idle_out.close()
+            w.idle_out = None
         self.by_pid.pop(w.pid, None)
         self.workers.pop(w.id, None)
         if w in self.idle:
@@ -1115,6 +1189,9 @@ class Supervisor:
                 break
             for msg in msgs:
                 self._handle_worker_safely(w, msg)
+        self._drain_output(w)
+        if w.exec is not None:
+            self._close_output(w.exec, w)
         killpg(w.pid)  # tools it left in its group; its zombie still pins the pgid
         if w.cgroup:
             cgroup_kill(w.cgroup)  # and every other process it started, wherever it moved
@@ -1220,6 +1297,11 @@ class Supervisor:
                 "sigkill_ns": ex.sigkill_ns, "sigkill_deadline_ns": ex.sigkill_deadline_ns if ex.sigkill_ns else None,
                 "ended_ns": now,
             }  # fmt: skip
+        if ex.out is not None:
+            self._close_output(ex, ex.worker)
+        i = info.get("interrupt") or {}
+        self._event("ended", ex, w, now, status=status.code, stage=i.get("stage"), mode=i.get("mode"),
+                    reason=i.get("reason"), pid=info["pid"], message=error[1] if error else None)  # fmt: skip
         self.unsent_started.pop(ex.id, None)  # Ended carries the worker: a Started not yet sent is moot
         self._send(ex.client, P.Ended(ex.id, info, value))
         for c, req in ex.waiters:
