@@ -462,7 +462,8 @@ class Pool:
         if self._closed:
             raise PoolClosed("this pool was shut down; create a new Pool to run more work")
 
-    def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None) -> tuple[P.Task, list]:
+    def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None,
+              memory_limit=None) -> tuple[P.Task, list]:  # fmt: skip
         """The Task frame for one execution, and the DefineAgent frames it needs first."""
         defs = []
         agent, blob = _agent_spec(fn, self._ref_cache)
@@ -496,7 +497,9 @@ class Pool:
         if len(payload) > self._max_frame - 4096:
             raise ValueError(f"the input of execution {id!r} is {len(payload)} bytes pickled, more than the pool's "
                              f"max_frame ({self._max_frame}); pass a path or a reference instead, or raise max_frame")  # fmt: skip
-        return P.Task(id, agent, payload, timeout, grace, term_grace, bool(resume), hook), defs
+        if memory_limit is not None:
+            _whole("memory_limit", memory_limit, 1 << 20)
+        return P.Task(id, agent, payload, timeout, grace, term_grace, bool(resume), hook, memory_limit), defs
 
     def _reserve(self, n: int, block: bool, timeout: float | None) -> None:
         """Take ``n`` max_queued places, waiting for room (bounded by ``timeout``)."""
@@ -599,7 +602,7 @@ class Pool:
     def submit(self, fn: Callable | str, input: Any = None, *, id: str | None = None, timeout: float | None = None,
                escalation: Escalation | None = None, resume: bool = False,
                on_interrupt: Callable | str | None = None, block: bool = True,
-               queue_timeout: float | None = None) -> Execution:  # fmt: skip
+               queue_timeout: float | None = None, memory_limit: int | None = None) -> Execution:  # fmt: skip
         """Queue ``fn(ctx, input)``; ``fn`` is a function (importable ones travel by name; ones
         defined in ``__main__``, a notebook or another function travel by value) or a
         'module:function' string.
@@ -611,10 +614,12 @@ class Pool:
         stopped at the flag or SIGTERM stage, to save what it had; without one,
         ``ctx.state`` is checkpointed if the agent set it. With ``max_queued`` set, a full
         queue blocks here (``block=False``: raise QueueFull at once; ``queue_timeout``:
-        after that many seconds).
+        after that many seconds). ``memory_limit`` (bytes; default the pool's) ends the
+        execution as crashed, naming memory, once its worker and the processes it started
+        use more.
         """
         self._check_open()
-        task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt)
+        task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt, memory_limit)
         self._reserve(1, block, queue_timeout)
         try:
             return self._submit_tasks([task], defs)[0]

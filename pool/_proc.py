@@ -13,7 +13,7 @@ import os
 import signal
 
 __all__ = ("direct_children", "descendants", "kill_descendants", "set_pdeathsig", "set_child_subreaper", "set_name",
-           "kill_pids", "killpg", "start_ticks", "cgroup_create", "cgroup_kill", "cgroup_remove", "cgroup_join")
+           "kill_pids", "killpg", "rss_bytes", "start_ticks", "cgroup_create", "cgroup_kill", "cgroup_remove", "cgroup_join")
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -92,6 +92,18 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             stack.append(child)
     return out
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def kill_pids(pids, sig: int = signal.SIGKILL) -> None:

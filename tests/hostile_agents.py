@@ -228,3 +228,13 @@ def slow_import_agent(ctx, marker):
     from tests import import_probe  # its import sleeps for POOL_IMPORT_PROBE_DELAY
 
     return import_probe.agent(ctx, marker)
+
+
+def hog_memory(ctx, mib):
+    """Allocates mib MiB (touched, so it is resident), a little at a time."""
+    chunks = []
+    for _ in range(mib):
+        chunks.append(bytearray(1 << 20))
+        time.sleep(0.002)
+    time.sleep(10)
+    return len(chunks)

@@ -317,3 +317,23 @@ def test_an_unwinding_blocked_on_an_agent_thread_still_ends_at_sigterm_with_stat
         assert out.interrupt.stop_latency < 5, "it waited for SIGKILL (10 s)"
         assert out.checkpoint is not None
         assert pool.submit(agents.identity, "next").result(timeout=10) == "next"
+
+
+# -- per-execution memory limits -------------------------------------------------------------------------------------------
+
+
+def test_an_execution_over_its_memory_limit_crashes_naming_memory_and_the_pool_goes_on():
+    """memory_limit (per pool or per execution): exceeding it ends that execution as crashed with a
+    reason that names memory; its worker is replaced; others are unaffected."""
+    with Pool(workers=2, memory_limit=200 << 20) as pool:
+        calm = pool.submit(agents.sleeper, 0.5)
+        hog = pool.submit(H.hog_memory, 400)
+        out = hog.outcome(timeout=30)
+        assert out.status is ExecutionStatus.CRASHED and out.error.type == "MemoryLimitExceeded"
+        assert "memory_limit of 200.0 MiB" in out.error.message
+        assert calm.result(timeout=10) == 0.5
+        small = pool.submit(H.hog_memory, 400, memory_limit=100 << 20).outcome(timeout=30)
+        assert small.error.type == "MemoryLimitExceeded" and "100.0 MiB" in small.error.message
+        assert pool.submit(agents.identity, "after").result(timeout=10) == "after"
+    with pytest.raises(ValueError, match="memory_limit must be a whole number of at least"):
+        Pool(workers=1, memory_limit=10)

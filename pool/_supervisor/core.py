@@ -53,10 +53,12 @@ from .._proc import (
     cgroup_create,
     cgroup_kill,
     cgroup_remove,
+    descendants,
     direct_children,
     kill_descendants,
     kill_pids,
     killpg,
+    rss_bytes,
     set_child_subreaper,
     set_name,
     start_ticks,
@@ -72,6 +74,7 @@ _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
 PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
+_MEMORY_TICK_S = 0.05  # how often the RSS of executions with a memory limit is read
 _UNUSED_AGENTS = 64  # by-value agents kept after their last execution ended
 _HELLO_WITHIN_S = 10.0  # a connection that has not said Hello by then is closed
 _HELLO_MAX_FRAME = 64 << 10  # the largest frame before Hello: a silent or lying peer holds little
@@ -97,7 +100,7 @@ class _Exec:
         "status", "worker", "slot", "armed", "started_ns", "wall_started_ns",
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
-        "announced", "reported", "waiters", "begun", "pending_signal", "out",
+        "announced", "reported", "waiters", "begun", "pending_signal", "out", "memory_limit", "memory_used",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None):
@@ -121,6 +124,8 @@ class _Exec:
         self.begun = False  # its worker acknowledged it (Begun): only then may a signal be meant for it
         self.pending_signal = None  # _sigterm or _sigkill, due before the acknowledgement came
         self.out: OutputLog | None = None  # its log, once it printed something
+        self.memory_limit = task.memory_limit  # bytes of RSS (its worker and its tools), or None
+        self.memory_used = 0  # the RSS that broke the limit, once it did
 
 
 class _Worker:
@@ -197,6 +202,7 @@ class Supervisor:
         self.cgroup = cgroup_create(f"interrupt-pool-{self.pid}")  # None where the host allows none
         self.dead_cgroups: list[str] = []  # of reaped workers, removed once their killed tools are reaped
         self.fork_failures = 0
+        self.memory_watch = False  # the memory-limit timer is armed
         self.agents: dict[str, bytes] = {}  # by-value agents: digest -> cloudpickle bytes (opaque here)
         self.agent_uses: dict[str, int] = {}  # digest -> live executions naming it
         self.unused_agents: dict[str, None] = {}  # digests no live execution names, oldest first
@@ -486,6 +492,8 @@ class Supervisor:
                     self.good_specs.add(spec)
         if not _positive_or_none(t.timeout):
             return f"timeout must be a positive, finite number of seconds or None, got {t.timeout!r}"
+        if t.memory_limit is not None and (isinstance(t.memory_limit, bool) or t.memory_limit < (1 << 20)):
+            return f"memory_limit must be a number of bytes of at least 1 MiB, got {t.memory_limit!r}"
         if not _grace_ok(t.grace) or not _grace_ok(t.term_grace):
             return (f"grace and term_grace must be numbers of seconds from 0 to {_MAX_GRACE_S:g}, "
                     f"got {t.grace!r}, {t.term_grace!r}")  # fmt: skip
@@ -517,6 +525,8 @@ class Supervisor:
                     continue
             ex = _Exec(t, self.grace if t.grace is None else t.grace,
                        self.term_grace if t.term_grace is None else t.term_grace, c)  # fmt: skip
+            if ex.memory_limit is None:
+                ex.memory_limit = self.cfg.memory_limit
             self.execs[ex.id] = ex
             self.queue.append(ex)
             self.n_queued += 1
@@ -774,6 +784,28 @@ class Supervisor:
             if len(self.workers) == before:
                 return  # failed again: _fork_failed scheduled the next try
 
+    # -- memory limits ----------------------------------------------------
+
+    def _check_memory(self) -> None:
+        """Every _MEMORY_TICK_S while an execution with a memory limit runs: the RSS of its
+        worker and every process it started; over the limit, the worker is killed (and
+        replaced) and the execution ends as crashed, naming memory."""
+        watched = False
+        for w in list(self.workers.values()):
+            ex = w.exec
+            if ex is None or not ex.begun or not ex.memory_limit or w.killed or ex.status not in _LIVE:
+                continue
+            watched = True
+            used = sum(rss_bytes(pid) for pid in [w.pid, *descendants(w.pid)])
+            if used > ex.memory_limit:
+                ex.memory_used = used
+                log(f"execution {ex.id!r} uses {used >> 20} MiB, over its memory_limit of {ex.memory_limit >> 20} "
+                    f"MiB: killing worker {w.id} (pid {w.pid})")  # fmt: skip
+                self._kill_worker(w)
+        self.memory_watch = watched
+        if watched:
+            self._at(_MEMORY_TICK_S, self._check_memory)
+
     # -- output -----------------------------------------------------------
 
     def _on_output(self, w: _Worker, mask: int) -> None:
@@ -917,6 +949,9 @@ class Supervisor:
                 self._start(ex)  # it moved on to its prefetched execution by itself
             ex.begun = True
             ex.payload = None  # its worker has it: it can no longer be requeued
+            if ex.memory_limit and not self.memory_watch:
+                self.memory_watch = True
+                self._at(_MEMORY_TICK_S, self._check_memory)
             pending, ex.pending_signal = ex.pending_signal, None
             if pending is not None and not msg.skipped:  # skipped: no agent code runs, the flag ends it
                 pending(ex)
@@ -1208,7 +1243,12 @@ class Supervisor:
         if ex is not None and ex.status in _LIVE:
             self.free_slots.append(ex.slot)
             ckpt = self._settled_checkpoint(ex, w)
-            if w.killed:
+            if ex.memory_used:
+                error = ["MemoryLimitExceeded", f"execution {ex.id!r} used {ex.memory_used / 2**20:.1f} MiB of memory "
+                         f"(its worker and the processes it started), over its memory_limit of "
+                         f"{ex.memory_limit / 2**20:.1f} MiB; its worker (pid {w.pid}) was killed and replaced", None]
+                self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
+            elif w.killed:
                 self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGKILL, exit_code=exit_code, signo=signo,
                           checkpoint=ckpt)  # fmt: skip
             elif ex.sigterm_ns and signo == signal.SIGTERM:
