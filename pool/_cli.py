@@ -543,15 +543,9 @@ def cmd_logs(args) -> int:
         if pool.log_dir is None:
             raise CliError(f"pool {pool.name} does not capture output (it runs with log_dir=None)")
         events = pool.events() if args.follow else None  # subscribed before the log is read: no gap
-        from ._supervisor.output import log_path
+        from ._supervisor.output import read_log
 
-        path = log_path(pool.log_dir, args.id)
-        text = ""
-        for p in (path + ".1", path):
-            try:
-                text += Path(p).read_text(errors="replace")
-            except FileNotFoundError:
-                pass
+        text = read_log(pool.log_dir, args.id)
         sys.stdout.write(text)
         sys.stdout.flush()
         if events is None or not _is_live(pool, args.id):

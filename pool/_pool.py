@@ -139,28 +139,26 @@ class Execution:
         log_dir = self._pool.log_dir
         if log_dir is None:
             raise RuntimeError("this pool does not capture output (it was created with log_dir=None)")
-        from ._supervisor.output import log_path
+        from ._supervisor.output import read_log
 
-        path = log_path(log_dir, self.id)
-        text = []
-        for p in (path + ".1", path):
-            try:
-                with open(p, encoding="utf-8", errors="replace") as f:
-                    text.append(f.read())
-            except FileNotFoundError:
-                pass
-        return "".join(text)
+        return read_log(log_dir, self.id)
 
     def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
         """Call ``fn(execution)`` once it has ended, on the pool's callback thread (or
         right here if it already has). ``fn`` may call any method of the pool."""
+        if not self._when_ended("_callbacks", fn):
+            fn(self)
+
+    def _when_ended(self, attr: str, item) -> bool:
+        """Append ``item`` to the list in ``attr`` for the reader thread to act on at the end;
+        False (nothing appended) if it has ended already."""
         with self._pool._changed:
-            if self._ended is None:
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(fn)
-                return
-        fn(self)
+            if self._ended is not None:
+                return False
+            if getattr(self, attr) is None:
+                setattr(self, attr, [])
+            getattr(self, attr).append(item)
+            return True
 
 
 def _error_for(out: ExecutionResult) -> Exception:
@@ -689,13 +687,8 @@ class Pool:
         pending = list(executions)
         ended: queue.SimpleQueue = queue.SimpleQueue()
         for ex in pending:
-            with ex._pool._changed:
-                if ex._ended is None:
-                    if ex._watchers is None:
-                        ex._watchers = []
-                    ex._watchers.append(ended)
-                    continue
-            ended.put(ex)
+            if not ex._when_ended("_watchers", ended):
+                ended.put(ex)
         deadline = None if timeout is None else time.monotonic() + timeout
         for left in range(len(pending), 0, -1):
             try:

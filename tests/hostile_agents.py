@@ -21,6 +21,26 @@ def _write(path, text) -> None:
     Path(path).write_text(text)
 
 
+def _double_forked_daemon() -> int:
+    """A `sleep 1000` daemon the classic way (fork, setsid, fork, parent exits): an orphan."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the intermediate: forks the daemon and exits, so the daemon is an orphan
+        os.setsid()
+        daemon = os.fork()
+        if daemon == 0:
+            os.close(r)
+            os.close(w)
+            os.execvp("sleep", ["sleep", "1000"])
+        os.write(w, str(daemon).encode())
+        os._exit(0)
+    os.close(w)
+    daemon = int(os.read(r, 32))
+    os.close(r)
+    os.waitpid(pid, 0)
+    return daemon
+
+
 def leave_group_and_ignore_sigterm(ctx, marker):
     """Tries to move its worker into another process group, ignores SIGTERM, hangs."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -38,42 +58,14 @@ def tools_then_return(ctx, pidfile):
     """Starts a child, a setsid child and a double-forked daemon, then returns at once."""
     a = subprocess.Popen(["sleep", "1000"])
     b = subprocess.Popen(["sleep", "1000"], start_new_session=True)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the intermediate: forks the daemon and exits, so the daemon is an orphan
-        os.setsid()
-        daemon = os.fork()
-        if daemon == 0:
-            os.close(r)
-            os.close(w)
-            os.execvp("sleep", ["sleep", "1000"])
-        os.write(w, str(daemon).encode())
-        os._exit(0)
-    os.close(w)
-    daemon = int(os.read(r, 32))
-    os.close(r)
-    os.waitpid(pid, 0)
+    daemon = _double_forked_daemon()
     _write(pidfile, f"{a.pid} {b.pid} {daemon}")
     return "done"
 
 
 def daemon_then_wait(ctx, params):
     """Starts a double-forked daemon, records it, then runs (sleeping) until params['wait'] ends."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.setsid()
-        daemon = os.fork()
-        if daemon == 0:
-            os.close(r)
-            os.close(w)
-            os.execvp("sleep", ["sleep", "1000"])
-        os.write(w, str(daemon).encode())
-        os._exit(0)
-    os.close(w)
-    daemon = int(os.read(r, 32))
-    os.close(r)
-    os.waitpid(pid, 0)
+    daemon = _double_forked_daemon()
     _write(params["pidfile"], str(daemon))
     ctx.sleep(params["wait"])
     return daemon

@@ -20,7 +20,7 @@ def test_every_chaos_scenario_keeps_every_invariant():
     submitted execution ends in exactly one terminal status with its value or error, none is
     lost, stops end within grace + term_grace + 1 s, checkpoints read back complete, and no
     process, zombie, descriptor or /dev/shm entry is left. The suite runs in a subprocess so its
-    signals cannot touch this test process; it takes about a minute on a 2-core machine."""
+    signals cannot touch this test process; it takes about 25 s on a 2-core machine."""
     r = subprocess.run([sys.executable, "-m", "benchmarks.chaos", "all", "--short"], cwd=ROOT,
                        capture_output=True, text=True, timeout=230)  # fmt: skip
     lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]

@@ -20,11 +20,24 @@ import os
 
 from ..shared._checkpoint import id_to_dirname
 
-__all__ = ("OutputLog", "log_path")
+__all__ = ("OutputLog", "log_path", "read_log")
 
 
 def log_path(log_dir: str, execution_id: str) -> str:
     return os.path.join(log_dir, id_to_dirname(execution_id) + ".log")
+
+
+def read_log(log_dir: str, execution_id: str) -> str:
+    """An execution's logged output, the rotated part first; "" if it printed nothing."""
+    path = log_path(log_dir, execution_id)
+    text = []
+    for p in (path + ".1", path):
+        try:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                text.append(f.read())
+        except FileNotFoundError:
+            pass
+    return "".join(text)
 
 
 class OutputLog:
