@@ -27,6 +27,7 @@ from . import agents as A
 from ._harness import (
     ALLOWANCE_S,
     GONE_WITHIN_S,
+    MARK,
     Scenario,
     describe,
     marked_pids,
@@ -59,12 +60,30 @@ def wait_for_file(path: Path, timeout: float = 20.0) -> str:
     raise TimeoutError(f"{path} was not written within {timeout} s (the agent never started?)")
 
 
-def _kill(pid: int, sig: int) -> bool:
+def _pidfd_if_ours(pid: int) -> int | None:
+    """A pidfd for ``pid`` if it is still a process of this scenario (it carries the marker):
+    on this shared machine a worker's pid that was just freed can belong to anyone next."""
     try:
-        os.kill(pid, sig)
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None  # gone already
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            ours = f"{MARK}={os.environ[MARK]}".encode() in f.read().split(b"\0")
+    except OSError:
+        ours = False  # exited between the two calls
+    if not ours:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _signal_fd(fd: int, sig: int) -> bool:
+    try:
+        signal.pidfd_send_signal(fd, sig)
         return True
     except ProcessLookupError:
-        return False  # it exited meanwhile (chaos: a worker we picked was just replaced)
+        return False  # it exited meanwhile
 
 
 # -- 1. soak ----------------------------------------------------------------------------------------------
@@ -129,7 +148,7 @@ class Chaos(threading.Thread):
         self.pool, self.rng, self.recent, self.pause = pool, rng, recent, pause
         self.stop = threading.Event()
         self.counts: Counter = Counter()
-        self.stopped: dict[int, float] = {}  # pid -> when to SIGCONT it
+        self.stopped: dict[int, tuple[float, int]] = {}  # pid -> (when to SIGCONT it, its pidfd)
         self.error: str | None = None
 
     def run(self) -> None:
@@ -140,17 +159,19 @@ class Chaos(threading.Thread):
 
             self.error = f"chaos thread died: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         finally:
-            for pid in list(self.stopped):
-                _kill(pid, signal.SIGCONT)
+            for _, fd in self.stopped.values():
+                _signal_fd(fd, signal.SIGCONT)
+                os.close(fd)
             self.stopped.clear()
 
     def _run(self) -> None:
         rng = self.rng
         while not self.stop.wait(rng.uniform(*self.pause)):
             now = time.monotonic()
-            for pid, at in list(self.stopped.items()):
+            for pid, (at, fd) in list(self.stopped.items()):
                 if now >= at:
-                    _kill(pid, signal.SIGCONT)
+                    _signal_fd(fd, signal.SIGCONT)
+                    os.close(fd)
                     del self.stopped[pid]
             r = rng.random()
             if r < 0.55:
@@ -169,14 +190,20 @@ class Chaos(threading.Thread):
             if not workers:
                 continue
             pid = rng.choice(workers).pid
+            fd = _pidfd_if_ours(pid)
+            if fd is None:
+                self.counts["worker_gone_before_signal"] += 1
+                continue
             if r < 0.70:
-                self.counts["sigkill"] += _kill(pid, signal.SIGKILL)
+                self.counts["sigkill"] += _signal_fd(fd, signal.SIGKILL)
             elif r < 0.85:
-                if _kill(pid, signal.SIGSTOP):
+                if _signal_fd(fd, signal.SIGSTOP):
                     self.counts["sigstop"] += 1
-                    self.stopped[pid] = now + rng.uniform(0.02, 0.3)
+                    self.stopped[pid] = (now + rng.uniform(0.02, 0.3), fd)
+                    continue  # the pidfd is kept for the SIGCONT
             else:
-                self.counts["sigterm"] += _kill(pid, signal.SIGTERM)
+                self.counts["sigterm"] += _signal_fd(fd, signal.SIGTERM)
+            os.close(fd)
 
 
 def soak(scen: Scenario) -> None:
