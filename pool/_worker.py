@@ -412,6 +412,9 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
                 if ctx._ckpt is not None and ctx._ckpt.resume:
                     found = ctx._ckpt.newest()
                     ctx._ckpt.restored_from = found[0] if found else None
+                    if found:
+                        with critical():
+                            S.chan.send(P.Resumed(ctx.execution_id, found[0].to_wire()))
             except Exception as exc:
                 what = msg.agent if not msg.agent.startswith("blob:") else "(shipped by value)"
                 return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {what} or its input: "), None, None

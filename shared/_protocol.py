@@ -33,7 +33,7 @@ __all__ = (
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "ProtocolError", "Channel", "encode", "decode",
     "Start", "Hello", "Welcome", "Refused", "Task", "DefineAgent", "Submit", "Cancel", "CancelWorker", "CancelAll",
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
-    "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Begun",
+    "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Begun", "Resumed",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 2
@@ -451,6 +451,15 @@ class Begun(NamedTuple):
 
     id: str
     skipped: bool = False
+
+
+@message(65)
+class Resumed(NamedTuple):
+    """W→S: execution ``id`` restored this checkpoint (CheckpointInfo.to_wire()); sent at once,
+    so its outcome says so even if its worker is killed before its Result."""
+
+    id: str
+    checkpoint: list
 
 
 @message(63)

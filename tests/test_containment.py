@@ -337,3 +337,37 @@ def test_an_execution_over_its_memory_limit_crashes_naming_memory_and_the_pool_g
         assert pool.submit(agents.identity, "after").result(timeout=10) == "after"
     with pytest.raises(ValueError, match="memory_limit must be a whole number of at least"):
         Pool(workers=1, memory_limit=10)
+
+
+def test_a_sigterm_to_a_worker_that_has_just_been_forked_never_stops_the_pool():
+    """A worker SIGTERMed from outside right after its fork (before it has handlers of its own)
+    is replaced; the pool goes on (the signal once read as one sent to the supervisor)."""
+    with Pool(workers=1, log_dir=None) as pool:
+        sup = pool.supervisor_pid
+        for i in range(60):
+            old = pool.workers()[0].pid
+            os.kill(old, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while True:  # the replacement, as early as we can see it
+                with open(f"/proc/{sup}/task/{sup}/children") as f:
+                    kids = [int(p) for p in f.read().split() if int(p) != old]
+                if kids or time.monotonic() > deadline:
+                    break
+            try:
+                os.kill(kids[0], signal.SIGTERM)
+            except (ProcessLookupError, IndexError):
+                pass  # gone already: the race this test aims at did not happen this round
+            assert pool.submit(agents.identity, i).result(timeout=10) == i
+
+
+def test_a_resumed_execution_that_is_killed_still_says_what_it_resumed_from(tmp_path):
+    """outcome.resumed_from names the checkpoint it restored even when its worker is SIGKILLed."""
+    with Pool(workers=1, checkpoint_dir=tmp_path / "ck", escalation=Escalation(grace=0, term_grace=0)) as pool:
+        pool.submit(agents.ckpt_steps, {"n": 2}, id="r").result(timeout=10)
+        marker = tmp_path / "pid"
+        ex = pool.submit(agents.write_pid_and_sleep, str(marker), id="r", resume=True)
+        wait_for_file(marker)
+        ex.cancel(mode="kill")
+        out = ex.outcome(timeout=10)
+    assert out.interrupt.stage is Stage.SIGKILL
+    assert out.resume == "restored" and out.resumed_from is not None and out.resumed_from.seq == 2

@@ -74,6 +74,7 @@ _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
 PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
+_FORK_HELD = {signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 _MEMORY_TICK_S = 0.05  # how often the RSS of executions with a memory limit is read
 _UNUSED_AGENTS = 64  # by-value agents kept after their last execution ended
 _HELLO_WITHIN_S = 10.0  # a connection that has not said Hello by then is closed
@@ -101,6 +102,7 @@ class _Exec:
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
         "announced", "reported", "waiters", "begun", "pending_signal", "out", "memory_limit", "memory_used",
+        "resumed_from",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None):
@@ -126,6 +128,7 @@ class _Exec:
         self.out: OutputLog | None = None  # its log, once it printed something
         self.memory_limit = task.memory_limit  # bytes of RSS (its worker and its tools), or None
         self.memory_used = 0  # the RSS that broke the limit, once it did
+        self.resumed_from: list | None = None  # the checkpoint it restored, as its worker told us
 
 
 class _Worker:
@@ -713,9 +716,13 @@ class Supervisor:
         if self.cfg.log_dir:
             out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         gc.freeze()  # the worker's collector never touches our objects: no copy-on-write of our heap per worker
+        # Until the child has its own handlers it shares our wake-up pipe: a SIGTERM sent to it then
+        # would read as one sent to us. Held back around the fork; the child takes it when it is ready.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_HELD)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_HELD)
             gc.unfreeze()
             ours.close()
             theirs.close()
@@ -730,6 +737,8 @@ class Supervisor:
             code = 70
             try:
                 signal.set_wakeup_fd(-1)
+                for sig in _FORK_HELD:
+                    signal.signal(sig, signal.SIG_DFL)  # the worker installs its own; its clean slate unblocks
                 if out_w >= 0:  # what it and its tools print goes to the supervisor, per execution
                     os.set_blocking(out_w, True)
                     os.dup2(out_w, 1)
@@ -745,6 +754,7 @@ class Supervisor:
                 traceback.print_exc()
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_HELD)
         gc.unfreeze()  # ours again: cyclic garbage among them stays collectable
         theirs.close()
         if out_w >= 0:
@@ -960,6 +970,10 @@ class Supervisor:
             if ex is not None and ex.id == msg.id and not ex.observed_ns:
                 ex.observed_ns = msg.observed_ns
                 self._event("observed", ex, w, msg.observed_ns)
+        elif kind is P.Resumed:
+            ex = w.exec
+            if ex is not None and ex.id == msg.id:
+                ex.resumed_from = msg.checkpoint
         elif kind is P.CheckpointAnnounce:
             ex = w.exec
             if ex is not None and ex.id == msg.id:
@@ -1301,6 +1315,7 @@ class Supervisor:
 
     def _end(self, ex: _Exec, status: ExecutionStatus, *, value=None, error=None, stage=None,
              exit_code=None, signo=None, checkpoint=None, resumed_from=None, own=None) -> None:  # fmt: skip
+        resumed_from = resumed_from or ex.resumed_from  # a killed worker sends no Result: it said so earlier
         """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it."""
         now = time.monotonic_ns()
         for t in ex.timers:
