@@ -385,7 +385,7 @@ def resources(quick: bool) -> dict:
              f"{statistics.median(replace):.1f} ms (p99 {pct(replace, 99):.1f})"],
             ["memory per idle worker (USS, forked from the supervisor)", f"{statistics.median(uss):.2f} MiB"],
             ["supervisor (USS)", f"{sup_uss:.2f} MiB"],
-            ["memory per execution slot (shared flag array)", "64 bytes"],
+            ["memory per execution slot (shared flag array)", "128 bytes"],
             [f"cancel_all() of {n_stop} executions (8 running, rest queued) → all ended",
              f"{stop_all:.1f} ms ({', '.join(f'{k} {v}' for k, v in stages.items())})"],
         ])  # fmt: skip

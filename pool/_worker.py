@@ -50,7 +50,7 @@ from ._proc import (
 from .shared import Context, ExecutionStatus, Interrupted, Stage
 from .shared import _protocol as P
 from .shared._context import ExecutionCheckpoints
-from .shared._flags import PENDING, SIGNALLED
+from .shared._flags import BEGUN, PENDING, SIGNALLED
 
 __all__ = ("AgentCache", "worker_main")
 
@@ -96,6 +96,7 @@ class _State:
     result_sent = threading.Lock()  # whoever holds it sends the one Result of the running execution
     watchdog: threading.Timer | None = None
     bound = _UNWIND_BOUND_S
+    pid = 0
     task = loop = None  # an async agent's task and event loop while it runs
     task_stage = Stage.FLAG
     max_value = P.DEFAULT_MAX_FRAME
@@ -202,29 +203,45 @@ def resolve(spec: str, cache: dict, blobs: dict):
     return fn
 
 
+_set_signal = signal.signal
+_touched: set[int] = set()  # signals agent code set a handler for since the last clean slate
+
+
+def _recording_signal(sig, handler):
+    """signal.signal as agents see it in a worker: the same, and the clean slate learns which
+    dispositions to put back (a disposition set through ctypes is not seen: README says so)."""
+    _touched.add(sig)
+    return _set_signal(sig, handler)
+
+
 class _Slate:
     """What every execution starts from: taken when the worker starts, restored before each."""
 
     def __init__(self):
         self.cwd = os.getcwd()
-        self.stdio = [os.fstat(fd) for fd in (1, 2)]
+        self.stdio = [(st.st_dev, st.st_ino) for st in map(os.fstat, (1, 2))]
         self.saved = [os.dup(fd) for fd in (1, 2)]  # cloexec: tools never see these
         self.devnull = os.open(os.devnull, os.O_RDONLY)
+        null = os.fstat(self.devnull)
+        self.null_id = (null.st_dev, null.st_ino)
         os.dup2(self.devnull, 0, inheritable=True)
         self.wake = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.rang = False  # the wake pipe was written (a stop came): drain it before the next execution
 
-    def restore(self) -> None:
+    def restore(self, everything: bool = False) -> None:
+        """A handful of syscalls: the mask, three fstats, getcwd. Dispositions: those the last
+        execution set through signal.signal (recorded as it set them), or all of them."""
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        for sig in _RESETTABLE:
+        for sig in _RESETTABLE if everything else list(_touched):
             want = _OURS.get(sig, signal.SIG_DFL) if sig in _OURS else signal.SIG_DFL
             if want is None:
                 want = _on_sigterm
             try:
                 if signal.getsignal(sig) is not want:
-                    signal.signal(sig, want)
+                    _set_signal(sig, want)
             except (OSError, ValueError, RuntimeError):
                 pass  # a real-time or reserved signal Python cannot set: left as it is
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # ignored SIGCHLD breaks subprocess exit codes
+        _touched.clear()
         self._fd(0, None)
         for i, fd in enumerate((1, 2)):
             self._fd(fd, i)
@@ -237,21 +254,19 @@ class _Slate:
                 os.chdir(self.cwd)
         except OSError:
             os.chdir(self.cwd)  # the agent's directory was removed
-        try:
-            while os.read(self.wake[0], 4096):
-                pass  # a stop of the previous execution rang it
-        except BlockingIOError:
-            pass
+        if self.rang:
+            self.rang = False
+            try:
+                while os.read(self.wake[0], 4096):
+                    pass  # a stop of the previous execution rang it
+            except BlockingIOError:
+                pass
 
     def _fd(self, fd: int, i: int | None) -> None:
         """fd 0 on /dev/null; fds 1 and 2 on what they were when the worker started."""
         try:
             st = os.fstat(fd)
-            if i is None:
-                null = os.fstat(self.devnull)
-                same = (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino)
-            else:
-                same = (st.st_dev, st.st_ino) == (self.stdio[i].st_dev, self.stdio[i].st_ino)
+            same = (st.st_dev, st.st_ino) == (self.null_id if i is None else self.stdio[i])
         except OSError:
             same = False  # closed by the agent
         if not same:
@@ -260,19 +275,19 @@ class _Slate:
 
 def _stop_tools(keep: bool) -> None:
     """Stop every process the execution started (they are our descendants: we are their
-    subreaper, so even setsid and double-forked ones are), and reap them."""
+    subreaper, so even setsid and double-forked ones are), and reap them. With no thread of
+    the agent left, one read of our children list says whether there is anything to do."""
     if keep:
         _reap()
         return
-    me = os.getpid()
+    me = S.pid
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        found = direct_children(me) if threading.active_count() == 1 and _single_task() else descendants(me)
+        found = _main_thread_children(me) if threading.active_count() == 1 else descendants(me)
         if not found:
-            break
-        if threading.active_count() > 1 or not _single_task():
-            found = descendants(me)
-        kill_pids([p for p in found])
+            return
+        found = descendants(me)  # the whole tree, killed at once
+        kill_pids(found)
         for pid in found:
             try:
                 os.waitpid(pid, 0)
@@ -281,11 +296,13 @@ def _stop_tools(keep: bool) -> None:
     _reap()
 
 
-def _single_task() -> bool:
+def _main_thread_children(pid: int) -> list[str]:
+    """Our children (zombies included) forked by the main thread: three syscalls."""
+    fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
+        return os.read(fd, 1 << 16).split()
+    finally:
+        os.close(fd)
 
 
 def _reap() -> None:
@@ -312,6 +329,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         cgroup_join(cgroup)
     # Tools inherit it: the owner's last resort finds them by it if the supervisor is SIGKILLed.
     os.environ["INTERRUPT_POOL_SUPERVISOR"] = f"{supervisor_pid}:{start_ticks(supervisor_pid)}"
+    S.pid = os.getpid()
     chan = _Chan(chan.sock, max_frame)
     S.words, S.chan, S.max_value = words, chan, max_frame - 64 * 1024  # room for the rest of the Result
     signal.set_wakeup_fd(-1)
@@ -320,7 +338,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     except (AttributeError, ValueError):
         pass
     slate = _Slate()
-    slate.restore()
+    slate.restore(everything=True)
+    signal.signal = _recording_signal
     cache: dict[str, object] = {}  # spec -> function
     blobs: dict[str, bytes] = {}  # by-value agents' bytes, as they arrived (the supervisor sends them when needed)
     held = AgentCache()  # which by-value agents this worker keeps
@@ -345,7 +364,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         S.current, S.term_seen = (msg.control_index, msg.armed), False  # from here a SIGTERM may be for it
         if begin_delay:
             time.sleep(begin_delay)
-        chan.send(P.Begun(msg.id, bool(words[msg.control_index + PENDING])))  # skipped if already stopped
+        if not words[msg.control_index + PENDING]:  # already stopped: skipped at the flag, never begun
+            words[msg.control_index + BEGUN] = msg.armed  # the acknowledgement: signals may come from now on
         slate.restore()
         ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, msg.id,
                                                                         msg.resume, chan)  # fmt: skip
@@ -354,8 +374,9 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         S.bound = max(0.05, min(_UNWIND_BOUND_S, msg.term_grace / 2))
         status, value, error, stage, own = _run(ctx, cache, blobs, msg)
         _cancel_watchdog()
+        slate.rang = ctx._details is not None  # its stop's details were read: the wake pipe was written
         if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
-            signal.signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
+            _set_signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
         _stop_tools(keep_tools)
         if not _send_result(ctx, status, value, error, stage, own):
             _exit(0)  # the watchdog sent it and is ending the process

@@ -1,4 +1,4 @@
-"""The shared-memory flag array: one 64-byte slot of u64 words per execution slot.
+"""The shared-memory flag array: one 128-byte slot of u64 words per execution slot.
 
 Owns: the memory layout and every read and write of it. The supervisor
 creates the array before it forks any worker, so workers inherit the mapping;
@@ -9,12 +9,19 @@ Layout (all words little-endian u64, accessed only through one
 ``memoryview.cast('Q')``: an aligned 8-byte store is atomic, while
 ``struct.pack_into`` is not)::
 
-    header  [magic, layout version, slot count, 0, 0, 0, 0, 0]   64 bytes
+    header  [magic, layout version, slot count, 0, ...]                128 bytes
     slot i  [control, reason, requested_ns, observed_ns,
-             cost, progress, pending, signalled]                64 bytes each
+             cost, progress, pending, signalled,
+             begun, 0, 0, 0, 0, 0, 0, 0]                          128 bytes each (two cache lines)
 
 ``control = (generation << 8) | request``; request 0 is none, otherwise an
 ``InterruptMode`` code. ``reason = (reason_code << 8) | source_code``.
+``begun`` is written by the worker: the execution's armed control value once
+it has taken the execution and will run its agent (it is not written when the
+worker finds the flag already set and skips it). The supervisor sends a signal
+for an execution only once ``begun`` holds exactly that execution's value: no
+frame is needed for this acknowledgement.
+
 ``signalled`` is the execution's armed control value once the supervisor has
 sent (or is about to send) SIGTERM for it, 0 before: a worker that receives a
 SIGTERM checks it to tell a signal meant for the execution it runs from a late
@@ -27,9 +34,9 @@ requested reads as CPython's cached small int, where the generation-tagged
 control word (>= 256) would allocate a new int on every read (measured here:
 about 15 ns of a 60 ns check). The slow path then verifies ``control``.
 
-Writers: the supervisor is the only writer of control, reason and
-requested_ns (single writer: no locks, no lost updates). The worker running
-in the slot writes observed_ns (once), cost and progress. ``pending`` is written by the
+Writers: the supervisor is the only writer of control, reason, requested_ns
+and signalled (single writer: no locks, no lost updates). The worker running
+in the slot writes observed_ns (once), cost, progress and begun. ``pending`` is written by the
 supervisor right after ``control``, and cleared with the rest of the slot on
 arm, which happens only after the previous execution in it has ended.
 
@@ -48,8 +55,8 @@ import time
 __all__ = ("FlagArray", "LAYOUT_MAGIC", "LAYOUT_VERSION", "SLOT_BYTES", "SLOT_WORDS")
 
 LAYOUT_MAGIC = 0x4C4F4F50_49525054  # "TPRIPOOL" read little-endian
-LAYOUT_VERSION = 1
-SLOT_BYTES = 64  # one cache line: two workers never share one
+LAYOUT_VERSION = 2
+SLOT_BYTES = 128  # two cache lines: two workers never share one
 SLOT_WORDS = SLOT_BYTES // 8
 HEADER_WORDS = SLOT_WORDS
 
@@ -62,6 +69,8 @@ COST = 4
 PROGRESS = 5
 PENDING = 6
 SIGNALLED = 7
+BEGUN = 8
+_USED_WORDS = BEGUN + 1  # the rest of the slot is reserved (always 0)
 
 _REQUEST_MASK = 0xFF
 
@@ -102,7 +111,7 @@ class FlagArray:
         b = self.base(slot)
         w = self.words
         control = ((w[b + CONTROL] >> 8) + 1) << 8
-        for i in range(1, SLOT_WORDS):
+        for i in range(1, _USED_WORDS):
             w[b + i] = 0
         w[b + CONTROL] = control  # last: a reader that sees it sees cleared words
         return control
@@ -132,6 +141,10 @@ class FlagArray:
         w[b + PENDING] = mode_code
         return w[b + REQUESTED_NS]
 
+    def begun(self, slot: int, armed: int) -> bool:
+        """True once the worker has taken the execution armed with ``armed`` (and runs it)."""
+        return self.words[self.base(slot) + BEGUN] == armed
+
     def mark_signalled(self, slot: int, armed: int) -> None:
         """Record, before sending SIGTERM, that it is meant for the execution armed with ``armed``."""
         self.words[self.base(slot) + SIGNALLED] = armed
@@ -154,6 +167,7 @@ class FlagArray:
             "progress": w[b + PROGRESS],
             "pending": w[b + PENDING],
             "signalled": w[b + SIGNALLED],
+            "begun": w[b + BEGUN],
         }
 
     def close(self) -> None:

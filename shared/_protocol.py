@@ -33,7 +33,7 @@ __all__ = (
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "ProtocolError", "Channel", "encode", "decode",
     "Start", "Hello", "Welcome", "Refused", "Task", "DefineAgent", "Submit", "Cancel", "CancelWorker", "CancelAll",
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
-    "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Begun", "Resumed",
+    "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Resumed",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 2
@@ -441,16 +441,6 @@ class Result(NamedTuple):
 class Observed(NamedTuple):
     id: str
     observed_ns: int
-
-
-@message(64)
-class Begun(NamedTuple):
-    """W→S: the worker has taken execution ``id`` (the start acknowledgement): from now
-    on, and only now, a signal the supervisor sends is meant for it. ``skipped``: its
-    flag was already set, so no agent code will run (no signal is needed)."""
-
-    id: str
-    skipped: bool = False
 
 
 @message(65)

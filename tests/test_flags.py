@@ -14,8 +14,8 @@ def test_header_and_slots_are_laid_out_as_documented():
     flags = FlagArray(4)
     try:
         assert flags.words[0] == LAYOUT_MAGIC and flags.words[2] == 4
-        assert flags.nbytes == 64 * 5
-        assert [flags.base(i) for i in range(4)] == [8, 16, 24, 32]
+        assert flags.nbytes == 128 * 5  # a header and four slots of 128 bytes (two cache lines each)
+        assert [flags.base(i) for i in range(4)] == [16, 32, 48, 64]
         with pytest.raises(IndexError, match="slot 4 is outside 0..3"):
             flags.base(4)
     finally:

@@ -74,6 +74,7 @@ _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
 PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
+_BEGUN_LOOK_S = 0.002  # how soon to look again whether a worker has taken an execution a signal waits for
 _FORK_HELD = {signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 _MEMORY_TICK_S = 0.05  # how often the RSS of executions with a memory limit is read
 _UNUSED_AGENTS = 64  # by-value agents kept after their last execution ended
@@ -101,7 +102,7 @@ class _Exec:
         "status", "worker", "slot", "armed", "started_ns", "wall_started_ns",
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
-        "announced", "reported", "waiters", "begun", "pending_signal", "out", "memory_limit", "memory_used",
+        "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
         "resumed_from",
     )  # fmt: skip
 
@@ -123,8 +124,7 @@ class _Exec:
         self.sigterm_ns = self.sigterm_deadline_ns = self.sigkill_ns = self.sigkill_deadline_ns = None
         self.timers: list[_Timer] = []
         self.waiters: list[tuple[Client, int]] = []
-        self.begun = False  # its worker acknowledged it (Begun): only then may a signal be meant for it
-        self.pending_signal = None  # _sigterm or _sigkill, due before the acknowledgement came
+        self.pending_signal = None  # _sigterm or _kill_execution, due before its worker had begun it
         self.out: OutputLog | None = None  # its log, once it printed something
         self.memory_limit = task.memory_limit  # bytes of RSS (its worker and its tools), or None
         self.memory_used = 0  # the RSS that broke the limit, once it did
@@ -803,7 +803,7 @@ class Supervisor:
         watched = False
         for w in list(self.workers.values()):
             ex = w.exec
-            if ex is None or not ex.begun or not ex.memory_limit or w.killed or ex.status not in _LIVE:
+            if ex is None or not ex.memory_limit or w.killed or ex.status not in _LIVE or not self._begun(ex):
                 continue
             watched = True
             used = sum(rss_bytes(pid) for pid in [w.pid, *descendants(w.pid)])
@@ -833,7 +833,7 @@ class Supervisor:
                 os.close(w.out_r)
                 w.out_r = -1
                 return
-            # Its current execution, even before its Begun is read: the pipe may be read first.
+            # Its current execution (dispatched to it), whether or not it has marked it begun yet.
             ex = w.exec if w.exec is not None and w.exec.started_ns else None
             try:
                 if ex is not None:
@@ -951,20 +951,6 @@ class Supervisor:
                     self.idle.append(w)
             self._end(ex, ExecutionStatus.from_code(msg.status), value=msg.value, error=msg.error, stage=stage,
                       checkpoint=msg.checkpoint, resumed_from=msg.resumed_from, own=msg.own_interrupt)  # fmt: skip
-        elif kind is P.Begun:
-            ex = w.exec
-            if ex is None or ex.id != msg.id:
-                return
-            if ex.started_ns is None:
-                self._start(ex)  # it moved on to its prefetched execution by itself
-            ex.begun = True
-            ex.payload = None  # its worker has it: it can no longer be requeued
-            if ex.memory_limit and not self.memory_watch:
-                self.memory_watch = True
-                self._at(_MEMORY_TICK_S, self._check_memory)
-            pending, ex.pending_signal = ex.pending_signal, None
-            if pending is not None and not msg.skipped:  # skipped: no agent code runs, the flag ends it
-                pending(ex)
         elif kind is P.Observed:
             ex = w.exec
             if ex is not None and ex.id == msg.id and not ex.observed_ns:
@@ -1070,6 +1056,9 @@ class Supervisor:
             self._event("started", ex, w, ex.started_ns, pid=w.pid)
         if ex.timeout:
             ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
+        if ex.memory_limit and not self.memory_watch:
+            self.memory_watch = True
+            self._at(_MEMORY_TICK_S, self._check_memory)
         if ex.mode:
             self._arm_escalation(ex, ex.mode, ex.started_ns)  # its signals wait for the acknowledgement
 
@@ -1126,13 +1115,36 @@ class Supervisor:
             ex.sigkill_deadline_ns = now
             self._kill_execution(ex)
 
+    def _begun(self, ex: _Exec) -> bool:
+        """Its worker has taken exactly this execution and runs it (the slot's begun word)."""
+        return ex.slot is not None and self.flags.begun(ex.slot, ex.armed)
+
+    def _not_begun_yet(self, ex: _Exec, signal_fn) -> bool:
+        """True (and the signal kept for later) while its worker has not taken ``ex``: a signal
+        now could hit the previous execution. The flag is already set, so a worker that takes
+        it from now on skips it; one that took it just now is seen at the next look."""
+        if self._begun(ex):
+            return False
+        if ex.pending_signal is None or signal_fn == self._kill_execution:  # a kill outranks a SIGTERM
+            first = ex.pending_signal is None
+            ex.pending_signal = signal_fn
+            if first:
+                self._at(_BEGUN_LOOK_S, self._look_again, ex)
+        return True
+
+    def _look_again(self, ex: _Exec) -> None:
+        if ex.status not in _LIVE or ex.pending_signal is None:
+            return
+        if self._begun(ex):
+            fn, ex.pending_signal = ex.pending_signal, None
+            fn(ex)
+        else:
+            self._at(_BEGUN_LOOK_S, self._look_again, ex)  # until it begins, or skips it and ends
+
     def _kill_execution(self, ex: _Exec) -> None:
         """SIGKILL the worker running ``ex`` once it has acknowledged exactly that execution."""
         w = ex.worker
-        if ex.status not in _LIVE or w is None or w.exec is not ex:
-            return
-        if not ex.begun:
-            ex.pending_signal = self._kill_execution  # a kill outranks a pending SIGTERM
+        if ex.status not in _LIVE or w is None or w.exec is not ex or self._not_begun_yet(ex, self._kill_execution):
             return
         self._sigkill(w)
 
@@ -1140,9 +1152,7 @@ class Supervisor:
         w = ex.worker
         if ex.status not in _LIVE or ex.sigterm_ns or w.killed or w.exec is not ex:
             return
-        if not ex.begun:
-            if ex.pending_signal is None:
-                ex.pending_signal = self._sigterm
+        if self._not_begun_yet(ex, self._sigterm):
             return
         ex.sigterm_ns = time.monotonic_ns()  # stamped before the call: the timeline stays monotonic
         self.flags.mark_signalled(ex.slot, ex.armed)  # before the signal: the worker checks it
@@ -1251,7 +1261,7 @@ class Supervisor:
         self._event("worker_exited", None, w, pid=w.pid,
                     message=f"exit code {exit_code}" if signo is None else f"signal {signal.Signals(signo).name}")  # fmt: skip
         # The execution it had acknowledged ended with it; one it had not taken yet goes back to the queue.
-        ex = w.inflight.popleft() if w.inflight and w.inflight[0].begun else None
+        ex = w.inflight.popleft() if w.inflight and self._begun(w.inflight[0]) else None
         self._requeue(w)
         self._forget_worker(w)
         if ex is not None and ex.status in _LIVE:
