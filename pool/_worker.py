@@ -326,7 +326,10 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     if os.getppid() != supervisor_pid:  # it died before prctl took effect
         _exit(1)
     if cgroup is not None:
-        cgroup_join(cgroup)
+        # Moving into a cgroup waits for the kernel's RCU grace period (about 10 ms here): done
+        # beside the first execution rather than before it. Until it is done, what an agent
+        # starts is still its worker's descendant, in its session, under its subreaper.
+        threading.Thread(target=cgroup_join, args=(cgroup,), name="cgroup-join", daemon=True).start()
     # Tools inherit it: the owner's last resort finds them by it if the supervisor is SIGKILLed.
     os.environ["INTERRUPT_POOL_SUPERVISOR"] = f"{supervisor_pid}:{start_ticks(supervisor_pid)}"
     S.pid = os.getpid()
