@@ -48,7 +48,7 @@ from . import _naming
 from ._events import Event, EventKind
 from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, QueueFull, WorkerCrashed
 from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
-from ._proc import cgroup_kill, cgroup_remove, kill_pids, start_ticks
+from ._proc import cgroup_kill, cgroup_remove, kill_pids, pids_with_env, start_ticks
 from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
 from .shared import _protocol as P
 
@@ -1077,20 +1077,7 @@ def _kill_what_the_pool_started(supervisor_pid: int, ticks: int | None, cgroup: 
     cgroup escapes; README says so). This scans /proc once, on this rare path only."""
     if cgroup:
         cgroup_kill(cgroup)
-    marker = f"INTERRUPT_POOL_SUPERVISOR={supervisor_pid}:{ticks}".encode()
-    uid = os.getuid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue  # gone, or not readable: not one of ours
-        if marker in env:
-            kill_pids((int(entry),))
+    kill_pids(pids_with_env(f"INTERRUPT_POOL_SUPERVISOR={supervisor_pid}:{ticks}"))
     if cgroup:
         deadline = time.monotonic() + 2.0
         while not cgroup_remove(cgroup) and time.monotonic() < deadline:

@@ -13,7 +13,7 @@ import os
 import signal
 
 __all__ = ("direct_children", "descendants", "kill_descendants", "set_pdeathsig", "set_child_subreaper", "set_name",
-           "kill_pids", "killpg", "rss_bytes", "start_ticks", "cgroup_create", "cgroup_kill", "cgroup_remove", "cgroup_join")
+           "kill_pids", "killpg", "pids_with_env", "rss_bytes", "start_ticks", "cgroup_create", "cgroup_kill", "cgroup_remove", "cgroup_join")
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -104,6 +104,27 @@ def rss_bytes(pid: int) -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def pids_with_env(entry: str) -> list[int]:
+    """Live processes of this user (other than this one) whose environment has ``entry``
+    (``NAME=value``). Scans all of /proc: for rare, last-resort paths only."""
+    needle = entry.encode()
+    me, uid = os.getpid(), os.getuid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not readable: not one of ours
+        if needle in env:
+            found.append(int(name))
+    return found
 
 
 def kill_pids(pids, sig: int = signal.SIGKILL) -> None:

@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import psutil
 
+from interrupt_pool._proc import pids_with_env
+
 from interrupt_pool import ExecutionStatus
 
 MARK = "CHAOS_MARK"  # set to a fresh value per scenario; every process it starts inherits it
@@ -50,22 +52,7 @@ def marked_pids(var: str = MARK, value: str | None = None) -> list[int]:
     value = os.environ.get(var) if value is None else value
     if not value:
         return []
-    needle = f"{var}={value}".encode()
-    me, uid = os.getpid(), os.getuid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile, or not readable: not one of ours
-        if needle in env:
-            found.append(int(entry))
-    return found
+    return pids_with_env(f"{var}={value}")
 
 
 def describe(pid: int) -> str:
