@@ -543,24 +543,32 @@ def cmd_logs(args) -> int:
         if pool.log_dir is None:
             raise CliError(f"pool {pool.name} does not capture output (it runs with log_dir=None)")
         events = pool.events() if args.follow else None  # subscribed before the log is read: no gap
-        from ._supervisor.output import read_log
+        from ._supervisor.output import log_path, read_log
 
-        text = read_log(pool.log_dir, args.id)
-        sys.stdout.write(text)
+        sys.stdout.write(read_log(pool.log_dir, args.id))
         sys.stdout.flush()
         if events is None or not _is_live(pool, args.id):
             return EXIT_OK
-        seen = text.count("\n")
+        # Follow the file itself from where we are (each output event says there is more), so
+        # nothing is printed twice or skipped, whatever was written while we subscribed.
+        path = log_path(pool.log_dir, args.id)
+        offset = os.path.getsize(path) if os.path.exists(path) else 0
         for ev in events:
-            if ev.execution_id != args.id:
+            if ev.execution_id != args.id or ev.kind not in (EventKind.OUTPUT, EventKind.ENDED):
                 continue
-            if ev.kind is EventKind.OUTPUT and ev.text is not None:
-                for line in ev.text.split("\n"):
-                    if seen:  # already printed from the file
-                        seen -= 1
-                        continue
-                    print(line, flush=True)
-            elif ev.kind is EventKind.ENDED:
+            try:
+                size = os.path.getsize(path)
+                if size < offset:  # rotated: the new file starts from its beginning
+                    offset = 0
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            except FileNotFoundError:
+                pass
+            if ev.kind is EventKind.ENDED:
                 break
     return EXIT_OK
 

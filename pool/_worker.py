@@ -7,7 +7,7 @@ child subreaper), and its cache of agent functions (imported by name, or
 unpickled from the bytes of an agent shipped by value). It is forked from the
 supervisor, and this is the only place agent code is ever imported.
 
-Per execution: acknowledge it (Begun), restore a clean slate (default signal
+Per execution: acknowledge it (the slot's ``begun`` word), restore a clean slate (default signal
 dispositions, an empty signal mask, fds 0-2 as they were, stdin on /dev/null,
 the starting directory), run the agent, stop every process it started (unless
 the pool keeps tools), send the Result.
@@ -51,12 +51,14 @@ from .shared import Context, ExecutionStatus, Interrupted, Stage
 from .shared import _protocol as P
 from .shared._context import ExecutionCheckpoints
 from .shared._flags import BEGUN, PENDING, SIGNALLED
+from .shared._protocol import OUTPUT_END
 
 __all__ = ("AgentCache", "worker_main")
 
 # Signals whose disposition a clean slate resets (SIGKILL and SIGSTOP cannot be changed).
 _RESETTABLE = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
-_OURS = {signal.SIGTERM: None, signal.SIGINT: signal.SIG_IGN, signal.SIGPIPE: signal.SIG_IGN}  # None: _on_sigterm
+_OURS = {signal.SIGTERM: None, signal.SIGINT: signal.SIG_IGN, signal.SIGPIPE: signal.SIG_IGN,
+         signal.SIGXFSZ: signal.SIG_IGN}  # None: _on_sigterm; the rest as CPython starts them
 _UNWIND_BOUND_S = 1.0  # at most this long (and at most half the term grace) for a stuck unwinding
 
 
@@ -93,10 +95,13 @@ class _State:
     finished: tuple[int, int] | None = None  # (control index, armed) of the one that ended last
     words = None
     chan: "_Chan | None" = None
-    result_sent = threading.Lock()  # whoever holds it sends the one Result of the running execution
+    result_lock = threading.Lock()  # serialises the one Result of the running execution
+    result_for: Context | None = None  # the execution whose Result has been sent
+    hook = None  # the running execution's on_interrupt hook, for the watchdog
     watchdog: threading.Timer | None = None
     bound = _UNWIND_BOUND_S
     pid = 0
+    capture = False  # fds 1 and 2 are the supervisor's output pipe
     task = loop = None  # an async agent's task and event loop while it runs
     task_stage = Stage.FLAG
     max_value = P.DEFAULT_MAX_FRAME
@@ -108,11 +113,12 @@ S = _State()
 class _Chan(P.Channel):
     """The worker's channel: sends from any thread are serialised."""
 
-    __slots__ = ("_send_lock",)
+    __slots__ = ("_send_lock", "read_lock")
 
     def __init__(self, sock, max_frame: int):
         super().__init__(sock, max_frame, validate=False)
         self._send_lock = threading.Lock()
+        self.read_lock = threading.Lock()  # the main loop's recv and agent threads' polls, one at a time
 
     def send(self, msg) -> None:
         data = P.encode(msg)
@@ -288,12 +294,24 @@ def _stop_tools(keep: bool) -> None:
             return
         found = descendants(me)  # the whole tree, killed at once
         kill_pids(found)
-        for pid in found:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass  # not our child (a grandchild: it re-parents to us once its parent is reaped)
+        _reap()  # what died is reaped; grandchildren re-parent to us as their parents go
+        if any(direct_children_alive(me)):
+            time.sleep(0.001)  # bounded by the deadline: SIGKILL lands within a scheduler tick
     _reap()
+
+
+def direct_children_alive(pid: int) -> list[int]:
+    """Children not yet reaped that are still running (not zombies)."""
+    alive = []
+    for child in direct_children(pid):
+        try:
+            with open(f"/proc/{child}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z":
+            alive.append(child)
+    return alive
 
 
 def _main_thread_children(pid: int) -> list[str]:
@@ -317,7 +335,7 @@ def _reap() -> None:
 
 def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, checkpoint_dir: str | None,
                 keep_checkpoints: int, cgroup: str | None = None, keep_tools: bool = False,
-                max_frame: int = P.DEFAULT_MAX_FRAME) -> None:  # fmt: skip
+                max_frame: int = P.DEFAULT_MAX_FRAME, capture: bool = False) -> None:  # fmt: skip
     """Serve tasks until told to exit, the supervisor vanishes, or a SIGTERM stop."""
     os.setsid()  # session leader, own process group, no controlling terminal
     set_pdeathsig(signal.SIGKILL)
@@ -333,6 +351,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     # Tools inherit it: the owner's last resort finds them by it if the supervisor is SIGKILLed.
     os.environ["INTERRUPT_POOL_SUPERVISOR"] = f"{supervisor_pid}:{start_ticks(supervisor_pid)}"
     S.pid = os.getpid()
+    S.capture = capture
     chan = _Chan(chan.sock, max_frame)
     S.words, S.chan, S.max_value = words, chan, max_frame - 64 * 1024  # room for the rest of the Result
     signal.set_wakeup_fd(-1)
@@ -350,7 +369,11 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     begin_delay = float(os.environ.get("_INTERRUPT_POOL_TEST_BEGIN_DELAY", "0"))  # tests force the race window
     chan.send(P.WorkerReady(os.getpid()))
     while True:
-        msg = pending.pop(0) if pending else chan.recv()
+        if pending:
+            msg = pending.pop(0)
+        else:
+            with chan.read_lock:  # a thread an earlier execution left behind cannot read our frames
+                msg = chan.recv()
         if msg is None or type(msg) is P.Exit:
             _exit(0)
         if type(msg) is not P.Run:
@@ -373,27 +396,30 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, msg.id,
                                                                         msg.resume, chan)  # fmt: skip
         ctx = Context(words, msg.control_index, msg.armed, chan, msg.id, worker_id, ckpt, slate.wake, critical)
-        S.ctx = ctx
+        S.ctx, S.hook = ctx, None
         S.bound = max(0.05, min(_UNWIND_BOUND_S, msg.term_grace / 2))
         status, value, error, stage, own = _run(ctx, cache, blobs, msg)
         _cancel_watchdog()
+        ctx._done = True  # a thread of the agent that outlives it can no longer use it
         slate.rang = ctx._details is not None  # its stop's details were read: the wake pipe was written
         if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
             _set_signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
         _stop_tools(keep_tools)
+        _end_of_output()
         if not _send_result(ctx, status, value, error, stage, own):
             _exit(0)  # the watchdog sent it and is ending the process
         pending.extend(ctx._pending)
         S.finished, S.current, S.ctx = S.current, None, None
-        if S.term_seen or stage == Stage.SIGTERM.code:
-            _exit(0)
+        if stage == Stage.SIGTERM.code:
+            _exit(0)  # stopped by SIGTERM: the supervisor replaces us (a late one was ignored above)
 
 
 def _send_result(ctx: Context, status, value, error, stage, own) -> bool:
     """Send the execution's one Result; False if another thread (the watchdog) already did."""
-    if not S.result_sent.acquire(blocking=False):
-        return False
-    try:
+    with S.result_lock:
+        if S.result_for is ctx:
+            return False
+        S.result_for = ctx
         _flush_std()
         ckpt = ctx._ckpt
         newest = resumed = None
@@ -404,9 +430,17 @@ def _send_result(ctx: Context, status, value, error, stage, own) -> bool:
         with critical():
             S.chan.send(P.Result(ctx.execution_id, status.code, value, error, stage, ctx._observed_ns(), newest,
                                  resumed, own))  # fmt: skip
-    finally:
-        S.result_sent.release()
     return True
+
+
+def _end_of_output() -> None:
+    """Mark the end of this execution's output in the pipe (one write, atomic under PIPE_BUF),
+    so the supervisor cuts the stream exactly here even if it reads it late."""
+    if S.capture:
+        try:
+            os.write(1, OUTPUT_END)
+        except OSError:
+            pass  # fd 1 is not the pipe any more (the clean slate restores it for the next one)
 
 
 def _error(exc: BaseException, prefix: str = "") -> list:
@@ -431,7 +465,7 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
                 raise exc
             try:
                 fn = resolve(msg.agent, cache, blobs)
-                hook = resolve(msg.hook, cache, blobs) if msg.hook else getattr(fn, "on_interrupt", None)
+                hook = S.hook = resolve(msg.hook, cache, blobs) if msg.hook else getattr(fn, "on_interrupt", None)
                 inp = pickle.loads(msg.input)
                 if ctx._ckpt is not None and ctx._ckpt.resume:
                     found = ctx._ckpt.newest()
@@ -448,6 +482,7 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
         finally:
             S.armed = False
     except Interrupted as exc:
+        _cancel_watchdog()  # it unwound: the hook now has until SIGKILL, as documented
         if not exc._from_pool:  # the agent stopped itself: its message, source "agent"
             return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), Stage.FLAG.code, str(exc)
         return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), exc.stage.code, None
@@ -483,7 +518,7 @@ def _cancel_watchdog() -> None:
 def _unwinding_stuck(ctx: Context) -> None:
     if S.ctx is not ctx:
         return  # it unwound in time
-    error = _on_interrupt(ctx, getattr(ctx, "_hook", None))
+    error = _on_interrupt(ctx, S.hook)
     if _send_result(ctx, ExecutionStatus.INTERRUPTED, None, error, Stage.SIGTERM.code, None):
         _exit(0)
 

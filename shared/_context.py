@@ -87,7 +87,7 @@ class Context:
     """
 
     __slots__ = ("_words", "_ctl", "_flag", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending",
-                 "_ckpt", "_in_hook", "state", "_wake", "_critical", "_read_lock")  # fmt: skip
+                 "_ckpt", "_in_hook", "state", "_wake", "_critical", "_read_lock", "_done")  # fmt: skip
 
     def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int,
                  checkpoints: ExecutionCheckpoints | None = None, wake: tuple[int, int] | None = None,
@@ -108,7 +108,8 @@ class Context:
         self.state = None
         self._wake = wake  # (read fd, write fd) of the worker's wake pipe: readable once a stop arrived
         self._critical = critical  # context manager: SIGTERM waits for its end
-        self._read_lock = threading.Lock()
+        self._read_lock = getattr(chan, "read_lock", None) or threading.Lock()  # the worker's, shared with its loop
+        self._done = False  # its execution has ended: a thread that outlived it must not read the channel
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a stop of this execution was requested.
@@ -146,6 +147,8 @@ class Context:
         """Sleep like ``time.sleep``, but end early (within about 1 ms) when a
         stop is requested, by raising :class:`Interrupted` like :meth:`check`.
         Safe from any thread: a stop wakes every sleeping thread."""
+        if self._done:
+            raise Interrupted(f"execution {self.execution_id!r} has ended; a thread it left behind stops here")
         deadline = time.monotonic() + max(0.0, seconds)
         fds = (self._chan.fileno(), self._wake[0]) if self._wake else (self._chan.fileno(),)
         while True:
@@ -188,7 +191,7 @@ class Context:
     # -- slow path -------------------------------------------------------
 
     def _read_channel(self) -> None:
-        if not self._read_lock.acquire(blocking=False):
+        if self._done or not self._read_lock.acquire(blocking=False):
             return  # another thread is reading it: it will wake us through the wake pipe
         try:
             for msg in self._chan.poll():

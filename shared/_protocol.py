@@ -37,6 +37,8 @@ __all__ = (
 )  # fmt: skip
 
 PROTOCOL_VERSION = 2
+# Written by a worker into its output pipe between one execution's output and the next one's.
+OUTPUT_END = b"\x00\x1einterrupt-pool: end of execution output\x1e\x00\n"
 DEFAULT_MAX_FRAME = 64 << 20  # 64 MiB: an input or result larger than this is refused with a clear error
 _LEN = struct.Struct("<I")
 _COALESCE = 256 << 10  # queued output up to this size is joined into one send
@@ -562,6 +564,12 @@ class Channel:
             return None
         self._buf += data
         return self._frames()
+
+    def readable_now(self) -> bool:
+        """True if more bytes (or EOF) can be read without blocking."""
+        import select
+
+        return bool(select.select([self.sock], [], [], 0)[0])
 
     def queue(self, msg) -> None:
         data = encode(msg)

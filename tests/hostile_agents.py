@@ -230,3 +230,37 @@ def hog_memory(ctx, mib):
         time.sleep(0.002)
     time.sleep(10)
     return len(chunks)
+
+
+def leave_a_sleeping_thread(ctx, _):
+    """Returns at once, leaving a daemon thread that keeps calling ctx.sleep."""
+
+    def loop():
+        try:
+            while True:
+                ctx.sleep(0.001)
+        except BaseException:  # noqa: BLE001 - the thread just ends
+            pass
+
+    threading.Thread(target=loop, daemon=True).start()
+    return "left"
+
+
+def slow_hook_agent(ctx, marker):
+    ctx.state = {"from": "state"}
+    _write(marker, "running")
+    while True:
+        time.sleep(0.01)
+
+
+def _slow_hook(ctx, state):
+    time.sleep(1.5)  # longer than the unwinding bound: a hook has until SIGKILL
+    ctx.checkpoint({"from": "hook"})
+
+
+slow_hook_agent.on_interrupt = _slow_hook
+
+
+def says_its_name(ctx, i):
+    print(f"I am {i}")
+    return i

@@ -371,3 +371,36 @@ def test_a_resumed_execution_that_is_killed_still_says_what_it_resumed_from(tmp_
         out = ex.outcome(timeout=10)
     assert out.interrupt.stage is Stage.SIGKILL
     assert out.resume == "restored" and out.resumed_from is not None and out.resumed_from.seq == 2
+
+
+def test_a_thread_an_execution_left_behind_cannot_take_the_next_executions_frames():
+    """A daemon thread still calling ctx.sleep after its execution ended neither steals nor
+    tears the worker's frames: the following executions all run."""
+    with Pool(workers=1) as pool:
+        assert pool.submit(H.leave_a_sleeping_thread, None).result(timeout=10) == "left"
+        assert pool.map(agents.identity, range(300), timeout=20) == list(range(300))
+
+
+def test_an_on_interrupt_hook_has_until_sigkill_not_the_unwinding_bound(tmp_path):
+    """The watchdog for a stuck unwinding does not cut a slow hook short: the hook's own save stands."""
+    from interrupt_pool.shared._checkpoint import read_file
+
+    marker = tmp_path / "m"
+    with Pool(workers=1, checkpoint_dir=tmp_path / "ck", escalation=Escalation(grace=0, term_grace=10)) as pool:
+        ex = pool.submit(H.slow_hook_agent, str(marker), id="h")
+        wait_for_file(marker)
+        ex.cancel(mode="immediate")
+        out = ex.outcome(timeout=20)
+    assert out.interrupt.stage is Stage.SIGTERM and out.checkpoint is not None
+    assert read_file(Path(out.checkpoint.path))[3] == {"from": "hook"}
+
+
+def test_each_execution_s_output_lands_in_its_own_log_even_when_prefetched(tmp_path, monkeypatch):
+    """With prefetch (a worker takes its next execution before its Result is read), output is
+    still cut between executions exactly (the worker marks each execution's end in the pipe)."""
+    monkeypatch.setenv("_INTERRUPT_POOL_PREFETCH_BELOW_NS", str(10**15))
+    with Pool(workers=1, log_dir=tmp_path / "logs") as pool:
+        execs = [pool.submit(H.says_its_name, i, id=f"n{i}") for i in range(300)]
+        assert [ex.result(timeout=30) for ex in execs] == list(range(300))
+        wrong = [ex.id for ex in execs if ex.logs() != f"I am {ex.id[1:]}\n"]
+    assert wrong == []

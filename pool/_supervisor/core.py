@@ -63,9 +63,19 @@ from .._proc import (
     set_name,
     start_ticks,
 )
-from ..shared._protocol import Channel
+from ..shared._protocol import OUTPUT_END, Channel
 from .clients import MAX_CLIENTS, MAX_OUTPUT, Client, Listener, log
 from .output import OutputLog, log_path
+
+_MARK_HEAD = OUTPUT_END[:1]
+
+
+def _partial_mark(data: bytes) -> int:
+    """How many bytes at the end of ``data`` could be the start of OUTPUT_END (0 if none)."""
+    for n in range(min(len(OUTPUT_END) - 1, len(data)), 0, -1):
+        if data.endswith(OUTPUT_END[:n]):
+            return n
+    return 0
 
 __all__ = ("run_supervisor",)
 
@@ -135,7 +145,7 @@ class _Worker:
     """One forked worker process."""
 
     __slots__ = ("id", "pid", "pidfd", "chan", "state", "inflight", "retained", "ticks", "kill_timer", "killed",
-                 "known_agents", "cgroup", "out_r", "idle_out")  # fmt: skip
+                 "known_agents", "cgroup", "out_r", "idle_out", "out_execs", "out_tail")  # fmt: skip
 
     def __init__(self, id, pid, pidfd, chan, ticks, cgroup):
         self.id, self.pid, self.pidfd, self.chan, self.ticks, self.cgroup = id, pid, pidfd, chan, ticks, cgroup
@@ -149,6 +159,8 @@ class _Worker:
         self.known_agents = AgentCache()  # by-value agents it has, as the worker's own cache has them
         self.out_r = -1  # read end of its output pipe (fds 1 and 2 of it and its tools), -1 if not captured
         self.idle_out: OutputLog | None = None  # what it prints while it runs no execution
+        self.out_execs: deque[_Exec] = deque()  # executions sent to it whose end-of-output mark is still to come
+        self.out_tail = b""  # bytes that may be the start of an end-of-output mark
 
     @property
     def exec(self) -> "_Exec | None":
@@ -562,6 +574,9 @@ class Supervisor:
                         self.agents.pop(old, None)
 
     def _on_define_agent(self, c: Client, msg: P.DefineAgent) -> None:
+        known = self.agents.get(msg.digest)
+        if known is not None and known == msg.blob:
+            return  # sent again with a later Submit: nothing to check or store
         import hashlib
 
         if hashlib.sha256(msg.blob).hexdigest() != msg.digest:
@@ -749,7 +764,7 @@ class Supervisor:
                 sys.path[:] = [p for p in self.cfg.sys_path if isinstance(p, str)]  # agents import as the creator's
                 worker_main(P.Channel(theirs, self.cfg.max_frame, validate=False), self.flags.words, wid, self.pid,
                             self.cfg.checkpoint_dir, self.cfg.keep_checkpoints, cgroup, self.cfg.keep_tools,
-                            self.cfg.max_frame)  # fmt: skip
+                            self.cfg.max_frame, out_w >= 0)  # fmt: skip
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -784,6 +799,7 @@ class Supervisor:
                     self._end(ex, ExecutionStatus.CRASHED, error=["WorkerCrashed", f"no worker could be started for "
                               f"execution {ex.id!r}: {exc}", None])  # fmt: skip
             self.queue.clear()
+            self.n_queued = 0
 
     def _replace_missing(self) -> None:
         if self.stopping and not self.execs:
@@ -822,7 +838,9 @@ class Supervisor:
         self._drain_output(w)
 
     def _drain_output(self, w: _Worker) -> None:
-        """Read what the worker (and its tools) printed; log it for the execution it runs."""
+        """Read what the worker (and its tools) printed and log it for the execution it belongs
+        to: the worker writes OUTPUT_END after each execution's output, so the stream is cut
+        exactly there, however late we read it (a prefetched execution may already print)."""
         while w.out_r >= 0:
             try:
                 data = os.read(w.out_r, 1 << 16)
@@ -832,23 +850,43 @@ class Supervisor:
                 self.sel.unregister(w.out_r)
                 os.close(w.out_r)
                 w.out_r = -1
+                data, w.out_tail = w.out_tail, b""
+                if data:
+                    self._route_output(w, data)
                 return
-            # Its current execution (dispatched to it), whether or not it has marked it begun yet.
-            ex = w.exec if w.exec is not None and w.exec.started_ns else None
-            try:
-                if ex is not None:
-                    if ex.out is None:
-                        ex.out = OutputLog(log_path(self.cfg.log_dir, ex.id), self.cfg.max_log_bytes)
-                    lines = ex.out.write(data)
-                else:
-                    if w.idle_out is None:
-                        w.idle_out = OutputLog(os.path.join(self.cfg.log_dir, f"worker-{w.id}.log"),
-                                               self.cfg.max_log_bytes)  # fmt: skip
-                    lines = w.idle_out.write(data)
-            except OSError as exc:
-                log(f"cannot write the output of worker {w.id}: {exc}")
-                continue
-            self._output_event(ex, w, lines)
+            data, w.out_tail = w.out_tail + data, b""
+            while True:
+                cut = data.find(OUTPUT_END)
+                if cut < 0:
+                    break
+                if cut:
+                    self._route_output(w, data[:cut])
+                data = data[cut + len(OUTPUT_END) :]
+                if w.out_execs:
+                    done = w.out_execs.popleft()
+                    self._close_output(done, w)
+            keep = _partial_mark(data)  # the start of a mark split across reads waits for the rest
+            if keep:
+                data, w.out_tail = data[:-keep], data[-keep:]
+            if data:
+                self._route_output(w, data)
+
+    def _route_output(self, w: _Worker, data: bytes) -> None:
+        ex = w.out_execs[0] if w.out_execs else None
+        try:
+            if ex is not None:
+                if ex.out is None:
+                    ex.out = OutputLog(log_path(self.cfg.log_dir, ex.id), self.cfg.max_log_bytes)
+                lines = ex.out.write(data)
+            else:
+                if w.idle_out is None:  # a leading dot: no execution id maps to this name
+                    w.idle_out = OutputLog(os.path.join(self.cfg.log_dir, f".worker-{w.id}.log"),
+                                           self.cfg.max_log_bytes)  # fmt: skip
+                lines = w.idle_out.write(data)
+        except OSError as exc:
+            log(f"cannot write the output of worker {w.id}: {exc}")
+            return
+        self._output_event(ex, w, lines)
 
     def _output_event(self, ex: _Exec | None, w: _Worker, lines: list[str]) -> None:
         if lines:
@@ -916,8 +954,7 @@ class Supervisor:
             ex = w.exec
             if ex is None or ex.id != msg.id:
                 return
-            self._drain_output(w)  # it flushed before it sent this: all of it is the ending execution's
-            self._close_output(ex, w)
+            self._drain_output(w)  # it wrote its end-of-output mark before it sent this
             w.inflight.popleft()
             if msg.observed_ns and not ex.observed_ns:
                 ex.observed_ns = msg.observed_ns
@@ -1026,6 +1063,8 @@ class Supervisor:
             ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
             ex.worker = w
             w.inflight.append(ex)
+            if w.out_r >= 0:
+                w.out_execs.append(ex)
             self._send_worker(w, P.Run(ex.id, self.flags.base(slot), ex.armed, ex.agent, self._blob_for(w, ex.agent),
                                        ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook)))  # fmt: skip
             if len(w.inflight) == 1:
@@ -1121,25 +1160,34 @@ class Supervisor:
 
     def _not_begun_yet(self, ex: _Exec, signal_fn) -> bool:
         """True (and the signal kept for later) while its worker has not taken ``ex``: a signal
-        now could hit the previous execution. The flag is already set, so a worker that takes
-        it from now on skips it; one that took it just now is seen at the next look."""
+        now could hit the previous execution. For graceful and immediate stops the flag is
+        already set, so a worker that takes it from now on skips it; one that took it just now
+        is seen at the next look (a kill waits for the worker to take it, then kills it)."""
         if self._begun(ex):
             return False
         if ex.pending_signal is None or signal_fn == self._kill_execution:  # a kill outranks a SIGTERM
             first = ex.pending_signal is None
             ex.pending_signal = signal_fn
             if first:
-                self._at(_BEGUN_LOOK_S, self._look_again, ex)
+                wait = OWNER_GONE_TERM_GRACE if self.owner is None else max(ex.term_grace, 0.05)
+                self._at(_BEGUN_LOOK_S, self._look_again, ex, time.monotonic() + wait)
         return True
 
-    def _look_again(self, ex: _Exec) -> None:
+    def _look_again(self, ex: _Exec, give_up: float) -> None:
         if ex.status not in _LIVE or ex.pending_signal is None:
             return
+        w = ex.worker
         if self._begun(ex):
             fn, ex.pending_signal = ex.pending_signal, None
             fn(ex)
+        elif time.monotonic() >= give_up and w is not None and w.exec is ex:
+            # Its worker has not taken it within the bound (stuck between executions): its previous
+            # Result was handled (ex is its current execution), so the kill can hit nothing else.
+            ex.pending_signal = None
+            log(f"worker {w.id} (pid {w.pid}) did not take execution {ex.id!r} in time to be stopped: killing it")
+            self._sigkill(w)
         else:
-            self._at(_BEGUN_LOOK_S, self._look_again, ex)  # until it begins, or skips it and ends
+            self._at(_BEGUN_LOOK_S, self._look_again, ex, give_up)  # until it begins, or skips it and ends
 
     def _kill_execution(self, ex: _Exec) -> None:
         """SIGKILL the worker running ``ex`` once it has acknowledged exactly that execution."""
@@ -1239,18 +1287,19 @@ class Supervisor:
             self.sel.unregister(w.chan.sock)
         except (KeyError, ValueError):
             pass  # already unregistered at EOF
-        while not w.chan.closed:
+        while not w.chan.closed:  # to EOF, or to EAGAIN if a tool it forked still holds its socket
             try:
                 msgs = w.chan.feed()
             except P.ProtocolError:
                 break
-            if not msgs:
+            if msgs is None or (not msgs and not w.chan.readable_now()):
                 break
             for msg in msgs:
                 self._handle_worker_safely(w, msg)
         self._drain_output(w)
-        if w.exec is not None:
-            self._close_output(w.exec, w)
+        for ex_out in w.out_execs:  # a worker that died wrote no mark: what it printed was theirs
+            self._close_output(ex_out, w)
+        w.out_execs.clear()
         killpg(w.pid)  # tools it left in its group; its zombie still pins the pgid
         if w.cgroup:
             cgroup_kill(w.cgroup)  # and every other process it started, wherever it moved

@@ -2,16 +2,18 @@
 
 Owns: the read ends of the workers' output pipes (their fds 1 and 2 both write
 into it, and so do the tools they start) and the open log files of running
-executions. Output is attributed to the execution its worker runs when it is
-read; at each Result the pipe is drained first, and since a worker flushes
-before it sends its Result, an execution's output never lands in the next
-one's log. Complete lines also go to subscribed clients as ``output`` events.
+executions. The stream is cut at the end-of-output mark (``OUTPUT_END``) the
+worker writes after each execution, before its Result, and each piece goes to
+the executions sent to that worker in order: an execution's output never lands
+in another's log, even when the worker already runs its next (prefetched)
+execution while the supervisor has not read the first one's Result yet.
+Complete lines also go to subscribed clients as ``output`` events.
 
 Logs: ``<log_dir>/<id>.log`` (the id encoded as a file name like checkpoint
 directories), at most ``max_log_bytes``; past that it is renamed ``.log.1``
 (replacing the previous one) and a new one starts, so an execution keeps at
 most twice that. Output while a worker runs nothing goes to
-``<log_dir>/worker-<n>.log`` under the same bound.
+``<log_dir>/.worker-<n>.log`` under the same bound (no execution id maps to it).
 """
 
 from __future__ import annotations
