@@ -28,7 +28,6 @@ import hashlib
 import importlib
 import importlib.util
 import itertools
-import math
 import os
 import pickle
 import queue

@@ -7,7 +7,6 @@ is handed. Exits 0 after a clean drain; 2 when the configuration is refused
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 

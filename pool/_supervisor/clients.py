@@ -33,13 +33,12 @@ def log(text: str) -> None:
 class Client:
     """One connected client. ``owner``: the creator's channel (its end ends the pool)."""
 
-    __slots__ = ("id", "chan", "owner", "subscribed", "pid", "greeted", "sent_agents")
+    __slots__ = ("id", "chan", "owner", "subscribed", "pid", "greeted")
 
     def __init__(self, id: int, chan: Channel, owner: bool, pid: int | None):
         self.id, self.chan, self.owner, self.pid = id, chan, owner, pid
         self.subscribed = False
         self.greeted = owner  # the owner's handshake is the Start frame
-        self.sent_agents: set[str] = set()
 
     def __repr__(self) -> str:
         return f"client {self.id} (pid {self.pid})" if not self.owner else f"the owner (pid {self.pid})"
