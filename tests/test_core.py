@@ -78,8 +78,10 @@ def test_non_checking_agent_stops_at_sigterm_runs_finally_and_worker_is_replaced
     assert out.interrupt.stage is Stage.SIGTERM
     assert marker.read_text() == "finally ran"
     assert out.interrupt.sigterm_ns >= out.interrupt.requested_ns + 0.2e9 * 0.99
-    psutil.wait_procs([psutil.Process(pid)], timeout=5) if psutil.pid_exists(pid) else None
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    try:
+        psutil.Process(pid).wait(timeout=5)  # the stopped worker exits (and is reaped by the supervisor)
+    except psutil.NoSuchProcess:
+        pass  # gone already: what this test wants
     pids = {w.pid for w in pool.workers()}
     assert pid not in pids and len(pids) == 2
 
