@@ -171,6 +171,22 @@ class Scenario:
         with self.lock:
             self._record(out, grace, term_grace, check)
 
+    def settle(self, handles, checks, grace: float, term_grace: float, timeout: float = 60) -> None:
+        """Wait for every handle and record it; ``checks[i]`` (or None) says whether a completed
+        value is right; failed and crashed outcomes are violations here."""
+        for ex, ok in zip(handles, checks):
+            try:
+                out = ex.outcome(timeout=timeout)
+            except TimeoutError:
+                self.lost(ex.id, f"still live {timeout:g} s after the batch")
+                continue
+            self.record(out, grace, term_grace,
+                        lambda o, ok=ok: (f"completed with a wrong value {o.value!r}"
+                                          if o.status is ExecutionStatus.COMPLETED and ok is not None and not ok(o)
+                                          else f"unexpected {o.status.value}: {o.error}"
+                                          if o.status in (ExecutionStatus.FAILED, ExecutionStatus.CRASHED)
+                                          else None))  # fmt: skip
+
     def _record(self, out, grace, term_grace, check) -> None:
         self.ended += 1
         st = out.status

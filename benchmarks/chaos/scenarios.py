@@ -336,16 +336,7 @@ def supervisor_stop(scen: Scenario) -> None:
                 canceller.join(30)
                 if canceller.is_alive():
                     scen.violation("cancels issued while the supervisor was stopped had not returned 30 s after SIGCONT")
-        for ex, ok in zip(handles, checks):
-            try:
-                out = ex.outcome(timeout=60)
-            except TimeoutError:
-                scen.lost(ex.id, "still live 60 s after the batch")
-                continue
-            scen.record(out, esc.grace, esc.term_grace,
-                        lambda out, ok=ok: (f"completed with a wrong value {out.value!r}"
-                                            if out.status is C and ok is not None and not ok(out) else
-                                            f"unexpected {out.status.value}" if out.status in (F, X) else None))  # fmt: skip
+        scen.settle(handles, checks, esc.grace, esc.term_grace)
     scen.figures["supervisor_stops"] = stops
     scen.figures["stop_seconds"] = stop_s
     scen.figures["cancel_during_stop_returned_ms"] = {"n": len(cancel_returns), "max": ms(max(cancel_returns, default=None))}
@@ -701,16 +692,7 @@ def many_workers(scen: Scenario) -> None:
             if rng.random() < 0.1:
                 victim = rng.choice(handles)
                 cancelled += victim.cancel(mode=rng.choice(("graceful", "immediate", "kill")))
-        for ex, ok in zip(handles, checks):
-            try:
-                out = ex.outcome(timeout=60)
-            except TimeoutError:
-                scen.lost(ex.id, "still live 60 s after the batch")
-                continue
-            scen.record(out, esc.grace, esc.term_grace,
-                        lambda o, ok=ok: (f"completed with a wrong value {o.value!r}" if o.status is C and not ok(o)
-                                          else f"unexpected {o.status.value}: {o.error}" if o.status in (F, X)
-                                          else None))  # fmt: skip
+        scen.settle(handles, checks, esc.grace, esc.term_grace)
         sched1 = _schedstat(pool.supervisor_pid)
         batch_s = time.monotonic() - t0 - ready
     scen.figures.update(

@@ -186,6 +186,7 @@ class Supervisor:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.clients: dict[int, Client] = {}
+        self.subscribers: set[Client] = set()  # clients that asked for events
         self.next_client_id = 1
         owner_sock.setblocking(False)
         self.owner: Client | None = Client(0, Channel(owner_sock, cfg.max_frame), True, cfg.creator_pid)
@@ -237,11 +238,11 @@ class Supervisor:
             self._drop(client, f"it does not read its messages ({client.chan.pending_bytes} bytes queued)")
 
     def _event(self, kind: str, ex: "_Exec | None", w: "_Worker | None", mono_ns: int | None = None, **data) -> None:
-        subs = [c for c in self.clients.values() if c.subscribed]
+        subs = self.subscribers
         if not subs:
-            return
+            return  # the per-task started/ended events cost nothing while nobody listens
         msg = P.Event(kind, ex.id if ex else None, w.id if w else None, mono_ns or time.monotonic_ns(), data or None)
-        for c in subs:
+        for c in list(subs):
             self._send(c, msg)
 
     def _send_worker(self, w: _Worker, msg, now: bool = False) -> None:
@@ -408,6 +409,7 @@ class Supervisor:
         if not quiet:
             log(f"closing {c}: {why}")
         self.clients.pop(c.id, None)
+        self.subscribers.discard(c)
         try:
             self.sel.unregister(c.chan.sock)
         except (KeyError, ValueError):
@@ -645,6 +647,7 @@ class Supervisor:
 
     def _on_subscribe(self, c: Client, msg: P.Subscribe) -> None:
         c.subscribed = True
+        self.subscribers.add(c)
         self._reply(c, msg.req, True)
 
     def _on_shutdown(self, c: Client, msg: P.Shutdown) -> None:
@@ -1414,8 +1417,9 @@ class Supervisor:
         if ex.out is not None:
             self._close_output(ex, ex.worker)
         i = info.get("interrupt") or {}
-        self._event("ended", ex, w, now, status=status.code, stage=i.get("stage"), mode=i.get("mode"),
-                    reason=i.get("reason"), pid=info["pid"], message=error[1] if error else None)  # fmt: skip
+        if self.subscribers:
+            self._event("ended", ex, w, now, status=status.code, stage=i.get("stage"), mode=i.get("mode"),
+                        reason=i.get("reason"), pid=info["pid"], message=error[1] if error else None)  # fmt: skip
         self.unsent_started.pop(ex.id, None)  # Ended carries the worker: a Started not yet sent is moot
         self._send(ex.client, P.Ended(ex.id, info, value))
         for c, req in ex.waiters:
