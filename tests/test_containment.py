@@ -11,22 +11,15 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from interrupt_pool import Escalation, ExecutionStatus, InterruptSource, Pool, Stage
 from tests import agents, hostile_agents as H
 from tests.test_core import wait_for_file
-from tests.test_hosts import GONE_WITHIN_S, gone
+from tests.procs import alive, gone
+from tests.test_hosts import GONE_WITHIN_S
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 # -- 1. an agent cannot take its worker out of reach ------------------------------------------------------

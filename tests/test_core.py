@@ -29,6 +29,7 @@ from interrupt_pool import (
     WorkerCrashed,
 )
 from tests import agents
+from tests.procs import alive as still_alive
 
 FAST = Escalation(grace=0.2, term_grace=0.2)
 
@@ -121,8 +122,8 @@ def test_tools_started_by_an_agent_die_with_a_sigkill_stop(tmp_path):
             except psutil.NoSuchProcess:
                 pass
         _, alive = psutil.wait_procs(procs, timeout=3)
-        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-        assert alive == [], f"tools survived the stop: {alive}"
+        left = [p.pid for p in alive if still_alive(p.pid)]
+        assert left == [], f"tools survived the stop: {left}"
 
 
 def test_timeout_stops_through_the_same_escalation_with_reason_timeout(pool, tmp_path):

@@ -22,6 +22,7 @@ import pytest
 
 from interrupt_pool import Escalation, ExecutionStatus, Pool, Stage
 from tests import agents
+from tests.procs import gone
 from tests.test_core import wait_for_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,14 +43,6 @@ def start_host(code: str, *args: str, env: dict | None = None) -> subprocess.Pop
                             text=True)  # fmt: skip
 
 
-def gone(pids: list[int], timeout: float) -> list[int]:
-    """The pids still alive (not zombies) after waiting up to ``timeout``."""
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.02)
-    return alive
 
 
 # -- 1. threaded hosts ------------------------------------------------------------------------

@@ -1,0 +1,25 @@
+"""Race-tolerant process checks shared by the tests: a process may exit while a test looks at it."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not); a process that exits while we look is gone."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def gone(pids: list[int], timeout: float) -> list[int]:
+    """The pids still alive (not zombies) after waiting up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    left = pids
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if alive(p)]
+        time.sleep(0.02)
+    return left
