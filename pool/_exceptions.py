@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .shared import Interrupted
+from .shared import ExecutionStatus, Interrupted
 
 if TYPE_CHECKING:
     from ._models import ExecutionResult
@@ -74,3 +74,15 @@ class PoolBroken(PoolError, RuntimeError):
 
 class QueueFull(PoolError):
     """``max_queued`` executions are already waiting; nothing was submitted."""
+
+
+def error_for(out: "ExecutionResult") -> Exception:
+    """The exception that ``result()`` raises for an execution that did not complete."""
+    if out.status is ExecutionStatus.INTERRUPTED:
+        i = out.interrupt
+        how = f" ({i.reason.value}, {i.mode.value}, ended at stage {i.stage.value})" if i and i.stage else ""
+        return ExecutionInterrupted(f"execution {out.id!r} was interrupted{how}", out)
+    if out.status is ExecutionStatus.FAILED:
+        e = out.error
+        return ExecutionFailed(f"execution {out.id!r} failed: {e.type}: {e.message}", out)
+    return WorkerCrashed(out.error.message if out.error else f"execution {out.id!r} crashed", out)

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import hashlib
-import importlib
-import importlib.util
 import itertools
 import os
 import pickle
@@ -44,8 +41,9 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _naming
+from ._agents import agent_spec, check_id
 from ._events import Event, EventKind
-from ._exceptions import ExecutionFailed, ExecutionInterrupted, PoolBroken, PoolClosed, QueueFull, WorkerCrashed
+from ._exceptions import PoolBroken, PoolClosed, QueueFull, error_for
 from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
 from ._proc import cgroup_kill, cgroup_remove, kill_pids, pids_with_env, start_ticks
 from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
@@ -121,7 +119,7 @@ class Execution:
         self._wait(timeout)
         if self._status is ExecutionStatus.COMPLETED:
             return self._value
-        raise _error_for(self.outcome())
+        raise error_for(self.outcome())
 
     def wait_started(self, timeout: float | None = None) -> bool:
         """Block until the execution has started on a worker (True) or ended without
@@ -158,80 +156,6 @@ class Execution:
                 setattr(self, attr, [])
             getattr(self, attr).append(item)
             return True
-
-
-def _error_for(out: ExecutionResult) -> Exception:
-    if out.status is ExecutionStatus.INTERRUPTED:
-        i = out.interrupt
-        how = f" ({i.reason.value}, {i.mode.value}, ended at stage {i.stage.value})" if i and i.stage else ""
-        return ExecutionInterrupted(f"execution {out.id!r} was interrupted{how}", out)
-    if out.status is ExecutionStatus.FAILED:
-        e = out.error
-        return ExecutionFailed(f"execution {out.id!r} failed: {e.type}: {e.message}", out)
-    return WorkerCrashed(out.error.message if out.error else f"execution {out.id!r} crashed", out)
-
-
-def _agent_spec(fn: Any, cache: dict, what: str = "agent") -> tuple[str, bytes | None]:
-    """How a worker finds ``fn``: ('module:qualname', None) for an importable function,
-    ('blob:<sha256>', bytes) for one shipped by value (defined in __main__, a notebook,
-    a REPL, or nested). A clear error if neither works."""
-    try:
-        return cache[fn]
-    except (KeyError, TypeError):
-        pass
-    if isinstance(fn, str):
-        module, sep, qualname = fn.partition(":")
-        if not sep or not module or not qualname:
-            raise ValueError(f"{what} {fn!r} must be written as 'module:function', e.g. 'mypkg.agents:research'")
-        # Checked without importing the agent's module here (only workers import agents):
-        # the module must be findable; if this process already imported it, the name too.
-        obj = sys.modules.get(module)
-        if obj is not None and getattr(getattr(obj, "__spec__", None), "_initializing", False):
-            obj = None  # another thread is still importing it: its names are not all there yet
-        try:
-            if obj is None and importlib.util.find_spec(module) is None:
-                raise ModuleNotFoundError(f"No module named {module!r}")
-            if obj is not None:
-                for part in qualname.split("."):
-                    obj = getattr(obj, part)
-        except Exception as exc:
-            raise TypeError(f"{what} {fn} cannot be imported ({type(exc).__name__}: {exc}); "
-                            "check the module path and the function name") from exc  # fmt: skip
-        if obj is not None and not callable(obj):
-            raise TypeError(f"{what} {fn} is a {type(obj).__name__}, not a function")
-        spec = (fn, None)
-    else:
-        if not callable(fn):
-            raise TypeError(f"{what} must be a function taking (ctx, input), got {type(fn).__name__} {fn!r}")
-        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-        by_name = False
-        if module and qualname and module != "__main__" and "<" not in qualname:
-            obj = sys.modules.get(module)
-            for part in qualname.split("."):
-                obj = getattr(obj, part, None)
-            by_name = obj is fn
-        if by_name:
-            spec = (f"{module}:{qualname}", None)
-        else:
-            import cloudpickle  # by value, as loky and Ray do for __main__, notebooks and closures
-
-            try:
-                blob = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                raise TypeError(f"{what} {fn!r} cannot be sent to a worker by value ({type(exc).__name__}: {exc}); "
-                                "define it with def at the top level of an importable module") from exc  # fmt: skip
-            spec = (f"blob:{hashlib.sha256(blob).hexdigest()}", blob)
-    try:
-        cache[fn] = spec
-    except TypeError:
-        pass  # unhashable callable: just not cached
-    return spec
-
-
-def _check_id(id: Any) -> str:
-    if not isinstance(id, str) or not id or len(id) > 256 or "\x00" in id:
-        raise ValueError(f"execution id must be a non-empty string of at most 256 characters without NUL, got {id!r}")
-    return id
 
 
 def _request_codes(mode, reason, source) -> tuple[int, int, int]:
@@ -463,7 +387,7 @@ class Pool:
               memory_limit=None) -> tuple[P.Task, list]:  # fmt: skip
         """The Task frame for one execution, and the DefineAgent frames it needs first."""
         defs = []
-        agent, blob = _agent_spec(fn, self._ref_cache)
+        agent, blob = agent_spec(fn, self._ref_cache)
         if blob is not None:
             if len(blob) > self._max_frame // 2:
                 raise TypeError(f"agent {fn!r} is {len(blob)} bytes when sent by value (it captures large objects), "
@@ -472,12 +396,12 @@ class Pool:
             defs.append(P.DefineAgent(agent[5:], blob))
         hook = None
         if on_interrupt is not None:
-            hook, hblob = _agent_spec(on_interrupt, self._ref_cache, "on_interrupt")
+            hook, hblob = agent_spec(on_interrupt, self._ref_cache, "on_interrupt")
             if hblob is not None:
                 defs.append(P.DefineAgent(hook[5:], hblob))
         if resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoints; this pool was created with checkpoint_dir=None")
-        id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else _check_id(id)
+        id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else check_id(id)
         timeout = check_timeout("timeout", timeout)
         grace = term_grace = None
         if escalation is not None:

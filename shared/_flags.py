@@ -12,7 +12,7 @@ Layout (all words little-endian u64, accessed only through one
     header  [magic, layout version, slot count, 0, ...]                128 bytes
     slot i  [control, reason, requested_ns, observed_ns,
              cost, progress, pending, signalled,
-             begun, 0, 0, 0, 0, 0, 0, 0]                          128 bytes each (two cache lines)
+             begun, shield, 0, 0, 0, 0, 0, 0]                     128 bytes each (two cache lines)
 
 ``control = (generation << 8) | request``; request 0 is none, otherwise an
 ``InterruptMode`` code. ``reason = (reason_code << 8) | source_code``.
@@ -33,6 +33,14 @@ the word the agent's fast path reads: a value that is 0 while nothing is
 requested reads as CPython's cached small int, where the generation-tagged
 control word (>= 256) would allocate a new int on every read (measured here:
 about 15 ns of a 60 ns check). The slow path then verifies ``control``.
+
+``progress`` is the ``time.monotonic_ns()`` of the agent's last sign of progress
+(``ctx.heartbeat``, ``sleep``, ``spend``, ``checkpoint``): the stall source reads
+it when a stall deadline comes, so progress costs one store and no frame.
+``shield`` is the ``time.monotonic_ns()`` at which the agent entered its
+outermost ``ctx.shield()``, 0 outside one: a stop that ends in SIGKILL inside a
+shield is reported as delayed by it. ``cost`` is the execution's own spend so
+far as float64 bits (the Spend frame carries it to the supervisor too).
 
 Writers: the supervisor is the only writer of control, reason, requested_ns
 and signalled (single writer: no locks, no lost updates). The worker running
@@ -55,7 +63,7 @@ import time
 __all__ = ("FlagArray", "LAYOUT_MAGIC", "LAYOUT_VERSION", "SLOT_BYTES", "SLOT_WORDS")
 
 LAYOUT_MAGIC = 0x4C4F4F50_49525054  # "TPRIPOOL" read little-endian
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 SLOT_BYTES = 128  # two cache lines: two workers never share one
 SLOT_WORDS = SLOT_BYTES // 8
 HEADER_WORDS = SLOT_WORDS
@@ -70,7 +78,8 @@ PROGRESS = 5
 PENDING = 6
 SIGNALLED = 7
 BEGUN = 8
-_USED_WORDS = BEGUN + 1  # the rest of the slot is reserved (always 0)
+SHIELD = 9
+_USED_WORDS = SHIELD + 1  # the rest of the slot is reserved (always 0)
 
 _REQUEST_MASK = 0xFF
 
@@ -145,6 +154,14 @@ class FlagArray:
         """True once the worker has taken the execution armed with ``armed`` (and runs it)."""
         return self.words[self.base(slot) + BEGUN] == armed
 
+    def progress_ns(self, slot: int) -> int:
+        """The agent's last sign of progress (monotonic ns), 0 if none yet."""
+        return self.words[self.base(slot) + PROGRESS]
+
+    def shield_ns(self, slot: int) -> int:
+        """When the agent entered the shield it is in now (monotonic ns), 0 if in none."""
+        return self.words[self.base(slot) + SHIELD]
+
     def mark_signalled(self, slot: int, armed: int) -> None:
         """Record, before sending SIGTERM, that it is meant for the execution armed with ``armed``."""
         self.words[self.base(slot) + SIGNALLED] = armed
@@ -168,6 +185,7 @@ class FlagArray:
             "pending": w[b + PENDING],
             "signalled": w[b + SIGNALLED],
             "begun": w[b + BEGUN],
+            "shield": w[b + SHIELD],
         }
 
     def close(self) -> None:

@@ -34,9 +34,11 @@ __all__ = (
     "Start", "Hello", "Welcome", "Refused", "Task", "DefineAgent", "Submit", "Cancel", "CancelWorker", "CancelAll",
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
     "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Resumed",
+    "DefineGroup", "CancelGroup", "VetoAsk", "VetoAnswer", "Requeued", "Spend", "SubmitChild", "Waiting",
+    "CancelChild", "ChildEnded",
 )  # fmt: skip
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 # Written by a worker into its output pipe between one execution's output and the next one's.
 OUTPUT_END = b"\x00\x1einterrupt-pool: end of execution output\x1e\x00\n"
 DEFAULT_MAX_FRAME = 64 << 20  # 64 MiB: an input or result larger than this is refused with a clear error
@@ -251,6 +253,11 @@ class Task(NamedTuple):
     resume: bool = False
     hook: str | None = None
     memory_limit: int | None = None
+    budget: float | None = None  # cost units this execution (and its descendants) may spend
+    stall_timeout: float | None = None  # seconds without progress before it is stopped as stalled
+    group: str | None = None  # a group defined with DefineGroup: shares its budget, cancelled together
+    priority: int = 0  # higher runs first
+    preemptible: bool = False  # may be stopped (checkpointed) and requeued for higher-priority work
 
 
 @message(11)
@@ -384,6 +391,55 @@ class Gone(NamedTuple):
     """S→C: a clean exit; nothing more will come."""
 
 
+@message(20)
+class DefineGroup(NamedTuple):
+    """C→S: create group ``name`` (or change its budget); Reply value: the group's row."""
+
+    req: int
+    name: str
+    budget: float | None = None
+
+
+@message(21)
+class CancelGroup(NamedTuple):
+    """C→S: stop every queued and running execution of group ``name``; Reply value: how many."""
+
+    req: int
+    name: str
+    mode: int
+    reason: int
+    source: int
+    message: str | None = None
+
+
+@message(22)
+class VetoAnswer(NamedTuple):
+    """Owner→S: the answer of ``before_interrupt`` to a VetoAsk."""
+
+    req: int
+    allow: bool
+
+
+@message(37)
+class VetoAsk(NamedTuple):
+    """S→owner: may this graceful or immediate request from a user or a program go ahead?"""
+
+    req: int
+    id: str
+    mode: int
+    reason: int
+    source: int
+    message: str | None
+
+
+@message(38)
+class Requeued(NamedTuple):
+    """S→C: execution ``id`` was preempted for higher-priority work; it waits to resume."""
+
+    id: str
+    preemptions: int
+
+
 # -- supervisor ⇄ worker ---------------------------------------------------------------------
 
 
@@ -401,6 +457,7 @@ class Run(NamedTuple):
     hook: str | None
     hook_blob: bytes | None
     term_grace: float = 2.0  # bounds how long the worker lets a SIGTERM-interrupted agent unwind
+    allowance: float | None = None  # spend at which the agent stops itself (its budget, or one above it)
 
 
 @message(51)
@@ -437,6 +494,7 @@ class Result(NamedTuple):
     checkpoint: list | None  # CheckpointInfo.to_wire()
     resumed_from: list | None
     own_interrupt: str | None = None  # the message of an Interrupted the agent raised itself
+    shield_ns: int = 0  # how long a shield held the stop back
 
 
 @message(62)
@@ -463,6 +521,52 @@ class CheckpointAnnounce(NamedTuple):
     path: str
     size: int
     time: float
+
+
+@message(66)
+class Spend(NamedTuple):
+    """W→S: execution ``id`` has spent ``total`` cost units so far (``note``: what for)."""
+
+    id: str
+    total: float
+    note: str | None = None
+
+
+@message(67)
+class SubmitChild(NamedTuple):
+    """W→S: execution ``parent`` starts a child execution (its Task; id chosen by the worker)."""
+
+    parent: str
+    task: Task
+
+
+@message(68)
+class Waiting(NamedTuple):
+    """W→S: execution ``id`` blocks on its children (``on``) or goes on working (not ``on``):
+    while it waits, its worker lends its place to a stand-in worker."""
+
+    id: str
+    on: bool
+
+
+@message(69)
+class CancelChild(NamedTuple):
+    """W→S: execution ``parent`` stops its child ``id``."""
+
+    parent: str
+    id: str
+    mode: int
+    message: str | None = None
+
+
+@message(53)
+class ChildEnded(NamedTuple):
+    """S→W: child ``id`` of execution ``parent`` ended (the same info and value as Ended)."""
+
+    parent: str
+    id: str
+    info: dict
+    value: bytes | None
 
 
 # -- channel -------------------------------------------------------------------------------------
