@@ -33,6 +33,7 @@ _WHERE = {
     "PoolClosed": "._exceptions",
     "PoolError": "._exceptions",
     "QueueFull": "._exceptions",
+    "BudgetExceeded": "._exceptions",
     "WorkerCrashed": "._exceptions",
     "CheckpointRef": "._models",
     "ErrorInfo": "._models",
@@ -41,6 +42,10 @@ _WHERE = {
     "ExecutionResult": "._models",
     "InterruptInfo": "._models",
     "WorkerInfo": "._models",
+    "Group": "._models",
+    "Preemption": "._models",
+    "StopRequest": "._models",
+    "ChildExecution": "._children",
     "Execution": "._pool",
     "Pool": "._pool",
 }
@@ -63,7 +68,9 @@ def __dir__() -> list[str]:
 
 if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from ._events import Event, EventKind
+    from ._children import ChildExecution
     from ._exceptions import (
+        BudgetExceeded,
         ExecutionError,
         ExecutionFailed,
         ExecutionInterrupted,
@@ -73,7 +80,18 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
         QueueFull,
         WorkerCrashed,
     )
-    from ._models import CheckpointRef, ErrorInfo, Escalation, ExecutionInfo, ExecutionResult, InterruptInfo, WorkerInfo
+    from ._models import (
+        CheckpointRef,
+        ErrorInfo,
+        Escalation,
+        ExecutionInfo,
+        ExecutionResult,
+        Group,
+        InterruptInfo,
+        Preemption,
+        StopRequest,
+        WorkerInfo,
+    )
     from ._pool import Execution, Pool
     from .shared import (
         CheckpointError,

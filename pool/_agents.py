@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import pickle
 import sys
 from typing import Any
 
-__all__ = ("agent_spec", "check_id")
+from .shared import _protocol as P
+
+__all__ = ("agent_spec", "build_task", "check_id", "check_timeout")
+
+_MAX_PRIORITY = 1 << 31  # priorities travel as msgpack ints; far more levels than anyone needs
 
 
 def agent_spec(fn: Any, cache: dict, what: str = "agent") -> tuple[str, bytes | None]:
@@ -77,3 +82,76 @@ def check_id(id: Any) -> str:
     if not isinstance(id, str) or not id or len(id) > 256 or "\x00" in id:
         raise ValueError(f"execution id must be a non-empty string of at most 256 characters without NUL, got {id!r}")
     return id
+
+
+def check_timeout(name: str, value: Any) -> float | None:
+    """Validate a timeout argument: None or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def check_budget(name: str, value: Any) -> float | None:
+    """None or a finite number >= 0 (0: nothing may be spent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (in your cost unit) or None, got {value!r}")
+    return float(value)
+
+
+def build_task(fn, input, id: str, cache: dict, max_frame: int, *, checkpoints: bool, timeout=None,
+               escalation=None, resume=False, on_interrupt=None, memory_limit=None, budget=None,
+               stall_timeout=None, group=None, priority=0, preemptible=False) -> tuple[P.Task, list]:  # fmt: skip
+    """The Task frame for one execution and the DefineAgent frames it needs first; every
+    argument checked, with an error that names it and the fix."""
+    defs = []
+    agent, blob = agent_spec(fn, cache)
+    if blob is not None:
+        if len(blob) > max_frame // 2:
+            raise TypeError(f"agent {fn!r} is {len(blob)} bytes when sent by value (it captures large objects), "
+                            f"more than half the pool's max_frame ({max_frame}); make it an importable "
+                            "module-level function, or pass the data as its input")  # fmt: skip
+        defs.append(P.DefineAgent(agent[5:], blob))
+    hook = None
+    if on_interrupt is not None:
+        hook, hblob = agent_spec(on_interrupt, cache, "on_interrupt")
+        if hblob is not None:
+            defs.append(P.DefineAgent(hook[5:], hblob))
+    if resume and not checkpoints:
+        raise ValueError("resume=True needs checkpoints; this pool was created with checkpoint_dir=None")
+    check_id(id)
+    timeout = check_timeout("timeout", timeout)
+    stall_timeout = check_timeout("stall_timeout", stall_timeout)
+    budget = check_budget("budget", budget)
+    grace = term_grace = None
+    if escalation is not None:
+        from ._models import Escalation
+
+        if not isinstance(escalation, Escalation):
+            raise TypeError(f"escalation must be an Escalation(grace=..., term_grace=...), got {escalation!r}")
+        grace, term_grace = escalation.grace, escalation.term_grace
+    if group is not None and (not isinstance(group, str) or not group or len(group) > 256):
+        raise ValueError(f"group must be the name of a group created with pool.group(name, ...), got {group!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -_MAX_PRIORITY < priority < _MAX_PRIORITY:
+        raise ValueError(f"priority must be a whole number (higher runs first), got {priority!r}")
+    if not isinstance(preemptible, bool):
+        raise TypeError(f"preemptible must be True or False, got {preemptible!r}")
+    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
+                                     or memory_limit < (1 << 20)):  # fmt: skip
+        raise ValueError(f"memory_limit must be a whole number of bytes of at least 1 MiB, got {memory_limit!r}")
+    try:
+        payload = pickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(f"the input of execution {id!r} cannot be pickled ({type(exc).__name__}: {exc}); "
+                        "pass plain data (str, numbers, lists, dicts) or picklable objects") from exc  # fmt: skip
+    if len(payload) > max_frame - 4096:
+        raise ValueError(f"the input of execution {id!r} is {len(payload)} bytes pickled, more than the pool's "
+                         f"max_frame ({max_frame}); pass a path or a reference instead, or raise max_frame")  # fmt: skip
+    task = P.Task(id, agent, payload, timeout, grace, term_grace, bool(resume), hook, memory_limit, budget,
+                  stall_timeout, group, priority, preemptible)  # fmt: skip
+    return task, defs

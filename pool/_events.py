@@ -35,6 +35,12 @@ class EventKind(str, enum.Enum):
     OUTPUT = "output"  # lines an execution (or an idle worker) printed, in ``text``
     WORKER_STARTED = "worker_started"
     WORKER_EXITED = "worker_exited"
+    SPENT = "spent"  # ctx.spend: the execution's own total in ``cost``, the note in ``message``
+    BUDGET_EXHAUSTED = "budget_exhausted"  # a group used up its budget (its members are being stopped)
+    VETOED = "vetoed"  # before_interrupt refused a stop request
+    PREEMPTED = "preempted"  # stopped to make room for higher-priority work
+    REQUEUED = "requeued"  # a preempted execution waits to resume
+    SOURCE_ERROR = "source_error"  # an interrupt source or hook raised or returned garbage (in this process)
 
     def __str__(self) -> str:
         return self.value
@@ -57,6 +63,8 @@ class Event(BaseModel):
     """For sigterm/sigkill: how long after its deadline the signal went out."""
     text: str | None = None
     """For output: the complete lines printed (stdout and stderr, as they came), joined by newlines."""
+    cost: float | None = None
+    """For spent: the execution's own spend so far."""
 
     @property
     def at(self) -> _dt.datetime:
@@ -78,4 +86,5 @@ class Event(BaseModel):
             message=d.get("message"),
             late_ms=d.get("late_ms"),
             text=d.get("text"),
+            cost=d.get("cost"),
         )

@@ -12,7 +12,8 @@ Tree::
           │    └── WorkerCrashed          its worker process died (exit code or signal)
           ├── PoolClosed             submit/cancel after shutdown(), or no such pool to connect to
           ├── PoolBroken             the supervisor process died; nothing new can run
-          └── QueueFull              max_queued executions are waiting; submit(block=False) or its timeout
+          ├── QueueFull              max_queued executions are waiting; submit(block=False) or its timeout
+          └── BudgetExceeded         the group submitted to has used up its budget
 
 Bad arguments raise the built-in ``TypeError`` / ``ValueError`` with a
 sentence that names the argument and the fix.
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ._models import ExecutionResult
 
 __all__ = (
+    "BudgetExceeded",
     "ExecutionError",
     "ExecutionFailed",
     "ExecutionInterrupted",
@@ -74,6 +76,10 @@ class PoolBroken(PoolError, RuntimeError):
 
 class QueueFull(PoolError):
     """``max_queued`` executions are already waiting; nothing was submitted."""
+
+
+class BudgetExceeded(PoolError):
+    """The group has used up its budget; nothing was submitted (raise it with ``pool.group``)."""
 
 
 def error_for(out: "ExecutionResult") -> Exception:

@@ -8,14 +8,14 @@ else constructs them from raw dicts.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage
 
-__all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo", "CheckpointRef")
+__all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo", "CheckpointRef",
+           "Group", "Preemption", "StopRequest")  # fmt: skip
 
 
 MAX_GRACE_S = 7 * 86400.0  # a week: longer grace periods are a mistake, and must fit in nanoseconds
@@ -78,6 +78,8 @@ class InterruptInfo(BaseModel):
     sigkill_ns: int | None = None
     sigkill_deadline_ns: int | None = None
     ended_ns: int | None = None
+    shield_ns: int | None = None
+    """How long a ``ctx.shield()`` held this stop back (None: no shield was in the way)."""
 
     @computed_field
     @property
@@ -90,6 +92,12 @@ class InterruptInfo(BaseModel):
     def stop_latency(self) -> float | None:
         """Seconds from the request to the execution having ended."""
         return _ns_to_s(self.requested_ns, self.ended_ns)
+
+    @computed_field
+    @property
+    def shield_delay(self) -> float | None:
+        """Seconds a ``ctx.shield()`` held this stop back (None: none did)."""
+        return self.shield_ns / 1e9 if self.shield_ns else None
 
 
 class CheckpointRef(BaseModel):
@@ -108,6 +116,16 @@ class CheckpointRef(BaseModel):
         seq, path, size, wall = w
         return cls.model_construct(seq=seq, path=path, size=size,
                                    time=_dt.datetime.fromtimestamp(wall, tz=_dt.timezone.utc))  # fmt: skip
+
+
+class Preemption(BaseModel):
+    """One time a preemptible execution was stopped for higher-priority work and requeued."""
+
+    at: _dt.datetime
+    stage: Stage | None = None
+    """The stage that stopped it (flag: it saved its state at a check)."""
+    checkpoint_seq: int | None = None
+    """The checkpoint it resumed from (None: it had saved none and started over)."""
 
 
 class ExecutionResult(BaseModel):
@@ -135,6 +153,18 @@ class ExecutionResult(BaseModel):
     value_dropped: bool = False
     """True when this outcome came from the supervisor's history, which keeps results only up to
     a byte budget: the value was too large to keep (its submitting client received it)."""
+    cost: float = 0.0
+    """What it spent (``ctx.spend``), its descendants' spend included."""
+    own_cost: float = 0.0
+    """What its own agent spent."""
+    budget: float | None = None
+    group: str | None = None
+    priority: int = 0
+    parent_id: str | None = None
+    """The execution that started it with ``ctx.submit`` (None for one a client submitted)."""
+    children: list[str] = []
+    """The ids of the child executions it started, in order."""
+    preemptions: list[Preemption] = []
 
     @property
     def ok(self) -> bool:
@@ -161,6 +191,16 @@ class ExecutionResult(BaseModel):
             resume=(("restored" if d.get("resumed_from") else "fresh") if d.get("resume") else None),
             resumed_from=CheckpointRef.from_wire(d.get("resumed_from")),
             value_dropped=bool(d.get("value_dropped")),
+            cost=d.get("cost", 0.0),
+            own_cost=d.get("own_cost", 0.0),
+            budget=d.get("budget"),
+            group=d.get("group"),
+            priority=d.get("priority", 0),
+            parent_id=d.get("parent"),
+            children=d.get("children") or [],
+            preemptions=[Preemption.model_construct(at=_wall(p["at"]), checkpoint_seq=p.get("checkpoint"),
+                                                    stage=Stage.from_code(p["stage"]) if p.get("stage") is not None
+                                                    else None) for p in d.get("preemptions") or ()],  # fmt: skip
         )
 
 
@@ -178,6 +218,7 @@ def _interrupt_from_wire(d: dict) -> InterruptInfo:
         sigkill_ns=d.get("sigkill_ns"),
         sigkill_deadline_ns=d.get("sigkill_deadline_ns"),
         ended_ns=d.get("ended_ns"),
+        shield_ns=d.get("shield_ns"),
     )
 
 
@@ -185,6 +226,30 @@ def _wall(ns: int | None) -> _dt.datetime | None:
     if not ns:
         return None
     return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc)
+
+
+class StopRequest(BaseModel):
+    """A stop about to be made: what ``before_interrupt`` is asked about, and what an
+    interrupt source (``Pool.add_interrupt_source``) may return instead of a bare id."""
+
+    execution_id: str
+    mode: InterruptMode = InterruptMode.GRACEFUL
+    reason: InterruptReason = InterruptReason.CUSTOM
+    source: InterruptSource = InterruptSource.PROGRAMMATIC
+    message: str | None = None
+
+
+class Group(BaseModel):
+    """A named set of executions sharing a budget (``Pool.group``); cancelled together."""
+
+    name: str
+    budget: float | None = None
+    spent: float = 0.0
+    live: int = 0
+    """Members queued or running now."""
+    submitted: int = 0
+    exhausted: bool = False
+    """Its budget is used up: its members were stopped and it takes no new ones until the budget is raised."""
 
 
 class WorkerInfo(BaseModel):
@@ -202,14 +267,3 @@ class ExecutionInfo(BaseModel):
     id: str
     status: ExecutionStatus
     worker_id: int | None = None
-
-
-def check_timeout(name: str, value: Any) -> float | None:
-    """Validate a timeout argument: None or a positive, finite number of seconds."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive, finite number of seconds or None, got {value!r}")
-    return float(value)

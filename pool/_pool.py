@@ -41,10 +41,10 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _naming
-from ._agents import agent_spec, check_id
+from ._agents import build_task, check_budget, check_timeout
 from ._events import Event, EventKind
-from ._exceptions import PoolBroken, PoolClosed, QueueFull, error_for
-from ._models import Escalation, ExecutionInfo, ExecutionResult, WorkerInfo, check_timeout
+from ._exceptions import BudgetExceeded, PoolBroken, PoolClosed, QueueFull, error_for
+from ._models import Escalation, ExecutionInfo, ExecutionResult, Group, StopRequest, WorkerInfo
 from ._proc import cgroup_kill, cgroup_remove, kill_pids, pids_with_env, start_ticks
 from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
 from .shared import _protocol as P
@@ -237,8 +237,15 @@ class Pool:
     """Agent workers under one supervisor process; stops any execution on demand.
 
     ``capacity`` is the number of slots in the shared flag array: how many
-    executions can be running or being stopped at once (at least ``workers``;
-    the default leaves room for replacement workers while killed ones are reaped).
+    executions can be running, waiting on their children or being stopped at once
+    (at least ``workers``; the default, ``4 * workers + 64``, leaves room for
+    replacement workers while killed ones are reaped and for agent trees).
+    ``before_interrupt(request)`` is asked, in this process, before a graceful or
+    immediate stop a user or a program requested (from any client) goes ahead:
+    returning False vetoes it (an event says so); kills, timeouts, budgets,
+    stalls, preemption and shutdown are never asked about. ``after_interrupt(outcome)``
+    runs once for each interrupted execution of this Pool, with its checkpoint.
+    Both run on a thread of the pool, never the one that reads the supervisor's frames.
     ``max_queued`` bounds the executions this pool has submitted that have not
     started: ``submit`` then blocks (or raises :class:`QueueFull`). ``history`` is how
     many ended executions the supervisor keeps for ``status`` and :meth:`outcome`.
@@ -249,7 +256,9 @@ class Pool:
                  checkpoint_dir: str | os.PathLike | None = ".pool/checkpoints", keep_checkpoints: int = 3,
                  max_queued: int | None = None, history: int = 1000, max_frame: int = P.DEFAULT_MAX_FRAME,
                  keep_tools: bool = False, log_dir: str | os.PathLike | None = ".pool/logs",
-                 max_log_bytes: int = 1 << 20, memory_limit: int | None = None):  # fmt: skip
+                 max_log_bytes: int = 1 << 20, memory_limit: int | None = None,
+                 before_interrupt: Callable[[StopRequest], Any] | None = None,
+                 after_interrupt: Callable[[ExecutionResult], Any] | None = None):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
         _whole("workers", workers, 1)
@@ -258,7 +267,7 @@ class Pool:
         if not isinstance(escalation, Escalation):
             raise TypeError(f"escalation must be an Escalation(grace=..., term_grace=...), got {escalation!r}")
         if capacity is None:
-            capacity = 2 * workers + 2
+            capacity = 4 * workers + 64
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < workers:
             raise ValueError(f"capacity must be a whole number of at least workers={workers}, got {capacity!r}")
         _whole("keep_checkpoints", keep_checkpoints, 1)
@@ -266,8 +275,10 @@ class Pool:
             _whole("max_queued", max_queued, 1)
         _whole("history", history, 0)
         _whole("max_frame", max_frame, 1 << 16)
-        if on_event is not None and not callable(on_event):
-            raise TypeError(f"on_event must be a function taking an Event, got {on_event!r}")
+        for what, fn in (("on_event", on_event), ("before_interrupt", before_interrupt),
+                         ("after_interrupt", after_interrupt)):  # fmt: skip
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{what} must be a function, got {fn!r}")
         if name is not None:
             _naming.check_name(name)
         check_workers_fit(workers)
@@ -278,9 +289,11 @@ class Pool:
         # Absolute now: agents may chdir, and 'pool checkpoints' must find the same place.
         checkpoint_dir = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
         self._init_client(on_event, max_queued, workers)
+        self._before_interrupt, self._after_interrupt = before_interrupt, after_interrupt
         start = P.Start(os.getpid(), workers, capacity, escalation.grace, escalation.term_grace, checkpoint_dir,
                         keep_checkpoints, name, [p for p in sys.path if isinstance(p, str)], max_frame, history,
-                        max_queued, bool(keep_tools), log_dir, max_log_bytes, memory_limit)  # fmt: skip
+                        max_queued, bool(keep_tools), log_dir, max_log_bytes, memory_limit,
+                        before_interrupt is not None)  # fmt: skip
         sock, self._proc, welcome, chan = _launch(start)
         self._supervisor_ticks = start_ticks(self._proc.pid)
         self.escalation = escalation
@@ -339,6 +352,9 @@ class Pool:
         self._pid = os.getpid()
         self._forked_away = False  # set in a child the user forks: this pool is its parent's
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (fn, arg) for the callback thread
+        self._before_interrupt = self._after_interrupt = None
+        self._vetoes: queue.SimpleQueue | None = None  # VetoAsk frames for the veto thread (started on the first)
+        self._sources: list[_SourceThread] = []  # add_interrupt_source threads
 
     def _attach(self, sock: socket.socket, chan: P.Channel, welcome: P.Welcome, owner: bool) -> None:
         chan.max_frame = welcome.max_frame
@@ -383,44 +399,13 @@ class Pool:
         if self._closed:
             raise PoolClosed("this pool was shut down; create a new Pool to run more work")
 
-    def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None,
-              memory_limit=None) -> tuple[P.Task, list]:  # fmt: skip
+    def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None, memory_limit=None,
+              **sources) -> tuple[P.Task, list]:  # fmt: skip
         """The Task frame for one execution, and the DefineAgent frames it needs first."""
-        defs = []
-        agent, blob = agent_spec(fn, self._ref_cache)
-        if blob is not None:
-            if len(blob) > self._max_frame // 2:
-                raise TypeError(f"agent {fn!r} is {len(blob)} bytes when sent by value (it captures large objects), "
-                                f"more than half the pool's max_frame ({self._max_frame}); make it an importable "
-                                "module-level function, or pass the data as its input")  # fmt: skip
-            defs.append(P.DefineAgent(agent[5:], blob))
-        hook = None
-        if on_interrupt is not None:
-            hook, hblob = agent_spec(on_interrupt, self._ref_cache, "on_interrupt")
-            if hblob is not None:
-                defs.append(P.DefineAgent(hook[5:], hblob))
-        if resume and self.checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoints; this pool was created with checkpoint_dir=None")
-        id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else check_id(id)
-        timeout = check_timeout("timeout", timeout)
-        grace = term_grace = None
-        if escalation is not None:
-            if not isinstance(escalation, Escalation):
-                raise TypeError(f"escalation must be an Escalation(grace=..., term_grace=...), got {escalation!r}")
-            grace, term_grace = escalation.grace, escalation.term_grace
-        try:
-            payload = pickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(
-                f"the input of execution {id!r} cannot be pickled ({type(exc).__name__}: {exc}); "
-                "pass plain data (str, numbers, lists, dicts) or picklable objects"
-            ) from exc
-        if len(payload) > self._max_frame - 4096:
-            raise ValueError(f"the input of execution {id!r} is {len(payload)} bytes pickled, more than the pool's "
-                             f"max_frame ({self._max_frame}); pass a path or a reference instead, or raise max_frame")  # fmt: skip
-        if memory_limit is not None:
-            _whole("memory_limit", memory_limit, 1 << 20)
-        return P.Task(id, agent, payload, timeout, grace, term_grace, bool(resume), hook, memory_limit), defs
+        id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else id
+        return build_task(fn, input, id, self._ref_cache, self._max_frame, checkpoints=self.checkpoint_dir is not None,
+                          timeout=timeout, escalation=escalation, resume=resume, on_interrupt=on_interrupt,
+                          memory_limit=memory_limit, **sources)  # fmt: skip
 
     def _reserve(self, n: int, block: bool, timeout: float | None) -> None:
         """Take ``n`` max_queued places, waiting for room (bounded by ``timeout``)."""
@@ -471,7 +456,9 @@ class Pool:
             # while executions use it, so nothing accumulates for the pool's life.
             frames.extend(defs)
             req = 0
-            if not self._owner:  # another client's live id is refused with a reply, not a failed execution
+            # Another client's live id is refused with a reply, not a failed execution; so is a group's
+            # submission once its budget is used up, for every client.
+            if not self._owner or any(t.group is not None for t in batch):
                 req = next(self._req_ids)
                 acks.append((self._replies.setdefault(req, cf.Future()), batch))
             frames.append(P.Submit(req, batch))
@@ -517,13 +504,17 @@ class Pool:
                 refused = refused or exc
         if refused is not None:
             text = str(refused)
+            if refused.kind == "BudgetExceeded":
+                raise BudgetExceeded(text) from None
             raise (QueueFull(text) if "queue is full" in text else ValueError(text)) from None
         return execs
 
     def submit(self, fn: Callable | str, input: Any = None, *, id: str | None = None, timeout: float | None = None,
                escalation: Escalation | None = None, resume: bool = False,
                on_interrupt: Callable | str | None = None, block: bool = True,
-               queue_timeout: float | None = None, memory_limit: int | None = None) -> Execution:  # fmt: skip
+               queue_timeout: float | None = None, memory_limit: int | None = None, budget: float | None = None,
+               stall_timeout: float | None = None, group: str | None = None, priority: int = 0,
+               preemptible: bool = False) -> Execution:  # fmt: skip
         """Queue ``fn(ctx, input)``; ``fn`` is a function (importable ones travel by name; ones
         defined in ``__main__``, a notebook or another function travel by value) or a
         'module:function' string.
@@ -538,9 +529,19 @@ class Pool:
         after that many seconds). ``memory_limit`` (bytes; default the pool's) ends the
         execution as crashed, naming memory, once its worker and the processes it started
         use more.
+
+        Interrupt sources: ``budget`` (cost units, spent with ``ctx.spend``; its children's
+        spend counts) stops it with reason budget_exceeded once used up; ``stall_timeout``
+        (seconds) stops it as stalled after that long without progress (``ctx.heartbeat``,
+        ``sleep``, ``spend``, ``checkpoint``, a child's end); ``group`` (made with
+        :meth:`group`) shares a budget and is cancelled together; ``priority`` (higher runs
+        first); ``preemptible=True`` lets higher-priority work stop it (checkpointed) and
+        requeue it to resume later.
         """
         self._check_open()
-        task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt, memory_limit)
+        task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt, memory_limit,
+                                budget=budget, stall_timeout=stall_timeout, group=group, priority=priority,
+                                preemptible=preemptible)  # fmt: skip
         self._reserve(1, block, queue_timeout)
         try:
             return self._submit_tasks([task], defs)[0]
@@ -663,6 +664,92 @@ class Pool:
         except (PoolBroken, PoolClosed):
             pass  # nothing left to stop: the reader thread settles every execution
 
+    def group(self, name: str, budget: float | None = None) -> Group:
+        """Create group ``name`` (or set its budget) and return it. Executions submitted with
+        ``group=name`` (and their children) share its budget: once their spend reaches it,
+        every live one is stopped gracefully (reason budget_exceeded) and new submissions
+        raise :class:`BudgetExceeded` until the budget is raised here."""
+        if not isinstance(name, str) or not name or len(name) > 256 or "\x00" in name:
+            raise ValueError(f"group name must be a string of 1 to 256 characters without NUL, got {name!r}")
+        budget = check_budget("budget", budget)
+        self._check_usable()
+        return Group(**self._call(lambda req: P.DefineGroup(req, name, budget)))
+
+    def cancel_group(self, name: str, mode: InterruptMode | str = InterruptMode.GRACEFUL,
+                     reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
+                     source: InterruptSource | str = InterruptSource.USER) -> int:  # fmt: skip
+        """Stop every queued and running execution of group ``name`` (their children with them);
+        returns how many. ValueError for a group the pool does not have."""
+        codes = _request_codes(mode, reason, source)
+        self._check_usable()
+        return self._call(lambda req: P.CancelGroup(req, name, *codes, message))
+
+    # -- interrupt sources in this process ------------------------------------
+
+    def add_interrupt_source(self, fn: Callable[[], Any], interval: float = 0.1) -> "_SourceThread":
+        """Call ``fn()`` every ``interval`` seconds on a thread of its own; it returns the
+        executions to stop: ids (graceful, reason custom), :class:`StopRequest` objects or
+        dicts with ``execution_id`` (or ``id``), ``mode``, ``reason``, ``message``; or
+        None. E.g. a Redis key or a database row that says "stop". An exception in ``fn``
+        or a value that is none of these is an event (``source_error``), never fatal.
+        Returns a handle whose ``remove()`` stops the calls; shutdown stops them too."""
+        if not callable(fn):
+            raise TypeError(f"an interrupt source must be a function taking no arguments, got {fn!r}")
+        interval = check_timeout("interval", interval)
+        self._check_open()
+        src = _SourceThread(self, fn, interval)
+        with self._lock:
+            self._sources.append(src)
+        src.start()
+        return src
+
+    def handle_signals(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> "_SignalLadder":
+        """``with pool.handle_signals():`` gives this program the CLI's ladder: the first
+        SIGINT or SIGTERM stops every execution of the pool gracefully, the second
+        immediately, the third kills them; the previous handlers come back on exit.
+        Call it from the main thread (Python runs signal handlers there)."""
+        return _SignalLadder(self, tuple(signals))
+
+    def _ask_veto(self, msg: P.VetoAsk) -> None:
+        """A VetoAsk from the supervisor (reader thread): answered on the veto thread, so a
+        slow hook holds neither the frames nor the callbacks."""
+        if self._vetoes is None:
+            self._vetoes = queue.SimpleQueue()
+            threading.Thread(target=self._veto_loop, args=(self._vetoes,), name=f"pool-veto-{self.supervisor_pid}",
+                             daemon=True).start()  # fmt: skip
+        self._vetoes.put(msg)
+
+    def _veto_loop(self, asks: queue.SimpleQueue) -> None:
+        while True:
+            msg = asks.get()
+            if msg is None:
+                return
+            allow = True
+            try:
+                request = StopRequest.model_construct(
+                    execution_id=msg.id, mode=InterruptMode.from_code(msg.mode),
+                    reason=InterruptReason.from_code(msg.reason), source=InterruptSource.from_code(msg.source),
+                    message=msg.message)  # fmt: skip
+                allow = self._before_interrupt(request) is not False
+            except Exception as exc:  # a broken hook must not block stops: it allows, and says so
+                self._source_error(f"before_interrupt raised {type(exc).__name__}: {exc}; the stop goes ahead", msg.id)
+            try:
+                self._send(P.VetoAnswer(msg.req, allow))
+            except (PoolBroken, PoolClosed):
+                return
+
+    def _run_after_interrupt(self, ex: Execution) -> None:
+        try:
+            self._after_interrupt(ex.outcome())
+        except Exception as exc:
+            self._source_error(f"after_interrupt raised {type(exc).__name__}: {exc}", ex.id)
+
+    def _source_error(self, text: str, id: str | None = None) -> None:
+        """An interrupt source or hook of this process failed: an event, never fatal."""
+        if self._watched:
+            self._emit(Event.model_construct(kind=EventKind.SOURCE_ERROR, mono_ns=time.monotonic_ns(),
+                                             execution_id=id, message=text))  # fmt: skip
+
     # -- inspecting ------------------------------------------------------------
 
     def workers(self) -> list[WorkerInfo]:
@@ -742,6 +829,9 @@ class Pool:
         with self._lock:
             first = not self._closed
             self._closed = True
+            sources, self._sources = self._sources, []
+        for src in sources:
+            src.remove()
         if self._owner:
             try:
                 if first or mode:
@@ -840,10 +930,18 @@ class Pool:
                         if msg.ok:
                             fut.set_result(msg.value)
                         else:
-                            fut.set_exception(_RequestError(msg.error))
+                            fut.set_exception(_RequestError(msg.error, msg.value))
                 elif kind is P.Event:
                     if self._watched:
                         self._emit(Event.from_wire(msg.kind, msg.id, msg.worker_id, msg.mono_ns, msg.data))
+                elif kind is P.Requeued:
+                    ex = self._live.get(msg.id)
+                    if ex is not None:
+                        with self._changed:
+                            ex._status = ExecutionStatus.QUEUED
+                            ex._worker_id = None
+                elif kind is P.VetoAsk:
+                    self._ask_veto(msg)
                 elif kind is P.Gone:
                     clean = True
         except (OSError, P.ProtocolError):
@@ -944,6 +1042,8 @@ class Pool:
             q.put(ex)
         for fn in callbacks or ():
             self._calls.put((fn, ex))
+        if self._after_interrupt is not None and status is ExecutionStatus.INTERRUPTED:
+            self._calls.put((self._run_after_interrupt, ex))
 
     def _on_supervisor_gone(self, clean: bool) -> None:
         how = ""
@@ -989,6 +1089,10 @@ class Pool:
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
         for q in queues:
             q.put(None)  # ends each events() iterator
+        if self._vetoes is not None:
+            self._vetoes.put(None)
+        for src in self._sources:
+            src.remove()
         self._calls.put(None)  # the callback thread ends after what is queued
 
 
@@ -1007,6 +1111,114 @@ def _kill_what_the_pool_started(supervisor_pid: int, ticks: int | None, cgroup: 
             time.sleep(0.01)  # killed processes leave their cgroup as init reaps them
 
 
+class _SourceThread:
+    """One external interrupt source: ``fn()`` called every ``interval`` on its own thread."""
+
+    def __init__(self, pool: Pool, fn, interval: float):
+        self.pool, self.fn, self.interval = pool, fn, interval
+        self._stop = threading.Event()  # set by remove(): also ends the wait between calls at once
+        self._thread = threading.Thread(target=self._loop, name=f"pool-source-{getattr(fn, '__name__', 'fn')}",
+                                        daemon=True)  # fmt: skip
+        self.calls = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def remove(self) -> None:
+        """Stop calling the source (returns once a call under way has finished)."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        pool = self.pool
+        while not self._stop.wait(self.interval):
+            if pool._closed or pool._reader_done:
+                return
+            self.calls += 1
+            try:
+                found = self.fn()
+            except Exception as exc:
+                self.errors += 1
+                pool._source_error(f"interrupt source {self.fn!r} raised {type(exc).__name__}: {exc}")
+                continue
+            for item in _requests(found, self.fn, pool):
+                try:
+                    pool.cancel(item.execution_id, item.mode, item.reason, item.message, source=item.source)
+                except (ValueError, TypeError) as exc:
+                    pool._source_error(f"interrupt source {self.fn!r}: {exc}", item.execution_id)
+
+
+def _requests(found, fn, pool: Pool) -> list[StopRequest]:
+    """What an interrupt source returned, as requests; garbage is reported, not raised."""
+    if found is None:
+        return []
+    if isinstance(found, (str, dict, StopRequest)):
+        found = [found]
+    out = []
+    try:
+        items = list(found)
+    except TypeError:
+        pool._source_error(f"interrupt source {fn!r} returned {type(found).__name__} {found!r:.80}; return a list of "
+                           "execution ids, StopRequest objects or dicts, or None")  # fmt: skip
+        return []
+    for item in items:
+        try:
+            if isinstance(item, str):
+                out.append(StopRequest(execution_id=item))
+            elif isinstance(item, StopRequest):
+                out.append(item)
+            elif isinstance(item, dict):
+                d = dict(item)
+                if "id" in d and "execution_id" not in d:
+                    d["execution_id"] = d.pop("id")
+                out.append(StopRequest(**d))
+            else:
+                raise TypeError(f"{type(item).__name__} {item!r:.80}")
+        except Exception as exc:
+            pool._source_error(f"interrupt source {fn!r} returned an item that is not an execution id, StopRequest "
+                               f"or dict with execution_id: {type(exc).__name__}: {exc}")  # fmt: skip
+    return out
+
+
+class _SignalLadder:
+    """The context manager of :meth:`Pool.handle_signals`."""
+
+    _LADDER = (InterruptMode.GRACEFUL, InterruptMode.IMMEDIATE, InterruptMode.KILL)
+
+    def __init__(self, pool: Pool, signals: tuple):
+        self.pool, self.signals = pool, signals
+        self.received = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_SignalLadder":
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("pool.handle_signals() must be entered in the main thread (Python delivers signals "
+                               "there); run it there, or call pool.cancel_all() from your own handler")  # fmt: skip
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum, frame) -> None:
+        # Runs between two bytecodes of the main thread, which may hold the pool's locks: the
+        # request is handed to the callback thread (SimpleQueue.put is safe here).
+        mode = self._LADDER[min(self.received, len(self._LADDER) - 1)]
+        self.received += 1
+        name = signal.Signals(signum).name
+        self.pool._calls.put((self._cancel_all, (mode, name)))
+
+    def _cancel_all(self, arg) -> None:
+        mode, name = arg
+        self.pool.cancel_all(mode, InterruptReason.USER_CANCELLED, f"{name} received ({mode.value})",
+                             source=InterruptSource.SIGNAL)  # fmt: skip
+
+
 class _LRU(dict):
     """A dict that forgets its oldest entries beyond ``size`` (insertion order is age)."""
 
@@ -1021,7 +1233,12 @@ class _LRU(dict):
 
 
 class _RequestError(Exception):
-    """The supervisor answered a request with an error (its text is for the user)."""
+    """The supervisor answered a request with an error (its text is for the user; ``kind``
+    names an exception class when it is not a ValueError)."""
+
+    def __init__(self, text: str, kind: str | None = None):
+        super().__init__(text)
+        self.kind = kind
 
 
 def _after_fork_in_child() -> None:

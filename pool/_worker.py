@@ -37,6 +37,7 @@ import threading
 import time
 import traceback
 
+from ._children import Tree
 from ._proc import (
     cgroup_join,
     descendants,
@@ -122,6 +123,11 @@ class _Chan(P.Channel):
 
     def send(self, msg) -> None:
         data = P.encode(msg)
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def send_many(self, msgs) -> None:
+        data = b"".join(map(P.encode, msgs))
         with self._send_lock:
             self.sock.sendall(data)
 
@@ -367,6 +373,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     held = AgentCache()  # which by-value agents this worker keeps
     pending: list = []
     begin_delay = float(os.environ.get("_INTERRUPT_POOL_TEST_BEGIN_DELAY", "0"))  # tests force the race window
+    tree = Tree(chan, critical, max_frame, checkpoint_dir is not None)
     chan.send(P.WorkerReady(os.getpid()))
     while True:
         if pending:
@@ -395,7 +402,9 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         slate.restore()
         ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, msg.id,
                                                                         msg.resume, chan)  # fmt: skip
-        ctx = Context(words, msg.control_index, msg.armed, chan, msg.id, worker_id, ckpt, slate.wake, critical)
+        tree.reset(msg.children_before)
+        ctx = Context(words, msg.control_index, msg.armed, chan, msg.id, worker_id, ckpt, slate.wake, critical,
+                      msg.allowance, tree)  # fmt: skip
         S.ctx, S.hook = ctx, None
         S.bound = max(0.05, min(_UNWIND_BOUND_S, msg.term_grace / 2))
         status, value, error, stage, own = _run(ctx, cache, blobs, msg)
@@ -429,7 +438,7 @@ def _send_result(ctx: Context, status, value, error, stage, own) -> bool:
             newest = best.to_wire() if best else None
         with critical():
             S.chan.send(P.Result(ctx.execution_id, status.code, value, error, stage, ctx._observed_ns(), newest,
-                                 resumed, own))  # fmt: skip
+                                 resumed, own, ctx.shield_ns))  # fmt: skip
     return True
 
 

@@ -18,14 +18,16 @@ inside the worker's *critical section*, which defers the SIGTERM's
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
+import struct
 import threading
 import time
 from typing import NamedTuple
 
 from ._checkpoint import CheckpointInfo, CheckpointStore
-from ._flags import OBSERVED_NS, PENDING, REASON, REQUESTED_NS
+from ._flags import COST, OBSERVED_NS, PENDING, PROGRESS, REASON, REQUESTED_NS, SHIELD
 from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted, Stage
 from . import _protocol as P
 
@@ -87,11 +89,13 @@ class Context:
     """
 
     __slots__ = ("_words", "_ctl", "_flag", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending",
-                 "_ckpt", "_in_hook", "state", "_wake", "_critical", "_read_lock", "_done")  # fmt: skip
+                 "_ckpt", "_in_hook", "state", "_wake", "_critical", "_read_lock", "_done", "_allowance", "_spent",
+                 "_lock", "_shield_depth", "_shield_since", "shield_ns", "_held", "_tree", "_cond", "_waiting",
+                 "_child_ended")  # fmt: skip
 
     def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int,
                  checkpoints: ExecutionCheckpoints | None = None, wake: tuple[int, int] | None = None,
-                 critical=contextlib.nullcontext):  # fmt: skip
+                 critical=contextlib.nullcontext, allowance: float | None = None, tree=None):  # fmt: skip
         self._words = words
         self._ctl = control_index
         # A one-word view of the slot's pending word (0 until a stop is requested): the
@@ -110,6 +114,18 @@ class Context:
         self._critical = critical  # context manager: SIGTERM waits for its end
         self._read_lock = getattr(chan, "read_lock", None) or threading.Lock()  # the worker's, shared with its loop
         self._done = False  # its execution has ended: a thread that outlived it must not read the channel
+        self._allowance = allowance  # spend at which it stops itself (its budget or one above it); None: no limit
+        self._spent = 0.0  # cost spent in this run
+        self._lock = threading.Lock()  # spend totals and shield depth, from any thread
+        self._shield_depth = 0
+        self._shield_since = 0  # monotonic ns the outermost shield was entered
+        self.shield_ns = 0  # how long shields held a stop of this execution back, in all
+        self._held = False  # a stop arrived inside a shield: it is delivered when the shield ends
+        self._tree = tree  # the worker's child-execution support (None outside a worker)
+        self._cond = threading.Condition()  # notified when a channel reader lets go or routes a child's end
+        self._waiting = 0  # threads blocked on children (the supervisor lends our worker's place meanwhile)
+        self._child_ended = tree.on_ended if tree is not None else None  # routes ChildEnded frames
+        words[control_index + PROGRESS] = time.monotonic_ns()
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a stop of this execution was requested.
@@ -149,20 +165,144 @@ class Context:
         Safe from any thread: a stop wakes every sleeping thread."""
         if self._done:
             raise Interrupted(f"execution {self.execution_id!r} has ended; a thread it left behind stops here")
+        self.heartbeat()
         deadline = time.monotonic() + max(0.0, seconds)
-        fds = (self._chan.fileno(), self._wake[0]) if self._wake else (self._chan.fileno(),)
+        self._wait_until(lambda: False, deadline)
+        self.heartbeat()
+
+    def _wait_until(self, done, deadline: float | None) -> bool:
+        """Block until ``done()`` (True) or ``deadline`` (False), reading the channel: a stop
+        raises Interrupted (unless a shield holds it), a child's end is routed. One thread
+        reads the channel at a time; the others wait on ``_cond``, which every reader
+        notifies when it lets go, so no wake-up is lost and nobody polls."""
+        chan_fd = self._chan.fileno()
         while True:
             self.check()
             if self._details is not None:  # another thread read the doorbell for us
                 self._stop(Stage.FLAG)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            readable, _, _ = select.select(fds, (), (), remaining)
-            if readable:
-                self._read_channel()
-                if self._details is not None:  # the doorbell rang for us
-                    self._stop(Stage.FLAG)
+            if done():
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            # A stop held by a shield leaves the wake pipe readable: then only the channel is watched.
+            fds = (chan_fd, self._wake[0]) if self._wake and not self._held else (chan_fd,)
+            with self._cond:
+                if not self._read_lock.acquire(blocking=False):
+                    self._cond.wait(remaining)  # a reader is at work: it notifies when it lets go
+                    continue
+            try:
+                readable, _, _ = select.select(fds, (), (), remaining)
+                if chan_fd in readable:
+                    self._read_locked()
+            finally:
+                with self._cond:
+                    self._read_lock.release()
+                    self._cond.notify_all()
+
+    # -- budgets, progress, shields ------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Mark progress: an execution with a ``stall_timeout`` is stopped as stalled only
+        after that long without any. One store to shared memory; no frame."""
+        self._words[self._ctl + PROGRESS] = time.monotonic_ns()
+
+    def spend(self, amount: float, note: str | None = None) -> float:
+        """Add ``amount`` (in whatever unit the pool's budgets use: dollars, tokens) to this
+        execution's cost and return its total. Raises :class:`Interrupted` (reason
+        ``budget_exceeded``) once its budget, or a budget above it (its parent's, its
+        group's), is used up. Also marks progress."""
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"ctx.spend(amount): amount must be a finite number >= 0, got {amount!r}")
+        if note is not None and not isinstance(note, str):
+            raise TypeError(f"ctx.spend(note=...): note must be a string or None, got {type(note).__name__}")
+        if self._done:
+            raise RuntimeError(f"execution {self.execution_id!r} has ended; its cost can no longer change")
+        now = time.monotonic_ns()
+        with self._lock:
+            self._spent += float(amount)
+            total = self._spent
+            self._words[self._ctl + COST] = struct.unpack("<Q", struct.pack("<d", total))[0]
+            self._words[self._ctl + PROGRESS] = now
+            with self._critical():
+                try:
+                    self._chan.send(P.Spend(self.execution_id, total, note, now))
+                except OSError:
+                    pass  # the supervisor is gone; PDEATHSIG ends us
+        if self._allowance is not None and total >= self._allowance and not self._in_hook:
+            self._held_or_raise(Interrupted(f"execution {self.execution_id!r} has spent {total:g}, its budget "
+                                            f"(or one above it) allowed {self._allowance:g}", stage=Stage.FLAG))  # fmt: skip
+        else:
+            self.check()
+        return total
+
+    @property
+    def cost(self) -> float:
+        """What this run of the execution has spent so far (``ctx.spend``)."""
+        return self._spent
+
+    @contextlib.contextmanager
+    def shield(self):
+        """A critical section (a payment, a commit) that a stop waits for: inside it,
+        ``check()`` does not raise and a SIGTERM is held; the stop is delivered as the
+        outermost shield ends. The stop's SIGKILL deadline still applies, so a shield
+        can delay a stop but never prevent it. The outcome records the delay."""
+        if self._done:
+            raise RuntimeError(f"execution {self.execution_id!r} has ended; a thread it left behind cannot "
+                               "enter a shield")  # fmt: skip
+        with self._lock:
+            self._shield_depth += 1
+            if self._shield_depth == 1:
+                self._shield_since = self._words[self._ctl + SHIELD] = time.monotonic_ns()
+        outermost = False
+        with self._critical():  # a SIGTERM waits for the end of the section
+            try:
+                yield self
+            finally:
+                with self._lock:
+                    self._shield_depth -= 1
+                    outermost = self._shield_depth == 0
+                    if outermost:
+                        self._words[self._ctl + SHIELD] = 0
+                        if self.interrupted or self._held:
+                            since = max(self._shield_since, self._words[self._ctl + REQUESTED_NS] or 0)
+                            self.shield_ns += max(0, time.monotonic_ns() - since)
+                        self._held = False
+        if outermost and not self._in_hook:
+            self.check()  # the stop it held, now
+
+    def _held_or_raise(self, exc: BaseException) -> None:
+        if self._shield_depth:
+            self._held = True  # raised as the shield ends
+            return
+        self._observe()
+        exc._from_pool = True
+        raise exc
+
+    # -- child executions ----------------------------------------------------
+
+    def submit(self, fn, input=None, **options):
+        """Start a child execution of ``fn(ctx, input)`` in the same pool and return its
+        handle (``result()``, ``outcome()``, ``cancel()``). Stopping this execution stops
+        its children; its budget covers their spend. Options as ``Pool.submit``:
+        ``id``, ``timeout``, ``budget``, ``stall_timeout``, ``priority``, ``preemptible``,
+        ``escalation``, ``resume``, ``memory_limit``."""
+        if self._tree is None:
+            raise RuntimeError("ctx.submit works only inside an agent run by a Pool")
+        if self._done:
+            raise RuntimeError(f"execution {self.execution_id!r} has ended; it cannot start children")
+        return self._tree.submit(self, fn, input, options)
+
+    def map(self, fn, inputs, **options) -> list:
+        """Run ``fn`` over ``inputs`` as child executions and return their values in order;
+        the first that does not complete raises, after the others were cancelled."""
+        children = [self.submit(fn, x, **options) for x in inputs]
+        try:
+            return [child.result() for child in children]
+        except BaseException:
+            for child in children:
+                child.cancel()
+            raise
 
     # -- checkpoints -----------------------------------------------------
 
@@ -176,6 +316,7 @@ class Context:
             raise RuntimeError("this pool has checkpoints disabled (checkpoint_dir=None)")
         with self._critical():  # never a half-written file: a SIGTERM waits for the end of the write
             info = self._ckpt.save(state, durable)
+        self.heartbeat()
         if not self._in_hook:
             self.check()
         return info
@@ -194,21 +335,35 @@ class Context:
         if self._done or not self._read_lock.acquire(blocking=False):
             return  # another thread is reading it: it will wake us through the wake pipe
         try:
-            for msg in self._chan.poll():
-                if type(msg) is P.Interrupt and msg.id == self.execution_id and msg.armed == self._armed:
-                    self._details = {
-                        "mode": msg.mode,
-                        "reason": msg.reason,
-                        "source": msg.source,
-                        "message": msg.message,
-                        "requested_ns": msg.requested_ns,
-                    }
-                    if self._wake:
-                        os.write(self._wake[1], b"!")  # every sleeping thread wakes
-                else:
-                    self._pending.append(msg)
+            self._read_locked()
         finally:
-            self._read_lock.release()
+            with self._cond:
+                self._read_lock.release()
+                self._cond.notify_all()
+
+    def _read_locked(self) -> None:
+        """Route what the channel holds now; the caller holds the read lock."""
+        if self._done:
+            return
+        for msg in self._chan.poll():
+            kind = type(msg)
+            if kind is P.ChildEnded and msg.parent == self.execution_id and self._child_ended is not None:
+                self._child_ended(msg)
+                with self._cond:
+                    self._cond.notify_all()
+                continue
+            if kind is P.Interrupt and msg.id == self.execution_id and msg.armed == self._armed:
+                self._details = {
+                    "mode": msg.mode,
+                    "reason": msg.reason,
+                    "source": msg.source,
+                    "message": msg.message,
+                    "requested_ns": msg.requested_ns,
+                }
+                if self._wake:
+                    os.write(self._wake[1], b"!")  # every sleeping thread wakes
+            else:
+                self._pending.append(msg)
 
     def _observe(self) -> None:
         """Stamp the first sight of the request in the slot and tell the supervisor
@@ -230,6 +385,9 @@ class Context:
             # rang without a flag: only a request we can see stops us.
             if self._details is None:
                 return
+        if self._shield_depth and stage is Stage.FLAG:
+            self._held = True  # delivered as the outermost shield ends
+            return
         self._observe()
         request = self.interrupt
         what = f"{request.reason.value}, {request.mode.value}" if request else "stop requested"

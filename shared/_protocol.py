@@ -92,6 +92,9 @@ def message(kind: int):
             nested = None
             if typing.get_origin(hint) is list and typing.get_args(hint) and typing.get_args(hint)[0] in _CHECKS:
                 nested = typing.get_args(hint)[0]
+            elif hint in _CHECKS:  # one message nested in this one: an array on the wire
+                checks.append((name, (list, hint), hint))
+                continue
             checks.append((name, _types_of(hint), nested))
         _CHECKS[cls] = tuple(checks)
         return cls
@@ -118,6 +121,12 @@ def _build(cls, fields: list, validate: bool):
                                 f"got {type(value).__name__}")  # fmt: skip
         if isinstance(value, (list, dict, msgpack.Timestamp)) and nested is None:
             _plain(value, f"{cls.__name__}.{name}")
+        if nested is not None and not isinstance(value, list):
+            continue  # a nested message built by our own side
+        if nested is not None and cls.__annotations__[name] is nested:
+            fields = list(fields)
+            fields[cls._fields.index(name)] = _build(nested, value, True)
+            continue
         if nested is not None:
             idx = cls._fields.index(name)
             items = []
@@ -128,6 +137,13 @@ def _build(cls, fields: list, validate: bool):
             fields = list(fields)
             fields[idx] = items
     return cls._make(fields)
+
+
+def decode_nested(cls, fields: list):
+    """A message nested in another one's field, from a peer whose frames are not validated."""
+    if type(fields) is not list:
+        raise ProtocolError(f"a nested {cls.__name__} must be an array, got {type(fields).__name__}")
+    return _build(cls, fields, False)
 
 
 def _plain(value, where: str) -> None:
@@ -234,6 +250,7 @@ class Start(NamedTuple):
     log_dir: str | None = None
     max_log_bytes: int = 1 << 20
     memory_limit: int | None = None
+    veto: bool = False  # the owner has a before_interrupt hook: ask it (VetoAsk) before user and program stops
 
 
 # -- client → supervisor -------------------------------------------------------------------
@@ -458,6 +475,7 @@ class Run(NamedTuple):
     hook_blob: bytes | None
     term_grace: float = 2.0  # bounds how long the worker lets a SIGTERM-interrupted agent unwind
     allowance: float | None = None  # spend at which the agent stops itself (its budget, or one above it)
+    children_before: int = 0  # children it started in earlier runs (preempted ones): new ids go on from there
 
 
 @message(51)
@@ -530,6 +548,7 @@ class Spend(NamedTuple):
     id: str
     total: float
     note: str | None = None
+    at: int = 0  # time.monotonic_ns() of the spend: a budget stop's request time
 
 
 @message(67)

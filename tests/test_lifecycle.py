@@ -82,6 +82,7 @@ def test_public_names_match_all():
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         interrupt_pool.Nope  # noqa: B018
     # Every public name the private modules define is exported (none forgotten in the lazy table).
+    import interrupt_pool._children as children
     import interrupt_pool._events as events
     import interrupt_pool._exceptions as exceptions
     import interrupt_pool._models as models
@@ -90,6 +91,7 @@ def test_public_names_match_all():
 
     internal = {"FlagArray", "CheckpointInfo"}  # shared's own plumbing, not the user's
     defined = set(events.__all__) | set(exceptions.__all__) | set(models.__all__) | set(pool_module.__all__)
+    defined |= {"ChildExecution"} & set(children.__all__)  # the handle ctx.submit returns (Tree is the worker's)
     defined |= set(shared.__all__) - internal
     assert defined == set(interrupt_pool.__all__)
 

@@ -38,7 +38,8 @@ LEN = struct.Struct("<I")
 FUZZ_SEED = int(os.environ.get("POOL_FUZZ_SEED", "20261121"))  # POOL_FUZZ_SEED=N reproduces another run
 FUZZ_SECONDS = float(os.environ.get("POOL_FUZZ_SECONDS", "8"))
 CLIENT_KINDS = (P.Hello, P.DefineAgent, P.Submit, P.Cancel, P.CancelWorker, P.CancelAll, P.Query, P.Wait,
-                P.Subscribe, P.Shutdown)  # fmt: skip
+                P.Subscribe, P.Shutdown, P.DefineGroup, P.CancelGroup, P.VetoAnswer)  # fmt: skip
+OWNER_ONLY = (P.Shutdown, P.VetoAnswer)  # a connected client that sends one is closed
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -58,6 +59,8 @@ def _sample_value(hint, rng: random.Random | None = None):
         return _sample_value(args[0], rng)
     if typing.get_origin(hint) is list and typing.get_args(hint) and typing.get_args(hint)[0] is P.Task:
         return [_sample(P.Task, rng)]
+    if hint is P.Task:  # one message nested in another
+        return _sample(P.Task, rng)
     if hint is bool:
         return r.random() < 0.5
     if hint is int:
@@ -104,7 +107,7 @@ def _effects(data: bytes) -> tuple[list, bool]:
                 return handled, True
             greeted = True
             continue
-        if type(msg) not in CLIENT_KINDS or type(msg) in (P.Hello, P.Shutdown):
+        if type(msg) not in CLIENT_KINDS or type(msg) is P.Hello or type(msg) in OWNER_ONLY:
             return handled, True
         handled.append(msg)
     return handled, False

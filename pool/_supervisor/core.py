@@ -66,6 +66,8 @@ from .._proc import (
 from ..shared._protocol import OUTPUT_END, Channel
 from .clients import MAX_CLIENTS, MAX_OUTPUT, Client, Listener, log
 from .output import OutputLog, log_path
+from .runqueue import RunQueue
+from .sources import SOURCES
 
 _MARK_HEAD = OUTPUT_END[:1]
 
@@ -92,6 +94,11 @@ _HELLO_WITHIN_S = 10.0  # a connection that has not said Hello by then is closed
 _HELLO_MAX_FRAME = 64 << 10  # the largest frame before Hello: a silent or lying peer holds little
 _MAX_GRACE_S = 7 * 86400.0  # as Escalation allows: a deadline in nanoseconds must stay an int
 _MAX_WAIT_S = 3600.0  # longest single wait in select(); longer deadlines are reached in several
+VETO_WAIT_S = 10.0  # how long a stop waits for the owner's before_interrupt; then it goes ahead
+_VETOABLE_SOURCES = (InterruptSource.USER.code, InterruptSource.PROGRAMMATIC.code)
+_UNVETOABLE_REASONS = {r.code for r in (InterruptReason.TIMEOUT, InterruptReason.BUDGET_EXCEEDED,
+                                        InterruptReason.SHUTDOWN, InterruptReason.STALLED,
+                                        InterruptReason.PRIORITY_OVERRIDE)}  # fmt: skip
 
 
 class _Timer:
@@ -113,10 +120,12 @@ class _Exec:
         "mode", "reason", "source", "message", "requested_ns", "observed_ns",
         "sigterm_ns", "sigterm_deadline_ns", "sigkill_ns", "sigkill_deadline_ns", "timers",
         "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
-        "resumed_from",
+        "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
+        "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
+        "limited",
     )  # fmt: skip
 
-    def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None):
+    def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
         self.id, self.agent, self.payload = task.id, task.agent, task.input
         self.timeout, self.resume, self.hook = task.timeout, task.resume, task.hook
         self.grace, self.term_grace = grace, term_grace
@@ -139,13 +148,27 @@ class _Exec:
         self.memory_limit = task.memory_limit  # bytes of RSS (its worker and its tools), or None
         self.memory_used = 0  # the RSS that broke the limit, once it did
         self.resumed_from: list | None = None  # the checkpoint it restored, as its worker told us
+        # interrupt sources (see sources/): each field written by the source named
+        self.budget, self.group = task.budget, task.group  # budget
+        self.cost = self.run_spent = self.tree_cost = 0.0  # budget: own spend, this run's, with descendants'
+        self.limited = False  # budget: it or something above it has a budget
+        self.stall_timeout = task.stall_timeout  # stall
+        self.progress_ns = 0  # stall: progress the supervisor saw itself (start, a child's end)
+        self.priority = task.priority if parent is None else max(task.priority, parent.priority)  # priority
+        self.preemptible = task.preemptible
+        self.preemptions: list[dict] = []
+        self.preempting = False
+        self.parent = parent  # tree
+        self.children: dict[str, _Exec] = {}  # tree: live children
+        self.child_ids: list[str] = []  # tree: every child it started
+        self.shield_ns = 0  # how long a shield held its stop back
 
 
 class _Worker:
     """One forked worker process."""
 
     __slots__ = ("id", "pid", "pidfd", "chan", "state", "inflight", "retained", "ticks", "kill_timer", "killed",
-                 "known_agents", "cgroup", "out_r", "idle_out", "out_execs", "out_tail")  # fmt: skip
+                 "known_agents", "cgroup", "out_r", "idle_out", "out_execs", "out_tail", "lent")  # fmt: skip
 
     def __init__(self, id, pid, pidfd, chan, ticks, cgroup):
         self.id, self.pid, self.pidfd, self.chan, self.ticks, self.cgroup = id, pid, pidfd, chan, ticks, cgroup
@@ -161,6 +184,7 @@ class _Worker:
         self.idle_out: OutputLog | None = None  # what it prints while it runs no execution
         self.out_execs: deque[_Exec] = deque()  # executions sent to it whose end-of-output mark is still to come
         self.out_tail = b""  # bytes that may be the start of an end-of-output mark
+        self.lent = False  # its execution waits on children: a stand-in may run in its place
 
     @property
     def exec(self) -> "_Exec | None":
@@ -204,7 +228,7 @@ class Supervisor:
             self.listener = Listener(lock[1])
             self.sel.register(self.listener.sock, selectors.EVENT_READ, self._on_accept)
         self.execs: dict[str, _Exec] = {}  # every execution not yet ended
-        self.queue: deque[_Exec] = deque()  # QUEUED ones in order; ended ones are skipped lazily
+        self.queue = RunQueue()  # QUEUED ones by priority, in order; ended ones are skipped lazily
         self.workers: dict[int, _Worker] = {}
         self.by_pid: dict[int, _Worker] = {}
         self.idle: deque[_Worker] = deque()  # the one idle longest first: fair, and no worker starves
@@ -226,6 +250,23 @@ class Supervisor:
         self.good_specs: set[str] = set()  # 'module:function' names already checked
         self.history: OrderedDict[str, tuple[dict, bytes | None]] = OrderedDict()
         self.history_bytes = 0
+        self.lent = 0  # workers whose execution waits on its children (tree)
+        self.standins = False  # stand-in workers were started for them: retire the idle extras
+        self.vetoes: dict[int, tuple] = {}  # VetoAsk req -> (execution id, request, then, timer)
+        self.next_veto = 1
+        self.sources = [cls(self) for cls in SOURCES]
+        self.budgets, self.stalls, self.tree, self.priority = self.sources
+        hooks = {}
+        for name in ("check", "submitted", "started", "escalated", "blocked", "intercept", "ended", "row", "status"):
+            hooks[name] = [getattr(src, name) for src in self.sources if hasattr(src, name)]
+        self.hooks = hooks
+        self._worker_handlers = {}
+        self._source_client_handlers = {}
+        for src in self.sources:
+            for kind, meth in src.worker_messages.items():
+                self._worker_handlers[kind] = getattr(src, meth)
+            for kind, meth in src.client_messages.items():
+                self._source_client_handlers[kind] = getattr(src, meth)
 
     # -- plumbing ----------------------------------------------------------
 
@@ -477,7 +518,10 @@ class Supervisor:
             return
         handler = self._client_handlers.get(type(msg))
         if handler is None:
-            return self._drop(c, f"{type(msg).__name__} is not a client message")
+            handler = self._source_client_handlers.get(type(msg))
+            if handler is None:
+                return self._drop(c, f"{type(msg).__name__} is not a client message")
+            return handler(c, msg)
         handler(self, c, msg)
 
     def _welcome(self) -> P.Welcome:
@@ -514,6 +558,14 @@ class Supervisor:
         if not _grace_ok(t.grace) or not _grace_ok(t.term_grace):
             return (f"grace and term_grace must be numbers of seconds from 0 to {_MAX_GRACE_S:g}, "
                     f"got {t.grace!r}, {t.term_grace!r}")  # fmt: skip
+        if not _positive_or_none(t.stall_timeout):
+            return f"stall_timeout must be a positive, finite number of seconds or None, got {t.stall_timeout!r}"
+        if isinstance(t.priority, bool) or not -(1 << 31) < t.priority < (1 << 31):
+            return f"priority must be a whole number (higher runs first), got {t.priority!r}"
+        for check in self.hooks["check"]:
+            err = check(t)
+            if err:
+                return err
         return None
 
     def _on_submit(self, c: Client, msg: P.Submit) -> None:
@@ -528,7 +580,10 @@ class Supervisor:
             for t in msg.tasks:
                 err = self._task_error(t) or (f"execution id {t.id!r} appears twice" if t.id in seen else None)
                 if err:
-                    return self._reply(c, msg.req, error=err)
+                    etype, _, rest = err.partition(": ")
+                    if etype != "BudgetExceeded":
+                        etype, rest = None, err
+                    return self._reply(c, msg.req, value=etype, error=rest)
                 seen.add(t.id)
             limit = self.cfg.max_queued
             if limit is not None and self.n_queued + len(msg.tasks) > limit:
@@ -538,17 +593,27 @@ class Supervisor:
             if not msg.req:
                 err = self._task_error(t)
                 if err:
-                    self._end_unstarted(c, t, "ValueError", err)
+                    etype, _, rest = err.partition(": ")
+                    if etype != "BudgetExceeded":
+                        etype, rest = "ValueError", err
+                    self._end_unstarted(c, t, etype, rest)
                     continue
-            ex = _Exec(t, self.grace if t.grace is None else t.grace,
-                       self.term_grace if t.term_grace is None else t.term_grace, c)  # fmt: skip
-            if ex.memory_limit is None:
-                ex.memory_limit = self.cfg.memory_limit
-            self.execs[ex.id] = ex
-            self.queue.append(ex)
-            self.n_queued += 1
-            self._use_agent(ex, +1)
+            self._new_exec(t, c)
         self._reply(c, msg.req, [t.id for t in msg.tasks])
+
+    def _new_exec(self, t: P.Task, c: Client | None, parent: _Exec | None = None) -> _Exec:
+        """Record and queue a checked Task (from a client, or a parent agent's child)."""
+        ex = _Exec(t, self.grace if t.grace is None else t.grace,
+                   self.term_grace if t.term_grace is None else t.term_grace, c, parent)  # fmt: skip
+        if ex.memory_limit is None:
+            ex.memory_limit = self.cfg.memory_limit
+        self.execs[ex.id] = ex
+        self.queue.append(ex)
+        self.n_queued += 1
+        self._use_agent(ex, +1)
+        for hook in self.hooks["submitted"]:
+            hook(ex)
+        return ex
 
     def _end_unstarted(self, c: Client, t: P.Task, etype: str, message: str) -> None:
         """An execution refused at submission still ends exactly once, as failed."""
@@ -583,14 +648,64 @@ class Supervisor:
 
         if hashlib.sha256(msg.blob).hexdigest() != msg.digest:
             return self._drop(c, f"DefineAgent {msg.digest[:16]}…: the digest does not match the bytes")
-        self.agents[msg.digest] = msg.blob
-        if msg.digest not in self.agent_uses:
-            self.unused_agents[msg.digest] = None  # counted as used once a Submit names it
+        self._store_agent(msg.digest, msg.blob)
+
+    def _store_agent(self, digest: str, blob: bytes) -> None:
+        self.agents[digest] = blob
+        if digest not in self.agent_uses:
+            self.unused_agents[digest] = None  # counted as used once a Submit names it
+
     def _on_cancel(self, c: Client, msg: P.Cancel) -> None:
         ex = self.execs.get(msg.id)
         if not self._request_ok(c, msg):
             return
-        self._reply(c, msg.req, ex is not None and self._escalate(ex, msg.mode, msg.reason, msg.source, msg.message))
+        if ex is None:
+            return self._reply(c, msg.req, False)
+        self._request_stop(ex, msg.mode, msg.reason, msg.source, msg.message, lambda ok: self._reply(c, msg.req, ok))
+
+    def _request_stop(self, ex: _Exec, mode: int, reason: int, source: int, message: str | None, then=None) -> bool:
+        """A stop a client asked for: through the owner's ``before_interrupt`` when it has one
+        and the request is one it may veto (graceful or immediate, from a user or a program);
+        ``then(ok)`` is called with the outcome. True if the execution is live."""
+        if ex.id not in self.execs:
+            if then:
+                then(False)
+            return False
+        if not (self.cfg.veto and self.owner is not None and mode != InterruptMode.KILL.code
+                and source in _VETOABLE_SOURCES and reason not in _UNVETOABLE_REASONS):  # fmt: skip
+            ok = self._escalate(ex, mode, reason, source, message)
+            if then:
+                then(ok)
+            return ok
+        req = self.next_veto
+        self.next_veto += 1
+        timer = self._at(VETO_WAIT_S, self._veto_answered, req, True, "no answer from before_interrupt in time")
+        self.vetoes[req] = (ex.id, (mode, reason, source, message), then, timer)
+        self._send(self.owner, P.VetoAsk(req, ex.id, mode, reason, source, message))
+        return True
+
+    def _on_veto_answer(self, c: Client, msg: P.VetoAnswer) -> None:
+        if not c.owner:
+            return self._drop(c, "only the process that created the pool answers before_interrupt")
+        self._veto_answered(msg.req, msg.allow)
+
+    def _veto_answered(self, req: int, allow: bool, why: str | None = None) -> None:
+        entry = self.vetoes.pop(req, None)
+        if entry is None:
+            return  # answered late, after the wait ran out
+        id, (mode, reason, source, message), then, timer = entry
+        self._cancel(timer)
+        ex = self.execs.get(id)
+        ok = False
+        if ex is not None:
+            if allow:
+                if why:
+                    log(f"the stop of execution {id!r} goes ahead: {why} ({VETO_WAIT_S:g} s)")
+                ok = self._escalate(ex, mode, reason, source, message)
+            else:
+                self._event("vetoed", ex, ex.worker, mode=mode, reason=reason, message=message)
+        if then:
+            then(ok)
 
     def _request_ok(self, c: Client, msg) -> bool:
         try:
@@ -606,8 +721,10 @@ class Supervisor:
         if not self._request_ok(c, msg):
             return
         w = self.workers.get(msg.worker_id)
-        live = w is not None and w.exec is not None and w.exec.started_ns is not None
-        self._reply(c, msg.req, bool(live and self._escalate(w.exec, msg.mode, msg.reason, msg.source, msg.message)))
+        if w is None or w.exec is None or w.exec.started_ns is None:
+            return self._reply(c, msg.req, False)
+        self._request_stop(w.exec, msg.mode, msg.reason, msg.source, msg.message,
+                           lambda ok: self._reply(c, msg.req, ok))  # fmt: skip
 
     def _on_cancel_all(self, c: Client, msg: P.CancelAll) -> None:
         if not self._request_ok(c, msg):
@@ -615,7 +732,7 @@ class Supervisor:
         n = 0
         for ex in list(self.execs.values()):
             if not msg.mine_only or ex.client is c:
-                n += self._escalate(ex, msg.mode, msg.reason, msg.source, msg.message)
+                n += self._request_stop(ex, msg.mode, msg.reason, msg.source, msg.message)
         self._reply(c, msg.req, n)
 
     def _on_query(self, c: Client, msg: P.Query) -> None:
@@ -658,7 +775,7 @@ class Supervisor:
     _client_handlers = {
         P.Submit: _on_submit, P.DefineAgent: _on_define_agent, P.Cancel: _on_cancel,
         P.CancelWorker: _on_cancel_worker, P.CancelAll: _on_cancel_all, P.Query: _on_query, P.Wait: _on_wait,
-        P.Subscribe: _on_subscribe, P.Shutdown: _on_shutdown,
+        P.Subscribe: _on_subscribe, P.Shutdown: _on_shutdown, P.VetoAnswer: _on_veto_answer,
     }  # fmt: skip
 
     def _live_rows(self) -> list[list]:
@@ -669,6 +786,14 @@ class Supervisor:
 
     def _status(self) -> dict:
         rows = self._live_rows()
+        extra: dict[str, dict] = {}
+        if self.hooks["row"]:
+            for ex in self.execs.values():
+                row: dict = {}
+                for hook in self.hooks["row"]:
+                    hook(ex, row)
+                if row:
+                    extra[ex.id] = row
         for info, _ in self.history.values():
             i = info.get("interrupt") or {}
             elapsed = None
@@ -676,13 +801,22 @@ class Supervisor:
                 elapsed = (info["ended_wall_ns"] - info["started_ns"]) / 1e9
             rows.append([info["id"], info["status"], info.get("worker_id"), elapsed,
                          Stage.from_code(i["stage"]).value if i.get("stage") is not None else None])  # fmt: skip
+            ended = {k: info[k] for k in ("cost", "budget", "group", "parent", "children", "priority") if k in info}
+            if info.get("preemptions"):
+                ended["preemptions"] = len(info["preemptions"])
+            if ended:
+                extra.setdefault(info["id"], ended)
         counts: dict[str, int] = {}
         executions = []
         for id, st, wid, elapsed, stage in rows:
             name = ExecutionStatus.from_code(st).value
             counts[name] = counts.get(name, 0) + 1
-            executions.append({"id": id, "status": name, "worker": wid, "elapsed": elapsed, "stage": stage})
-        return {
+            row = {"id": id, "status": name, "worker": wid, "elapsed": elapsed, "stage": stage}
+            more = extra.get(id)
+            if more:
+                row.update(more)
+            executions.append(row)
+        doc = {
             "name": self.cfg.name, "supervisor_pid": self.pid, "owner_pid": self.cfg.creator_pid,
             "escalation": {"grace": self.grace, "term_grace": self.term_grace},
             "workers": [{"id": w.id, "pid": w.pid, "state": w.state,
@@ -694,8 +828,11 @@ class Supervisor:
             "held": {"executions": len(self.execs), "queue": self.n_queued, "timers": len(self.timers),
                      "history": len(self.history), "history_bytes": self.history_bytes,
                      "agents": len(self.agents), "workers": len(self.workers), "pids": len(self.by_pid),
-                     "free_slots": len(self.free_slots), "capacity": self.cfg.capacity},
+                     "free_slots": len(self.free_slots), "capacity": self.cfg.capacity, "lent": self.lent},
         }  # fmt: skip
+        for hook in self.hooks["status"]:
+            hook(doc)
+        return doc
 
     @staticmethod
     def _live_stage(ex: _Exec) -> str | None:
@@ -722,6 +859,16 @@ class Supervisor:
                 w.state = "stopping"
                 self._send_worker(w, P.Exit())
             self.idle.clear()
+        elif self.standins:  # stand-ins for waiting parents: the idle extras go as soon as they are not needed
+            active = self._active_workers()
+            want = self.cfg.workers + self.lent
+            while self.idle and active > want and self.queue.head() is None:
+                w = self.idle.pop()
+                w.state = "stopping"
+                self._send_worker(w, P.Exit())
+                active -= 1
+            if active <= self.cfg.workers and not self.lent:
+                self.standins = False
 
     # -- workers -----------------------------------------------------------
 
@@ -959,6 +1106,11 @@ class Supervisor:
                 return
             self._drain_output(w)  # it wrote its end-of-output mark before it sent this
             w.inflight.popleft()
+            if msg.shield_ns:
+                ex.shield_ns = msg.shield_ns
+            if w.lent:  # it no longer waits on children
+                w.lent = False
+                self.lent -= 1
             if msg.observed_ns and not ex.observed_ns:
                 ex.observed_ns = msg.observed_ns
                 self._event("observed", ex, w, msg.observed_ns)
@@ -1008,6 +1160,10 @@ class Supervisor:
             if w.state == "starting":
                 w.state = "idle"
                 self.idle.append(w)
+        else:
+            handler = self._worker_handlers.get(kind)
+            if handler is not None:
+                handler(w, msg)
 
     def _settled_checkpoint(self, ex: _Exec, w: _Worker) -> list | None:
         """After a kill or crash: the newest checkpoint file whose envelope is complete.
@@ -1034,10 +1190,12 @@ class Supervisor:
             log(f"cannot check the checkpoints of execution {ex.id!r}: {exc}")
         return None
 
-    def _pick_worker(self) -> _Worker | None:
+    def _pick_worker(self, ex: _Exec) -> _Worker | None:
         """The worker idle longest; else, while executions are short, the busy one with
         nothing queued behind it that started first, unless it has already run for longer
-        than twice the average (then it is probably a long one: nothing waits behind it)."""
+        than twice the average (then it is probably a long one: nothing waits behind it).
+        Never behind a parent waiting on its children (they may be what it waits for), nor
+        behind lower-priority work (that may be preempted for it instead)."""
         if self.idle:
             return self.idle.popleft()
         if self.run_ema_ns >= PREFETCH_BELOW_NS:
@@ -1045,22 +1203,29 @@ class Supervisor:
         oldest = time.monotonic_ns() - max(2 * self.run_ema_ns, 1_000_000)
         best = None
         for w in self.workers.values():
-            if w.state == "busy" and len(w.inflight) == 1:
-                started = w.inflight[0].started_ns
-                if started > oldest and (best is None or started < best.inflight[0].started_ns):
+            if w.state == "busy" and len(w.inflight) == 1 and not w.lent:
+                running = w.inflight[0]
+                started = running.started_ns
+                if (started > oldest and running.priority >= ex.priority
+                        and (best is None or started < best.inflight[0].started_ns)):  # fmt: skip
                     best = w
         return best
 
     def _dispatch(self) -> None:
-        while self.queue and self.free_slots:
-            ex = self.queue[0]
-            if ex.status is not ExecutionStatus.QUEUED or ex.worker is not None:
-                self.queue.popleft()  # cancelled while queued
-                continue
-            w = self._pick_worker()
-            if w is None:
+        queue = self.queue
+        while self.free_slots:
+            ex = queue.head()
+            if ex is None:
                 return
-            self.queue.popleft()
+            if ex.status is not ExecutionStatus.QUEUED or ex.worker is not None:
+                queue.popleft()  # cancelled while queued
+                continue
+            w = self._pick_worker(ex)
+            if w is None:
+                for hook in self.hooks["blocked"]:
+                    hook(ex)
+                return
+            queue.popleft()
             self.n_queued -= 1
             slot = self.free_slots.pop()
             ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
@@ -1069,7 +1234,9 @@ class Supervisor:
             if w.out_r >= 0:
                 w.out_execs.append(ex)
             self._send_worker(w, P.Run(ex.id, self.flags.base(slot), ex.armed, ex.agent, self._blob_for(w, ex.agent),
-                                       ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook)))  # fmt: skip
+                                       ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook), ex.term_grace,
+                                       self.budgets.allowance(ex) if ex.limited else None,
+                                       len(ex.child_ids)))  # fmt: skip
             if len(w.inflight) == 1:
                 w.state = "busy"
                 self._start(ex)
@@ -1101,6 +1268,8 @@ class Supervisor:
         if ex.memory_limit and not self.memory_watch:
             self.memory_watch = True
             self._at(_MEMORY_TICK_S, self._check_memory)
+        for hook in self.hooks["started"]:
+            hook(ex)
         if ex.mode:
             self._arm_escalation(ex, ex.mode, ex.started_ns)  # its signals wait for the acknowledgement
 
@@ -1110,10 +1279,12 @@ class Supervisor:
 
     # -- stopping ----------------------------------------------------------
 
-    def _escalate(self, ex: _Exec, mode: int, reason: int, source: int, message: str | None) -> bool:
-        """Request (or harden) a stop. True if the execution was live. Requests
-        are idempotent and only move forward."""
-        now = time.monotonic_ns()
+    def _escalate(self, ex: _Exec, mode: int, reason: int, source: int, message: str | None,
+                  now: int | None = None) -> bool:  # fmt: skip
+        """Request (or harden) a stop: the one escalator every source feeds. True if the
+        execution was live. Requests are idempotent and only move forward. ``now`` is when
+        the stop became due, if that was earlier (a budget crossed, a stall deadline)."""
+        now = now or time.monotonic_ns()
         if ex.status is ExecutionStatus.QUEUED and ex.worker is None:  # still in our queue
             self.n_queued -= 1  # it stays in the deque until it reaches the head; it no longer counts
             ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns = mode, reason, source, message, now
@@ -1122,6 +1293,10 @@ class Supervisor:
             return True
         if ex.status not in _LIVE and ex.status is not ExecutionStatus.QUEUED:
             return False
+        if ex.preempting and reason != InterruptReason.PRIORITY_OVERRIDE.code:
+            # Being preempted, and now stopped for a reason of its own: it ends for real, for that reason.
+            ex.reason, ex.source, ex.message = reason, source, message
+            self._send(ex.client, P.Cancelling(ex.id))
         if mode <= ex.mode:
             return True
         w = ex.worker
@@ -1129,11 +1304,14 @@ class Supervisor:
             ex.reason, ex.source, ex.message, ex.requested_ns = reason, source, message, now
             ex.status = ExecutionStatus.CANCELLING
             self._send_started(ex)  # in order: its client hears it started before it hears it is cancelling
-            self._send(ex.client, P.Cancelling(ex.id))
+            if not ex.preempting:  # a preempted one goes back to the queue: its client sees it requeued
+                self._send(ex.client, P.Cancelling(ex.id))
             self._event("requested", ex, w, now, mode=mode, reason=reason, message=message)
         else:
             self._event("escalated", ex, w, now, mode=mode)
         ex.mode = mode
+        for hook in self.hooks["escalated"]:
+            hook(ex, mode, source)
         if mode == InterruptMode.KILL.code and ex.started_ns:
             self._arm_escalation(ex, mode, now)  # SIGKILL now (once acknowledged); a flag would only race it
             return True
@@ -1223,6 +1401,9 @@ class Supervisor:
         ex = w.exec if w.exec is not None and w.exec.status in _LIVE else None
         if ex is not None:
             ex.sigkill_ns = now
+            shielded = self.flags.shield_ns(ex.slot) if self._begun(ex) else 0
+            if shielded:  # killed inside a shield: it held the stop back until now
+                ex.shield_ns = now - max(shielded, ex.requested_ns or 0)
         self._kill_worker(w)  # its descendants re-parent to us as it dies; _sweep_orphans kills them
         late = (now - ex.sigkill_deadline_ns) / 1e6 if ex is not None and ex.sigkill_deadline_ns else None
         self._event("sigkill", ex, w, now, pid=w.pid, late_ms=late)
@@ -1283,6 +1464,9 @@ class Supervisor:
             w.kill_timer = None
         self.free_slots.extend(w.retained)
         w.retained = []
+        if w.lent:
+            w.lent = False
+            self.lent -= 1
 
     def _worker_exited(self, w: _Worker, info) -> None:
         # Frames it wrote before dying (its Result) come first.
@@ -1335,9 +1519,13 @@ class Supervisor:
                 error = ["WorkerCrashed", f"worker {w.id} (pid {w.pid}) running execution {ex.id!r} died with {how}", None]
                 self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
         self._flush()  # its client hears of the end now, not after the fork below
-        if not self.stopping or self.execs:  # queued work still needs hands while draining
-            self._spawn()
+        if (not self.stopping or self.execs) and self._active_workers() < self.cfg.workers + self.lent:
+            self._spawn()  # its replacement (queued work still needs hands while draining); a retired stand-in has none
         self._sweep_orphans()
+
+    def _active_workers(self) -> int:
+        """Workers that run, or will run, executions (not those on their way out)."""
+        return sum(1 for w in self.workers.values() if w.state != "stopping")
 
     def _requeue(self, w: _Worker) -> None:
         """Executions prefetched to a dead worker never started: back to the head of the
@@ -1377,8 +1565,12 @@ class Supervisor:
 
     def _end(self, ex: _Exec, status: ExecutionStatus, *, value=None, error=None, stage=None,
              exit_code=None, signo=None, checkpoint=None, resumed_from=None, own=None) -> None:  # fmt: skip
+        """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it (unless a
+        source takes it back: a preempted execution goes back to the queue)."""
+        for hook in self.hooks["intercept"]:
+            if hook(ex, status, stage, checkpoint):
+                return
         resumed_from = resumed_from or ex.resumed_from  # a killed worker sends no Result: it said so earlier
-        """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it."""
         now = time.monotonic_ns()
         for t in ex.timers:
             self._cancel(t)
@@ -1414,6 +1606,10 @@ class Supervisor:
                 "sigkill_ns": ex.sigkill_ns, "sigkill_deadline_ns": ex.sigkill_deadline_ns if ex.sigkill_ns else None,
                 "ended_ns": now,
             }  # fmt: skip
+            if ex.shield_ns:
+                info["interrupt"]["shield_ns"] = ex.shield_ns
+        for hook in self.hooks["ended"]:
+            hook(ex, info, value)
         if ex.out is not None:
             self._close_output(ex, ex.worker)
         i = info.get("interrupt") or {}
@@ -1430,6 +1626,31 @@ class Supervisor:
         ex.waiters = []
         ex.payload = None  # a cancelled one may wait in the deque until it reaches the head
         self._remember(ex.id, info, value)
+
+    def _requeue_preempted(self, ex: _Exec) -> None:
+        """A preempted execution (its worker and slot already let go) waits again at the head
+        of its priority, to resume from the checkpoint its stop saved."""
+        for t in ex.timers:
+            self._cancel(t)
+        ex.timers = []
+        if ex.out is not None:
+            self._close_output(ex, ex.worker)
+        self.unsent_started.pop(ex.id, None)
+        ex.status = ExecutionStatus.QUEUED
+        ex.worker = ex.slot = ex.armed = None
+        ex.started_ns = ex.wall_started_ns = None
+        ex.mode, ex.reason, ex.source, ex.message = 0, 0, 0, None
+        ex.requested_ns = ex.observed_ns = None
+        ex.sigterm_ns = ex.sigterm_deadline_ns = ex.sigkill_ns = ex.sigkill_deadline_ns = None
+        ex.pending_signal = None
+        ex.announced = []
+        ex.reported = False
+        ex.run_spent = 0.0
+        ex.resume = bool(self.cfg.checkpoint_dir)  # from the checkpoint the stop saved
+        self.queue.appendleft(ex)
+        self.n_queued += 1
+        self._send(ex.client, P.Requeued(ex.id, len(ex.preemptions)))
+        self._event("requeued", ex, None, message=f"preempted {len(ex.preemptions)} time(s); waiting to resume")
 
     def _remember(self, id: str, info: dict, value: bytes | None) -> None:
         """Keep the newest ``history`` ended executions (values over the byte budget are dropped)."""
