@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import queue
 import re
@@ -266,34 +267,16 @@ class EventPrinter:
             self.requested.pop(ev.execution_id, None)
 
 
-class _CtrlC:
-    """Ctrl+C escalates: first graceful, then immediate, then kill; never raises.
+def _announcer(console: Console):
+    """How ``pool run`` tells the user what a Ctrl+C (or SIGTERM) does: the library's ladder
+    (``Pool.handle_signals``) calls it before each step."""
 
-    The handler only counts presses; the main loop applies them with :meth:`apply`.
-    Calling the pool from the handler could deadlock: the main thread may be inside a
-    send, holding the pool's send lock, when the signal arrives.
-    """
+    def announce(name: str, mode: InterruptMode) -> None:
+        what = "Ctrl+C" if name == "SIGINT" else name
+        console.print(f"[yellow]{what}: stopping every execution ({mode.value}); "
+                      f"{'press again to escalate' if mode is not InterruptMode.KILL else 'killing'}[/]")  # fmt: skip
 
-    MODES = (InterruptMode.GRACEFUL, InterruptMode.IMMEDIATE, InterruptMode.KILL)
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.presses = 0
-        self.applied = 0
-        self.signals: list[int] = []
-
-    def __call__(self, signum, frame) -> None:
-        self.presses += 1
-        self.signals.append(signum)
-
-    def apply(self, pool: Pool) -> None:
-        while self.applied < self.presses:
-            mode = self.MODES[min(self.applied, 2)]
-            self.applied += 1
-            what = "SIGTERM" if self.signals[self.applied - 1] == signal.SIGTERM else "Ctrl+C"
-            self.console.print(f"[yellow]{what}: stopping every execution ({mode.value}); "
-                               f"{'press again to escalate' if mode is not InterruptMode.KILL else 'killing'}[/]")  # fmt: skip
-            pool.cancel_all(mode, InterruptReason.USER_CANCELLED, what, source="signal")
+    return announce
 
 
 # -- commands --------------------------------------------------------------------------
@@ -348,14 +331,15 @@ def cmd_run(args) -> int:
         if not items:
             return EXIT_OK
     out_file = open(args.out, "a" if args.resume else "w") if args.out else None  # noqa: SIM115
-    ctrl_c = _CtrlC(console)
-    previous = {sig: signal.signal(sig, ctrl_c) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ladder = None
     t0 = time.monotonic_ns()
     name = args.name or _default_name(agent)
     printer = EventPrinter(console, t0, show_output=True, show_events=args.events)
     try:
         with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer,
                   checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir) as pool:  # fmt: skip
+            # Kept until the pool has drained (after the with block): a Ctrl+C while draining escalates too.
+            ladder = pool.handle_signals(announce=_announcer(console)).__enter__()
             done: queue.SimpleQueue = queue.SimpleQueue()
             execs = pool._submit_batch(agent, items, args.timeout, resume=args.resume)
             for ex in execs:
@@ -369,7 +353,6 @@ def cmd_run(args) -> int:
             with progress:
                 task = progress.add_task("run", total=len(execs), counts="", rate="")
                 while len(outcomes) < len(execs):
-                    ctrl_c.apply(pool)
                     try:
                         ex = done.get(timeout=0.1)  # a UI refresh tick, not supervisor polling
                     except queue.Empty:
@@ -396,14 +379,14 @@ def cmd_run(args) -> int:
                         rate=f"{len(outcomes) / elapsed:.1f}/s" if elapsed > 0 else "",
                     )  # fmt: skip
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if ladder is not None:
+            ladder.__exit__(None, None, None)
         if out_file is not None:
             out_file.close()
     console.print(summary_table(outcomes))
-    if ctrl_c.signals and ctrl_c.signals[0] == signal.SIGTERM:
+    if ladder.signals and ladder.signals[0] == signal.SIGTERM:
         return EXIT_TERMINATED
-    if ctrl_c.presses:
+    if ladder.signals:
         return EXIT_INTERRUPTED
     return EXIT_OK if all(o.status is ExecutionStatus.COMPLETED for o in outcomes) else EXIT_FAILED
 
@@ -433,18 +416,64 @@ def cmd_status(args) -> int:
         for w in st["workers"]:
             wt.add_row(str(w["id"]), str(w["pid"]), w["state"], w["execution_id"] or "-")
         console.print(wt)
-        et = Table("execution", "status", "worker", "elapsed", "stage", title="executions", title_justify="left")
         rows = st["executions"]
         live = [r for r in rows if r["status"] in ("queued", "running", "cancelling")]
-        shown = live + [r for r in rows if r not in live][-max(0, 20 - len(live)):]
-        for r in shown:
-            et.add_row(r["id"], f"[{_STATUS_STYLE[r['status']]}]{r['status']}[/]",
-                       "-" if r["worker"] is None else str(r["worker"]),
-                       "-" if r["elapsed"] is None else f"{r['elapsed']:.2f}s", r["stage"] or "-")  # fmt: skip
+        shown = _as_tree(live + [r for r in rows if r not in live][-max(0, 20 - len(live)):])
+        extra = [c for c in ("cost", "idle", "priority") if any(c in r for _, r in shown)]
+        et = Table("execution", "status", "worker", "elapsed", "stage", *extra, title="executions",
+                   title_justify="left")  # fmt: skip
+        for depth, r in shown:
+            label = ("  " * (depth - 1) + "└ " if depth else "") + r["id"] + (" (waiting on children)"
+                                                                          if r.get("waiting") else "")  # fmt: skip
+            cells = [label, f"[{_STATUS_STYLE[r['status']]}]{r['status']}[/]",
+                     "-" if r["worker"] is None else str(r["worker"]),
+                     "-" if r["elapsed"] is None else f"{r['elapsed']:.2f}s", r["stage"] or "-"]  # fmt: skip
+            for c in extra:
+                v = r.get(c)
+                if c == "cost" and v is not None:
+                    cells.append(f"{v:g}" + (f" / {r['budget']:g}" if r.get("budget") is not None else ""))
+                elif c == "idle" and v is not None:
+                    cells.append(f"{v:.1f}s")
+                else:
+                    cells.append("-" if v is None else str(v))
+            et.add_row(*cells)
         console.print(et)
+        groups = st.get("groups") or []
+        if groups:
+            gt = Table("group", "budget", "spent", "live", "submitted", title="groups", title_justify="left")
+            for g in groups:
+                gt.add_row(g["name"] + (" [red](used up)[/]" if g["exhausted"] else ""),
+                           "-" if g["budget"] is None else f"{g['budget']:g}", f"{g['spent']:g}", str(g["live"]),
+                           str(g["submitted"]))  # fmt: skip
+            console.print(gt)
         if len(shown) < len(rows):
             console.print(f"({len(rows) - len(shown)} more ended executions; --json lists all)")
     return EXIT_OK
+
+
+def _as_tree(rows: list[dict]) -> list[tuple[int, dict]]:
+    """Rows in tree order (each child under its parent), with their depth; a row whose
+    parent is not shown is a root."""
+    by_id = {r["id"]: r for r in rows}
+    kids: dict[str, list[dict]] = {}
+    roots = []
+    for r in rows:
+        parent = r.get("parent")
+        if parent in by_id and parent != r["id"]:
+            kids.setdefault(parent, []).append(r)
+        else:
+            roots.append(r)
+    out: list[tuple[int, dict]] = []
+    stack = [(0, r) for r in reversed(roots)]
+    seen = set()
+    while stack:
+        depth, r = stack.pop()
+        if r["id"] in seen:
+            continue
+        seen.add(r["id"])
+        out.append((depth, r))
+        stack.extend((depth + 1, k) for k in reversed(kids.get(r["id"], ())))
+    return out
 
 
 def _reason_fields(text: str | None) -> dict:
@@ -457,9 +486,20 @@ def _reason_fields(text: str | None) -> dict:
 
 
 def cmd_cancel(args) -> int:
-    if (args.id is None) == (args.worker is None):
-        raise CliError("give either an execution ID or --worker W")
+    if sum(x is not None for x in (args.id, args.worker, args.group)) != 1:
+        raise CliError("give one of: an execution ID, --worker W, --group NAME")
     fields = _reason_fields(args.reason)
+    if args.group is not None:
+        with _connect(args.name) as pool:
+            try:
+                n = pool.cancel_group(args.group, args.mode, **fields)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+        if n:
+            print(f"stopping {n} execution{'s' if n != 1 else ''} of group {args.group!r} in {pool.name} ({args.mode})")
+            return EXIT_OK
+        print(f"group {args.group!r} of {pool.name} has nothing queued or running", file=sys.stderr)
+        return EXIT_FAILED
     if args.worker is not None:
         pool = _connect(args.name)
         with pool:
@@ -480,6 +520,20 @@ def cmd_cancel(args) -> int:
         return EXIT_OK
     print(f"{what} was not running anything that could be stopped (already ended or idle)", file=sys.stderr)
     return EXIT_FAILED
+
+
+def cmd_group(args) -> int:
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget >= 0):
+        raise CliError(f"--budget must be a finite number >= 0, got {args.budget:g}")
+    with _connect(args.name) as pool:
+        try:
+            g = pool.group(args.group, args.budget)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    budget = "no budget" if g.budget is None else f"budget {g.budget:g}"
+    state = ", used up: takes no new executions" if g.exhausted else ""
+    print(f"group {g.name!r} in {pool.name}: {budget}, spent {g.spent:g}, {g.live} live of {g.submitted} submitted{state}")
+    return EXIT_OK
 
 
 def cmd_serve(args) -> int:
@@ -518,7 +572,12 @@ def cmd_submit(args) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     with _connect(args.name) as pool:
-        ex = pool.submit(args.agent, value, id=args.id, timeout=args.timeout)
+        try:
+            ex = pool.submit(args.agent, value, id=args.id, timeout=args.timeout, budget=args.budget,
+                             stall_timeout=args.stall_timeout, group=args.group, priority=args.priority,
+                             preemptible=args.preemptible)  # fmt: skip
+        except (ValueError, TypeError, PoolError) as exc:
+            raise CliError(str(exc)) from None
         print(ex.id)
         pool.shutdown(wait=False)  # the execution goes on in the pool
     return EXIT_OK
@@ -722,10 +781,17 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("cancel", help="stop one execution (or what a worker runs)")
     ca.add_argument("id", nargs="?", metavar="ID")
     ca.add_argument("--worker", type=int, metavar="W", help="stop whatever worker W runs")
+    ca.add_argument("--group", metavar="NAME", help="stop every queued and running execution of group NAME")
     ca.add_argument("--mode", choices=[m.value for m in InterruptMode], default="graceful")
     ca.add_argument("--reason", metavar="TEXT", help="a reason name (e.g. budget_exceeded) or free text")
     ca.add_argument("--name", help="the pool; needed only when ambiguous")
     ca.set_defaults(func=cmd_cancel)
+
+    gr = sub.add_parser("group", help="create a group of executions (or set its budget) in a running pool")
+    gr.add_argument("group", metavar="GROUP")
+    gr.add_argument("--budget", type=float, default=None, help="what the group's executions may spend together")
+    gr.add_argument("--name", help="the pool; needed only when several run")
+    gr.set_defaults(func=cmd_group)
 
     se = sub.add_parser("serve", help="a long-lived pool that takes work from 'pool submit'")
     se.add_argument("--name", required=True)
@@ -740,6 +806,12 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--input", required=True, metavar="JSON")
     su.add_argument("--id")
     su.add_argument("--timeout", type=_seconds("--timeout"), default=None)
+    su.add_argument("--budget", type=float, default=None, help="what it (and its children) may spend")
+    su.add_argument("--stall-timeout", type=_seconds("--stall-timeout"), default=None,
+                    help="seconds without progress before it is stopped as stalled")  # fmt: skip
+    su.add_argument("--group", help="a group made with 'pool group'")
+    su.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    su.add_argument("--preemptible", action="store_true", help="higher-priority work may preempt it (it resumes)")
     su.set_defaults(func=cmd_submit)
 
     wa = sub.add_parser("wait", help="block until an execution ends; print its result line")

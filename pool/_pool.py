@@ -703,12 +703,15 @@ class Pool:
         src.start()
         return src
 
-    def handle_signals(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> "_SignalLadder":
+    def handle_signals(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM), *,
+                       announce: Callable[[str, InterruptMode], Any] | None = None) -> "_SignalLadder":  # fmt: skip
         """``with pool.handle_signals():`` gives this program the CLI's ladder: the first
         SIGINT or SIGTERM stops every execution of the pool gracefully, the second
         immediately, the third kills them; the previous handlers come back on exit.
-        Call it from the main thread (Python runs signal handlers there)."""
-        return _SignalLadder(self, tuple(signals))
+        ``announce(signal_name, mode)`` is called before each step (the CLI prints it).
+        Enter it in the main thread (Python runs signal handlers there). The handler
+        itself only queues the step: the main thread may hold the pool's locks."""
+        return _SignalLadder(self, tuple(signals), announce)
 
     def _ask_veto(self, msg: P.VetoAsk) -> None:
         """A VetoAsk from the supervisor (reader thread): answered on the veto thread, so a
@@ -1187,16 +1190,16 @@ class _SignalLadder:
 
     _LADDER = (InterruptMode.GRACEFUL, InterruptMode.IMMEDIATE, InterruptMode.KILL)
 
-    def __init__(self, pool: Pool, signals: tuple):
-        self.pool, self.signals = pool, signals
-        self.received = 0
+    def __init__(self, pool: Pool, signals: tuple, announce=None):
+        self.pool, self.watched, self.announce = pool, signals, announce
+        self.signals: list[int] = []  # the signals received, in order
         self._previous: dict = {}
 
     def __enter__(self) -> "_SignalLadder":
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("pool.handle_signals() must be entered in the main thread (Python delivers signals "
                                "there); run it there, or call pool.cancel_all() from your own handler")  # fmt: skip
-        for sig in self.signals:
+        for sig in self.watched:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
@@ -1208,13 +1211,18 @@ class _SignalLadder:
     def _on_signal(self, signum, frame) -> None:
         # Runs between two bytecodes of the main thread, which may hold the pool's locks: the
         # request is handed to the callback thread (SimpleQueue.put is safe here).
-        mode = self._LADDER[min(self.received, len(self._LADDER) - 1)]
-        self.received += 1
+        mode = self._LADDER[min(len(self.signals), len(self._LADDER) - 1)]
+        self.signals.append(signum)
         name = signal.Signals(signum).name
         self.pool._calls.put((self._cancel_all, (mode, name)))
 
     def _cancel_all(self, arg) -> None:
         mode, name = arg
+        if self.announce is not None:
+            try:
+                self.announce(name, mode)
+            except Exception:
+                traceback.print_exc()  # a broken announcement must not keep the stop from happening
         self.pool.cancel_all(mode, InterruptReason.USER_CANCELLED, f"{name} received ({mode.value})",
                              source=InterruptSource.SIGNAL)  # fmt: skip
 

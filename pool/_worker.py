@@ -548,6 +548,9 @@ def _run_async(ctx: Context, coro):
 
         def doorbell():
             ctx._read_channel()
+            if ctx._shield_depth:
+                ctx._held = True  # inside ctx.shield(): the shield's end raises it
+                return
             if (ctx.interrupted or ctx._details is not None) and not task.done():
                 ctx._observe()
                 task.cancel("stop requested")
