@@ -1095,7 +1095,7 @@ class Pool:
         if self._vetoes is not None:
             self._vetoes.put(None)
         for src in self._sources:
-            src.remove()
+            src.remove(wait=False)  # the reader thread must not wait on a user's function
         self._calls.put(None)  # the callback thread ends after what is queued
 
 
@@ -1128,10 +1128,10 @@ class _SourceThread:
     def start(self) -> None:
         self._thread.start()
 
-    def remove(self) -> None:
-        """Stop calling the source (returns once a call under way has finished)."""
+    def remove(self, wait: bool = True) -> None:
+        """Stop calling the source (with ``wait``: return once a call under way has finished)."""
         self._stop.set()
-        if threading.current_thread() is not self._thread:
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
     def _loop(self) -> None:

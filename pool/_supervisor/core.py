@@ -122,7 +122,7 @@ class _Exec:
         "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
-        "limited",
+        "limited", "rank",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
@@ -155,6 +155,7 @@ class _Exec:
         self.stall_timeout = task.stall_timeout  # stall
         self.progress_ns = 0  # stall: progress the supervisor saw itself (start, a child's end)
         self.priority = task.priority if parent is None else max(task.priority, parent.priority)  # priority
+        self.rank = 2 * self.priority + (parent is not None)  # its place in the run queue (see runqueue.py)
         self.preemptible = task.preemptible
         self.preemptions: list[dict] = []
         self.preempting = False
@@ -1194,11 +1195,13 @@ class Supervisor:
         """The worker idle longest; else, while executions are short, the busy one with
         nothing queued behind it that started first, unless it has already run for longer
         than twice the average (then it is probably a long one: nothing waits behind it).
-        Never behind a parent waiting on its children (they may be what it waits for), nor
-        behind lower-priority work (that may be preempted for it instead)."""
+        Never a child execution (the one it would wait behind may be its ancestor, about to
+        wait on it: only parents wait, only on children, so prefetching no child makes such a
+        cycle impossible), never behind a parent waiting on children, nor behind
+        lower-priority work (that may be preempted for it instead)."""
         if self.idle:
             return self.idle.popleft()
-        if self.run_ema_ns >= PREFETCH_BELOW_NS:
+        if self.run_ema_ns >= PREFETCH_BELOW_NS or ex.parent is not None:
             return None
         oldest = time.monotonic_ns() - max(2 * self.run_ema_ns, 1_000_000)
         best = None
@@ -1627,9 +1630,10 @@ class Supervisor:
         ex.payload = None  # a cancelled one may wait in the deque until it reaches the head
         self._remember(ex.id, info, value)
 
-    def _requeue_preempted(self, ex: _Exec) -> None:
+    def _requeue_preempted(self, ex: _Exec, resume: bool) -> None:
         """A preempted execution (its worker and slot already let go) waits again at the head
-        of its priority, to resume from the checkpoint its stop saved."""
+        of its priority, to resume from the checkpoint its stop saved (``resume``; without
+        one it starts over, as it would have: never from an older execution's checkpoint)."""
         for t in ex.timers:
             self._cancel(t)
         ex.timers = []
@@ -1646,7 +1650,7 @@ class Supervisor:
         ex.announced = []
         ex.reported = False
         ex.run_spent = 0.0
-        ex.resume = bool(self.cfg.checkpoint_dir)  # from the checkpoint the stop saved
+        ex.resume = ex.resume or resume
         self.queue.appendleft(ex)
         self.n_queued += 1
         self._send(ex.client, P.Requeued(ex.id, len(ex.preemptions)))

@@ -1,9 +1,13 @@
 """The run queue: queued executions by priority, highest first, in order within one priority.
 
 Owns: the order in which queued executions reach workers. Entries are
-``_Exec`` records; one that is stopped while queued stays in its deque and is
-skipped when it reaches the head (the supervisor's ``n_queued`` counts only
-live ones). With every priority 0 (the common case) it is one deque.
+``_Exec`` records, ordered by their ``rank``: ``2 * priority``, plus one for a
+child execution, so within one priority children run before executions a
+client submitted (a tree then runs depth first: fewer parents wait at once),
+and in submission order otherwise. One that is stopped while queued stays in
+its deque and is skipped when it reaches the head (the supervisor's
+``n_queued`` counts only live ones). With every priority 0 and no trees (the
+common case) it is one deque.
 """
 
 from __future__ import annotations
@@ -15,58 +19,58 @@ __all__ = ("RunQueue",)
 
 
 class RunQueue:
-    __slots__ = ("_by_prio", "_prios")
+    __slots__ = ("_by_rank", "_ranks")
 
     def __init__(self):
-        self._by_prio: dict[int, deque] = {}
-        self._prios: list[int] = []  # ascending; the highest is last
+        self._by_rank: dict[int, deque] = {}
+        self._ranks: list[int] = []  # ascending; the highest is last
 
-    def _deque(self, prio: int) -> deque:
-        d = self._by_prio.get(prio)
+    def _deque(self, rank: int) -> deque:
+        d = self._by_rank.get(rank)
         if d is None:
-            d = self._by_prio[prio] = deque()
-            bisect.insort(self._prios, prio)
+            d = self._by_rank[rank] = deque()
+            bisect.insort(self._ranks, rank)
         return d
 
     def append(self, ex) -> None:
-        self._deque(ex.priority).append(ex)
+        self._deque(ex.rank).append(ex)
 
     def appendleft(self, ex) -> None:
-        """Back to the head of its priority (it was taken out before it ran)."""
-        self._deque(ex.priority).appendleft(ex)
+        """Back to the head of its rank (it was taken out before it ran)."""
+        self._deque(ex.rank).appendleft(ex)
 
     def head(self):
-        """The next execution in order, or None; empty priorities are dropped on the way."""
-        prios = self._prios
-        while prios:
-            d = self._by_prio[prios[-1]]
+        """The next execution in order, or None; empty ranks are dropped on the way."""
+        ranks = self._ranks
+        while ranks:
+            d = self._by_rank[ranks[-1]]
             if d:
                 return d[0]
-            del self._by_prio[prios.pop()]
+            del self._by_rank[ranks.pop()]
         return None
 
     def popleft(self):
         ex = self.head()
         if ex is not None:
-            self._by_prio[self._prios[-1]].popleft()
+            self._by_rank[self._ranks[-1]].popleft()
         return ex
 
-    def above(self, prio: int) -> list:
-        """The entries (live or not) queued at a priority higher than ``prio``, highest first."""
+    def above(self, priority: int) -> list:
+        """The entries (live or not) queued at a priority higher than ``priority``, highest first."""
         out = []
-        for p in reversed(self._prios):
-            if p <= prio:
+        for p in reversed(self._ranks):
+            if p <= 2 * priority + 1:
                 break
-            out.extend(self._by_prio[p])
+            out.extend(self._by_rank[p])
         return out
 
     def __bool__(self) -> bool:
         return self.head() is not None
 
     def __iter__(self):
-        for p in reversed(self._prios):
-            yield from self._by_prio[p]
+        for p in reversed(self._ranks):
+            yield from self._by_rank[p]
 
     def clear(self) -> None:
-        self._by_prio.clear()
-        self._prios.clear()
+        self._by_rank.clear()
+        self._ranks.clear()
