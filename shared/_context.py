@@ -276,8 +276,7 @@ class Context:
             self._held = True  # raised as the shield ends
             return
         self._observe()
-        exc._from_pool = True
-        raise exc
+        raise exc  # the supervisor stops it for the budget as it reads the Spend frame sent just before
 
     # -- child executions ----------------------------------------------------
 

@@ -601,7 +601,8 @@ class Channel:
     (hostile input), off where the peer is our own supervisor or worker (the hot path).
     """
 
-    __slots__ = ("sock", "max_frame", "validate", "_buf", "_inbox", "_out", "_out_bytes", "_offset", "closed")
+    __slots__ = ("sock", "max_frame", "validate", "_buf", "_inbox", "_out", "_out_bytes", "_offset", "closed",
+                 "write_broken")  # fmt: skip
 
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, validate: bool = True):
         self.sock = sock
@@ -612,7 +613,10 @@ class Channel:
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._offset = 0  # bytes of _out[0] already sent
-        self.closed = False
+        self.closed = False  # nothing more can be read or written (EOF read, or closed here)
+        # A write found the peer's end gone (EPIPE): nothing more can be delivered, but what the
+        # peer wrote before it went may still be waiting to be read (a worker's last Result).
+        self.write_broken = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -711,7 +715,7 @@ class Channel:
         """Write as much queued output as the socket takes; True when all is out. Small
         frames are coalesced into one send; a large one is sent from an offset (never
         copied again per partial send)."""
-        if self.closed:
+        if self.closed or self.write_broken:
             return True
         out = self._out
         while out:
@@ -729,7 +733,7 @@ class Channel:
             except (BrokenPipeError, ConnectionError):
                 out.clear()
                 self._out_bytes = self._offset = 0
-                self.closed = True
+                self.write_broken = True
                 return True
             self._out_bytes -= n
             self._offset += n

@@ -10,6 +10,10 @@
  (later: HTTP gateway, Ray actors) ─┘frames│ tables: executions, workers,     │       │ send Result                  │
                                            │  clients, history (bounded)      │ flags │                              │
                                            │ escalation: flag → TERM → KILL   │──────►│                              │
+                                           │   ▲ one escalator, fed by:       │ Spend,│ ctx.spend / heartbeat /      │
+                                           │   clients, timeouts, memory,     │◄──────│  shield / submit (children)  │
+                                           │   sources/: budget, stall, tree, │ Submit│                              │
+                                           │   priority; before_interrupt     │ Child │                              │
                                            └──────────────────────────────────┘       └──────────────────────────────┘
 
 It starts as ``python -m interrupt_pool._supervisor FD`` (never as a fork of
@@ -20,5 +24,9 @@ never decodes agent data (inputs, results, checkpoint payloads are opaque
 bytes here), so it stays single-threaded and forking workers from it is safe.
 
 Modules: ``__main__`` (entry), ``core`` (the loop, tables, dispatch,
-escalation, reaping), ``clients`` (the control socket and per-client state).
+escalation, reaping, the veto round trip to the owner's ``before_interrupt``),
+``clients`` (the control socket and per-client state), ``runqueue`` (queued
+executions by priority), ``output`` (per-execution logs) and ``sources/``
+(one module per reason to stop: budget, stall, tree, priority), which watch
+executions through hooks and ask the one escalator for stops.
 """

@@ -258,7 +258,8 @@ class Supervisor:
         self.sources = [cls(self) for cls in SOURCES]
         self.budgets, self.stalls, self.tree, self.priority = self.sources
         hooks = {}
-        for name in ("check", "submitted", "started", "escalated", "blocked", "intercept", "ended", "row", "status"):
+        for name in ("check", "submitted", "started", "escalated", "blocked", "intercept", "ended", "settled", "row",
+                     "status"):  # fmt: skip
             hooks[name] = [getattr(src, name) for src in self.sources if hasattr(src, name)]
         self.hooks = hooks
         self._worker_handlers = {}
@@ -272,7 +273,7 @@ class Supervisor:
     # -- plumbing ----------------------------------------------------------
 
     def _send(self, client: Client | None, msg) -> None:
-        if client is None or client.chan.closed:
+        if client is None or client.chan.closed or client.chan.write_broken:
             return
         client.chan.queue(msg)
         self.dirty.add(client.chan)
@@ -308,7 +309,7 @@ class Supervisor:
         hung_up = []
         for chan in self.dirty:
             done = chan.flush()
-            if chan.closed:
+            if chan.closed or chan.write_broken:  # a worker's is read to its end all the same (SIGCHLD)
                 hung_up.append(chan)
                 continue
             want = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
@@ -318,7 +319,7 @@ class Supervisor:
                 continue
             if key.events != want:
                 self.sel.modify(chan.sock, want, key.data)
-        self.dirty = {c for c in self.dirty if c.pending and not c.closed}
+        self.dirty = {c for c in self.dirty if c.pending and not c.closed and not c.write_broken}
         for chan in hung_up:  # a client that hung up before reading: forget it now (workers: SIGCHLD does)
             for c in list(self.clients.values()):
                 if c.chan is chan:
@@ -467,7 +468,7 @@ class Supervisor:
                 ex.waiters = [(w, r) for w, r in ex.waiters if w is not c]
 
     def _on_client(self, c: Client, mask: int) -> None:
-        if c.chan.closed:  # a write found it hung up (EPIPE): forget it now, or its EOF keeps us busy
+        if c.chan.closed or c.chan.write_broken:  # it hung up (EPIPE): forget it now, or its EOF keeps us busy
             if c.owner:
                 self._owner_gone("the owner hung up")
             elif c.id in self.clients:
@@ -863,7 +864,7 @@ class Supervisor:
         elif self.standins:  # stand-ins for waiting parents: the idle extras go as soon as they are not needed
             active = self._active_workers()
             want = self.cfg.workers + self.lent
-            while self.idle and active > want and self.queue.head() is None:
+            while self.idle and active > want:
                 w = self.idle.pop()
                 w.state = "stopping"
                 self._send_worker(w, P.Exit())
@@ -1199,6 +1200,8 @@ class Supervisor:
         wait on it: only parents wait, only on children, so prefetching no child makes such a
         cycle impossible), never behind a parent waiting on children, nor behind
         lower-priority work (that may be preempted for it instead)."""
+        if self.standins and self._running_unlent() >= self.cfg.workers:
+            return None  # stand-ins only ever replace waiting parents: at most `workers` run agent code
         if self.idle:
             return self.idle.popleft()
         if self.run_ema_ns >= PREFETCH_BELOW_NS or ex.parent is not None:
@@ -1526,6 +1529,10 @@ class Supervisor:
             self._spawn()  # its replacement (queued work still needs hands while draining); a retired stand-in has none
         self._sweep_orphans()
 
+    def _running_unlent(self) -> int:
+        """Workers running an execution that is not waiting on its children."""
+        return sum(1 for w in self.workers.values() if w.inflight and not w.lent and w.state != "starting")
+
     def _active_workers(self) -> int:
         """Workers that run, or will run, executions (not those on their way out)."""
         return sum(1 for w in self.workers.values() if w.state != "stopping")
@@ -1612,6 +1619,8 @@ class Supervisor:
             if ex.shield_ns:
                 info["interrupt"]["shield_ns"] = ex.shield_ns
         for hook in self.hooks["ended"]:
+            hook(ex, info, value)
+        for hook in self.hooks["settled"]:
             hook(ex, info, value)
         if ex.out is not None:
             self._close_output(ex, ex.worker)
@@ -1754,7 +1763,7 @@ def run_supervisor(sock: socket.socket) -> int:
 def _flush_before_exit(clients: list[Client], deadline: float) -> None:
     """Deliver what is queued (Gone, last replies) to every client, all within one shared
     deadline: a client that does not read cannot hold our exit, nor can many of them."""
-    pending = [c for c in clients if not c.chan.closed and not c.chan.flush()]
+    pending = [c for c in clients if not c.chan.closed and not c.chan.write_broken and not c.chan.flush()]
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -1768,5 +1777,5 @@ def _flush_before_exit(clients: list[Client], deadline: float) -> None:
             sel.close()
         for c in ready:
             c.chan.flush()
-        pending = [c for c in pending if c.chan.pending and not c.chan.closed]
+        pending = [c for c in pending if c.chan.pending and not c.chan.closed and not c.chan.write_broken]
 

@@ -16,7 +16,8 @@ Hooks (all optional)::
     blocked(head)                   ``head`` is queued and no worker can take it now
     intercept(ex, status, stage, checkpoint) -> bool
                                     it is about to end: True if the source takes it back instead
-    ended(ex, info)                 it ended; ``info`` is its Ended record (a source may add to it)
+    ended(ex, info, value)          it ended; ``info`` is its Ended record (a source may add to it)
+    settled(ex, info, value)        after every ``ended``: the record is complete (tree: tell the parent)
     row(ex, row)                    add this source's fields to its ``status`` row
     status(doc)                     add to the ``status`` document
     worker_messages / client_messages: {message class: method name}

@@ -93,10 +93,6 @@ class Tree(Source):
             info["parent"] = parent.id
             parent.children.pop(ex.id, None)
             parent.progress_ns = time.monotonic_ns()  # a child's end is progress for its parent
-            pw = parent.worker
-            if parent.status in _LIVE and pw is not None and not pw.killed and pw.exec is parent:
-                sup._send_worker(pw, P.ChildEnded(parent.id, ex.id, info, value))
-            ex.parent = None
         if ex.child_ids:
             info["children"] = ex.child_ids
         if ex.children:  # it ended before they did: they stop with it
@@ -106,6 +102,16 @@ class Tree(Source):
                 sup._escalate(child, mode, InterruptReason.PARENT_CANCELLED.code, source,
                               f"its parent {ex.id!r} ended before it")  # fmt: skip
             ex.children.clear()
+
+    def settled(self, ex, info: dict, value) -> None:
+        """After every source added its fields: the parent's agent gets the same record the pool keeps."""
+        parent = ex.parent
+        if parent is None:
+            return
+        ex.parent = None
+        pw = parent.worker
+        if parent.status in _LIVE and pw is not None and not pw.killed and pw.exec is parent:
+            self.sup._send_worker(pw, P.ChildEnded(parent.id, ex.id, info, value))
 
     # -- lending a waiting parent's place ---------------------------------------
 
