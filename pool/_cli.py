@@ -514,7 +514,12 @@ def cmd_cancel(args) -> int:
             if not pool.has(args.id):
                 raise CliError(f"pool {pool.name} has no execution {args.id!r}")
             live = pool.cancel(args.id, args.mode, **fields)
+            vetoed = not live and any(row[0] == args.id for row in pool._live_rows())
         what = f"execution {args.id!r} in {pool.name}"
+        if vetoed:
+            print(f"{what} goes on: the pool's owner refused the stop (its before_interrupt hook vetoed it)",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
     if live:
         print(f"stopping {what} ({args.mode})")
         return EXIT_OK

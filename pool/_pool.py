@@ -353,7 +353,6 @@ class Pool:
         self._forked_away = False  # set in a child the user forks: this pool is its parent's
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (fn, arg) for the callback thread
         self._before_interrupt = self._after_interrupt = None
-        self._vetoes: queue.SimpleQueue | None = None  # VetoAsk frames for the veto thread (started on the first)
         self._sources: list[_SourceThread] = []  # add_interrupt_source threads
 
     def _attach(self, sock: socket.socket, chan: P.Channel, welcome: P.Welcome, owner: bool) -> None:
@@ -695,6 +694,8 @@ class Pool:
         Returns a handle whose ``remove()`` stops the calls; shutdown stops them too."""
         if not callable(fn):
             raise TypeError(f"an interrupt source must be a function taking no arguments, got {fn!r}")
+        if interval is None:
+            raise TypeError("interval must be a positive number of seconds between calls, got None")
         interval = check_timeout("interval", interval)
         self._check_open()
         src = _SourceThread(self, fn, interval)
@@ -714,32 +715,25 @@ class Pool:
         return _SignalLadder(self, tuple(signals), announce)
 
     def _ask_veto(self, msg: P.VetoAsk) -> None:
-        """A VetoAsk from the supervisor (reader thread): answered on the veto thread, so a
-        slow hook holds neither the frames nor the callbacks."""
-        if self._vetoes is None:
-            self._vetoes = queue.SimpleQueue()
-            threading.Thread(target=self._veto_loop, args=(self._vetoes,), name=f"pool-veto-{self.supervisor_pid}",
-                             daemon=True).start()  # fmt: skip
-        self._vetoes.put(msg)
+        """A VetoAsk from the supervisor (reader thread): answered on a thread of its own, so a
+        slow hook holds neither the frames nor the callbacks, and a hook that itself cancels
+        another execution gets that question answered at once (stops are rare: a thread each)."""
+        threading.Thread(target=self._answer_veto, args=(msg,), name=f"pool-veto-{msg.req}", daemon=True).start()
 
-    def _veto_loop(self, asks: queue.SimpleQueue) -> None:
-        while True:
-            msg = asks.get()
-            if msg is None:
-                return
-            allow = True
-            try:
-                request = StopRequest.model_construct(
-                    execution_id=msg.id, mode=InterruptMode.from_code(msg.mode),
-                    reason=InterruptReason.from_code(msg.reason), source=InterruptSource.from_code(msg.source),
-                    message=msg.message)  # fmt: skip
-                allow = self._before_interrupt(request) is not False
-            except Exception as exc:  # a broken hook must not block stops: it allows, and says so
-                self._source_error(f"before_interrupt raised {type(exc).__name__}: {exc}; the stop goes ahead", msg.id)
-            try:
-                self._send(P.VetoAnswer(msg.req, allow))
-            except (PoolBroken, PoolClosed):
-                return
+    def _answer_veto(self, msg: P.VetoAsk) -> None:
+        allow = True
+        try:
+            request = StopRequest.model_construct(
+                execution_id=msg.id, mode=InterruptMode.from_code(msg.mode),
+                reason=InterruptReason.from_code(msg.reason), source=InterruptSource.from_code(msg.source),
+                message=msg.message)  # fmt: skip
+            allow = self._before_interrupt(request) is not False
+        except Exception as exc:  # a broken hook must not block stops: it allows, and says so
+            self._source_error(f"before_interrupt raised {type(exc).__name__}: {exc}; the stop goes ahead", msg.id)
+        try:
+            self._send(P.VetoAnswer(msg.req, allow))
+        except (PoolBroken, PoolClosed):
+            pass  # the pool is gone: nothing to stop any more
 
     def _run_after_interrupt(self, ex: Execution) -> None:
         try:
@@ -1092,8 +1086,6 @@ class Pool:
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
         for q in queues:
             q.put(None)  # ends each events() iterator
-        if self._vetoes is not None:
-            self._vetoes.put(None)
         for src in self._sources:
             src.remove(wait=False)  # the reader thread must not wait on a user's function
         self._calls.put(None)  # the callback thread ends after what is queued
@@ -1141,12 +1133,12 @@ class _SourceThread:
                 return
             self.calls += 1
             try:
-                found = self.fn()
+                found = _requests(self.fn(), self.fn, pool)  # a generator runs (and may raise) in _requests
             except Exception as exc:
                 self.errors += 1
                 pool._source_error(f"interrupt source {self.fn!r} raised {type(exc).__name__}: {exc}")
                 continue
-            for item in _requests(found, self.fn, pool):
+            for item in found:
                 try:
                     pool.cancel(item.execution_id, item.mode, item.reason, item.message, source=item.source)
                 except (ValueError, TypeError) as exc:
@@ -1163,9 +1155,11 @@ def _requests(found, fn, pool: Pool) -> list[StopRequest]:
     try:
         items = list(found)
     except TypeError:
-        pool._source_error(f"interrupt source {fn!r} returned {type(found).__name__} {found!r:.80}; return a list of "
-                           "execution ids, StopRequest objects or dicts, or None")  # fmt: skip
-        return []
+        if not hasattr(found, "__iter__"):
+            pool._source_error(f"interrupt source {fn!r} returned {type(found).__name__} {found!r:.80}; return a list "
+                               "of execution ids, StopRequest objects or dicts, or None")  # fmt: skip
+            return []
+        raise  # raised while iterating (a generator): the caller reports it like any exception of fn
     for item in items:
         try:
             if isinstance(item, str):

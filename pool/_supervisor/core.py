@@ -122,7 +122,7 @@ class _Exec:
         "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
-        "limited", "rank",
+        "limited", "rank", "saved",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
@@ -163,6 +163,7 @@ class _Exec:
         self.children: dict[str, _Exec] = {}  # tree: live children
         self.child_ids: list[str] = []  # tree: every child it started
         self.shield_ns = 0  # how long a shield held its stop back
+        self.saved: list | None = None  # the checkpoint an earlier run left (it was preempted), as on the wire
 
 
 class _Worker:
@@ -731,11 +732,24 @@ class Supervisor:
     def _on_cancel_all(self, c: Client, msg: P.CancelAll) -> None:
         if not self._request_ok(c, msg):
             return
-        n = 0
-        for ex in list(self.execs.values()):
-            if not msg.mine_only or ex.client is c:
-                n += self._request_stop(ex, msg.mode, msg.reason, msg.source, msg.message)
-        self._reply(c, msg.req, n)
+        execs = [ex for ex in self.execs.values() if not msg.mine_only or ex.client is c]
+        self._stop_many(c, msg.req, execs, msg.mode, msg.reason, msg.source, msg.message)
+
+    def _stop_many(self, c: Client, req: int, execs: list, mode: int, reason: int, source: int,
+                   message: str | None) -> None:  # fmt: skip
+        """Request the stop of each of ``execs``; reply with how many went ahead, once every
+        veto (if the owner has a before_interrupt) has been answered."""
+        tally = [len(execs) + 1, 0]  # answers still due (one for this call), stops that went ahead
+
+        def one(ok: bool) -> None:
+            tally[0] -= 1
+            tally[1] += bool(ok)
+            if tally[0] == 0:
+                self._reply(c, req, tally[1])
+
+        for ex in execs:
+            self._request_stop(ex, mode, reason, source, message, one)
+        one(False)
 
     def _on_query(self, c: Client, msg: P.Query) -> None:
         what = msg.what
@@ -1581,6 +1595,7 @@ class Supervisor:
             if hook(ex, status, stage, checkpoint):
                 return
         resumed_from = resumed_from or ex.resumed_from  # a killed worker sends no Result: it said so earlier
+        checkpoint = checkpoint or ex.saved  # stopped while requeued after a preemption: what that one saved
         now = time.monotonic_ns()
         for t in ex.timers:
             self._cancel(t)
@@ -1639,7 +1654,7 @@ class Supervisor:
         ex.payload = None  # a cancelled one may wait in the deque until it reaches the head
         self._remember(ex.id, info, value)
 
-    def _requeue_preempted(self, ex: _Exec, resume: bool) -> None:
+    def _requeue_preempted(self, ex: _Exec, checkpoint: list | None) -> None:
         """A preempted execution (its worker and slot already let go) waits again at the head
         of its priority, to resume from the checkpoint its stop saved (``resume``; without
         one it starts over, as it would have: never from an older execution's checkpoint)."""
@@ -1659,7 +1674,8 @@ class Supervisor:
         ex.announced = []
         ex.reported = False
         ex.run_spent = 0.0
-        ex.resume = ex.resume or resume
+        ex.resume = ex.resume or checkpoint is not None
+        ex.saved = checkpoint or ex.saved
         self.queue.appendleft(ex)
         self.n_queued += 1
         self._send(ex.client, P.Requeued(ex.id, len(ex.preemptions)))

@@ -169,10 +169,8 @@ class Budgets(Source):
         g = self.groups.get(msg.name)
         if g is None:
             return sup._reply(c, msg.req, error=f"group {msg.name!r} is not defined in this pool")
-        n = 0
-        for m in list(g.live.values()):
-            n += sup._request_stop(m, msg.mode, msg.reason, msg.source, msg.message or f"group {g.name!r} was cancelled")
-        sup._reply(c, msg.req, n)
+        sup._stop_many(c, msg.req, list(g.live.values()), msg.mode, msg.reason, msg.source,
+                       msg.message or f"group {g.name!r} was cancelled")  # fmt: skip
 
     # -- ends and status -----------------------------------------------------
 

@@ -64,7 +64,7 @@ class Priority(Source):
             return False  # it finished first, or was stopped for another reason as well: it ends
         ex.preemptions.append({"at": time.time_ns(), "stage": stage.code if stage is not None else None,
                                "checkpoint": checkpoint[0] if checkpoint else None})  # fmt: skip
-        self.sup._requeue_preempted(ex, resume=checkpoint is not None)
+        self.sup._requeue_preempted(ex, checkpoint)
         return True
 
     def ended(self, ex, info: dict, value) -> None:
