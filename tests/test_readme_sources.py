@@ -52,7 +52,7 @@ def _check_shield(lines):
 
 
 def _check_hooks(lines):
-    assert lines == ["False", "True", "interrupted: a1 checkpoint 1"]
+    assert lines == ["False", "True", "interrupted: a1 user_cancelled"]
 
 
 def _check_signals(lines):
