@@ -22,6 +22,7 @@ SECTIONS = {
     "throughput": ("bench_peers", "throughput"),
     "resources": ("bench_peers", "resources"),
     "checkpoint": ("bench_checkpoint", "checkpoint_cost"),
+    "sources": ("bench_sources", "sources"),
 }
 
 

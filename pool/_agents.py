@@ -104,7 +104,7 @@ def check_budget(name: str, value: Any) -> float | None:
     return float(value)
 
 
-def build_task(fn, input, id: str, cache: dict, max_frame: int, *, checkpoints: bool, timeout=None,
+def build_task(fn, input, id: str, cache: dict, max_frame: int, checkpoints: bool, timeout=None,
                escalation=None, resume=False, on_interrupt=None, memory_limit=None, budget=None,
                stall_timeout=None, group=None, priority=0, preemptible=False) -> tuple[P.Task, list]:  # fmt: skip
     """The Task frame for one execution and the DefineAgent frames it needs first; every
@@ -124,10 +124,12 @@ def build_task(fn, input, id: str, cache: dict, max_frame: int, *, checkpoints: 
             defs.append(P.DefineAgent(hook[5:], hblob))
     if resume and not checkpoints:
         raise ValueError("resume=True needs checkpoints; this pool was created with checkpoint_dir=None")
-    check_id(id)
-    timeout = check_timeout("timeout", timeout)
-    stall_timeout = check_timeout("stall_timeout", stall_timeout)
-    budget = check_budget("budget", budget)
+    if timeout is not None:
+        timeout = check_timeout("timeout", timeout)
+    if stall_timeout is not None:
+        stall_timeout = check_timeout("stall_timeout", stall_timeout)
+    if budget is not None:
+        budget = check_budget("budget", budget)
     grace = term_grace = None
     if escalation is not None:
         from ._models import Escalation
@@ -137,9 +139,10 @@ def build_task(fn, input, id: str, cache: dict, max_frame: int, *, checkpoints: 
         grace, term_grace = escalation.grace, escalation.term_grace
     if group is not None and (not isinstance(group, str) or not group or len(group) > 256):
         raise ValueError(f"group must be the name of a group created with pool.group(name, ...), got {group!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int) or not -_MAX_PRIORITY < priority < _MAX_PRIORITY:
-        raise ValueError(f"priority must be a whole number (higher runs first), got {priority!r}")
-    if not isinstance(preemptible, bool):
+    if priority != 0 or type(priority) is not int:
+        if isinstance(priority, bool) or not isinstance(priority, int) or not -_MAX_PRIORITY < priority < _MAX_PRIORITY:
+            raise ValueError(f"priority must be a whole number (higher runs first), got {priority!r}")
+    if preemptible is not False and preemptible is not True:
         raise TypeError(f"preemptible must be True or False, got {preemptible!r}")
     if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
                                      or memory_limit < (1 << 20)):  # fmt: skip

@@ -18,10 +18,11 @@ slots), which a waiting parent keeps.
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 from typing import Any
 
-from ._agents import build_task
+from ._agents import build_task, check_id
 from .shared import InterruptMode
 from .shared import _protocol as P
 
@@ -90,6 +91,8 @@ class Tree:
         self.refs: dict = {}  # function -> (spec, blob), as the Pool keeps it
         self.children: dict[str, ChildExecution] = {}
         self.seq = 0
+        self.lock = threading.Lock()  # the running execution's ctx uses these two (see Context)
+        self.cond = threading.Condition()
 
     def reset(self, children_before: int) -> None:
         """A new execution starts; its children are numbered on from ``children_before``
@@ -110,7 +113,8 @@ class Tree:
         if len(self.refs) > 256:
             self.refs.clear()  # bounded: closures made per call do not pile up
         self.seq += 1
-        id = options.pop("id", None) or f"{ctx.execution_id}.{self.seq}"
+        id = options.pop("id", None)
+        id = f"{ctx.execution_id}.{self.seq}" if id is None else check_id(id)
         options.setdefault("priority", 0)
         task, defs = build_task(fn, input, id, self.refs, self.max_frame, checkpoints=self.checkpoints, **options)
         handle = ChildExecution(self, ctx, id)

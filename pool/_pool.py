@@ -41,7 +41,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _naming
-from ._agents import build_task, check_budget, check_timeout
+from ._agents import build_task, check_budget, check_id, check_timeout
 from ._events import Event, EventKind
 from ._exceptions import BudgetExceeded, PoolBroken, PoolClosed, QueueFull, error_for
 from ._models import Escalation, ExecutionInfo, ExecutionResult, Group, StopRequest, WorkerInfo
@@ -399,12 +399,12 @@ class Pool:
             raise PoolClosed("this pool was shut down; create a new Pool to run more work")
 
     def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None, memory_limit=None,
-              **sources) -> tuple[P.Task, list]:  # fmt: skip
+              budget=None, stall_timeout=None, group=None, priority=0, preemptible=False) -> tuple[P.Task, list]:  # fmt: skip
         """The Task frame for one execution, and the DefineAgent frames it needs first."""
-        id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else id
-        return build_task(fn, input, id, self._ref_cache, self._max_frame, checkpoints=self.checkpoint_dir is not None,
-                          timeout=timeout, escalation=escalation, resume=resume, on_interrupt=on_interrupt,
-                          memory_limit=memory_limit, **sources)  # fmt: skip
+        id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else check_id(id)
+        return build_task(fn, input, id, self._ref_cache, self._max_frame, self.checkpoint_dir is not None, timeout,
+                          escalation, resume, on_interrupt, memory_limit, budget, stall_timeout, group, priority,
+                          preemptible)  # fmt: skip
 
     def _reserve(self, n: int, block: bool, timeout: float | None) -> None:
         """Take ``n`` max_queued places, waiting for room (bounded by ``timeout``)."""
@@ -430,7 +430,8 @@ class Pool:
                 self._queued -= n
                 self._changed.notify_all()
 
-    def _register(self, tasks: list[P.Task], defs: list, reserved: bool) -> tuple[list[Execution], list]:
+    def _register(self, tasks: list[P.Task], defs: list, reserved: bool,
+                  grouped: bool) -> tuple[list[Execution], list]:  # fmt: skip
         """Record and send Submit frames (and the futures of their acceptance); caller holds ``_lock``."""
         live = self._live
         ids = [t.id for t in tasks]
@@ -457,7 +458,7 @@ class Pool:
             req = 0
             # Another client's live id is refused with a reply, not a failed execution; so is a group's
             # submission once its budget is used up, for every client.
-            if not self._owner or any(t.group is not None for t in batch):
+            if not self._owner or grouped:
                 req = next(self._req_ids)
                 acks.append((self._replies.setdefault(req, cf.Future()), batch))
             frames.append(P.Submit(req, batch))
@@ -488,11 +489,12 @@ class Pool:
             self._live.pop(t.id, None)
             self._handles.pop(t.id, None)
 
-    def _submit_tasks(self, tasks: list[P.Task], defs: list) -> list[Execution]:
-        """Register and send; for a connected client, wait for the supervisor's acceptance."""
+    def _submit_tasks(self, tasks: list[P.Task], defs: list, grouped: bool = False) -> list[Execution]:
+        """Register and send; for a connected client, or tasks of a group (whose budget may be used
+        up), wait for the supervisor's acceptance."""
         with self._lock:
             self._check_open()
-            execs, acks = self._register(tasks, defs, self._max_queued is not None)
+            execs, acks = self._register(tasks, defs, self._max_queued is not None, grouped)
         refused = None
         for fut, batch in acks:
             try:
@@ -538,12 +540,11 @@ class Pool:
         requeue it to resume later.
         """
         self._check_open()
-        task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt, memory_limit,
-                                budget=budget, stall_timeout=stall_timeout, group=group, priority=priority,
-                                preemptible=preemptible)  # fmt: skip
+        task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt, memory_limit, budget,
+                                stall_timeout, group, priority, preemptible)  # fmt: skip
         self._reserve(1, block, queue_timeout)
         try:
-            return self._submit_tasks([task], defs)[0]
+            return self._submit_tasks([task], defs, group is not None)[0]
         except BaseException:
             self._unreserve(1)
             raise

@@ -59,16 +59,22 @@ def direct_children(pid: int) -> list[int]:
     (psutil's children() scans every process on the machine instead)."""
     pids: list[int] = []
     try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []  # it has exited
+    for tid in tids:
+        try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 pids.extend(int(x) for x in f.read().split())
-    except FileNotFoundError:
-        import psutil
+        except FileNotFoundError:
+            if os.path.exists(f"/proc/{pid}/task/{pid}/children") or not os.path.exists(f"/proc/{pid}"):
+                continue  # that thread exited while we listed them (its children are its process's anyway)
+            import psutil  # a kernel without CONFIG_PROC_CHILDREN: the slow scan of every process
 
-        try:
-            return [p.pid for p in psutil.Process(pid).children()]  # kernel without CONFIG_PROC_CHILDREN
-        except psutil.Error:
-            return []
+            try:
+                return [p.pid for p in psutil.Process(pid).children()]
+            except psutil.Error:
+                return []
     return pids
 
 

@@ -521,6 +521,8 @@ def _start_watchdog(ctx: Context) -> None:
 def _cancel_watchdog() -> None:
     if S.watchdog is not None:
         S.watchdog.cancel()
+        if S.watchdog is not threading.current_thread():
+            S.watchdog.join()  # it wakes at once: then the end of the execution sees one thread (the fast path)
         S.watchdog = None
 
 

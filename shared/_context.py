@@ -116,13 +116,15 @@ class Context:
         self._done = False  # its execution has ended: a thread that outlived it must not read the channel
         self._allowance = allowance  # spend at which it stops itself (its budget or one above it); None: no limit
         self._spent = 0.0  # cost spent in this run
-        self._lock = threading.Lock()  # spend totals and shield depth, from any thread
+        # Spend totals and shield depth (from any thread); notified when a channel reader lets go or
+        # routes a child's end. A worker runs one execution at a time, so it lends every one the same two.
+        self._lock = tree.lock if tree is not None else threading.Lock()
+        self._cond = tree.cond if tree is not None else threading.Condition()
         self._shield_depth = 0
         self._shield_since = 0  # monotonic ns the outermost shield was entered
         self.shield_ns = 0  # how long shields held a stop of this execution back, in all
         self._held = False  # a stop arrived inside a shield: it is delivered when the shield ends
         self._tree = tree  # the worker's child-execution support (None outside a worker)
-        self._cond = threading.Condition()  # notified when a channel reader lets go or routes a child's end
         self._waiting = 0  # threads blocked on children (the supervisor lends our worker's place meanwhile)
         self._child_ended = tree.on_ended if tree is not None else None  # routes ChildEnded frames
         words[control_index + PROGRESS] = time.monotonic_ns()

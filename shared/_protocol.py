@@ -52,6 +52,7 @@ class ProtocolError(Exception):
 
 _BY_KIND: dict[int, type] = {}
 _CHECKS: dict[type, tuple] = {}
+_NESTED: dict[type, tuple] = {}  # message -> ((field index, nested message), ...): built even when not validated
 
 
 def _types_of(hint) -> tuple:
@@ -97,6 +98,9 @@ def message(kind: int):
                 continue
             checks.append((name, _types_of(hint), nested))
         _CHECKS[cls] = tuple(checks)
+        nested_at = tuple((i, n) for i, (_, _, n) in enumerate(checks) if n is not None)
+        if nested_at:
+            _NESTED[cls] = nested_at
         return cls
 
     return register
@@ -114,7 +118,7 @@ def _build(cls, fields: list, validate: bool):
             raise ProtocolError(f"{cls.__name__} needs at least {required} fields, got {len(fields)}")
         fields = list(fields) + [defaults[f] for f in missing]
     if not validate:
-        return cls._make(fields)
+        return _trusted(cls, fields)
     for value, (name, allowed, nested) in zip(fields, _CHECKS[cls]):
         if not isinstance(value, allowed):
             raise ProtocolError(f"{cls.__name__}.{name} must be {'/'.join(t.__name__ for t in allowed)}, "
@@ -139,11 +143,21 @@ def _build(cls, fields: list, validate: bool):
     return cls._make(fields)
 
 
-def decode_nested(cls, fields: list):
-    """A message nested in another one's field, from a peer whose frames are not validated."""
-    if type(fields) is not list:
-        raise ProtocolError(f"a nested {cls.__name__} must be an array, got {type(fields).__name__}")
-    return _build(cls, fields, False)
+def _trusted(cls, fields: list):
+    """A message from a trusted peer: no type checks, but nested messages built all the same."""
+    nested_at = _NESTED.get(cls)
+    if nested_at is None:
+        return cls._make(fields)
+    fields = list(fields)
+    for i, nested in nested_at:
+        value = fields[i]
+        if type(value) is not list:
+            continue
+        if cls.__annotations__[cls._fields[i]] is nested:
+            fields[i] = _build(nested, value, False)
+        else:
+            fields[i] = [_build(nested, item, False) if type(item) is list else item for item in value]
+    return cls._make(fields)
 
 
 def _plain(value, where: str) -> None:
@@ -179,7 +193,7 @@ def decode(body: bytes, validate: bool = True):
     if cls is None:
         raise ProtocolError(f"unknown message kind {raw[0]}")
     if not validate and len(raw) == len(cls._fields) + 1:  # the hot path: our own peer, same version
-        return cls._make(raw[1:])
+        return _trusted(cls, raw[1:])
     return _build(cls, raw[1:], validate)
 
 

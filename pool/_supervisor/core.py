@@ -122,7 +122,7 @@ class _Exec:
         "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
-        "limited", "rank", "saved",
+        "limited", "rank", "saved", "plain",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
@@ -157,11 +157,15 @@ class _Exec:
         self.priority = task.priority if parent is None else max(task.priority, parent.priority)  # priority
         self.rank = 2 * self.priority + (parent is not None)  # its place in the run queue (see runqueue.py)
         self.preemptible = task.preemptible
-        self.preemptions: list[dict] = []
+        self.preemptions: list[dict] | None = None
         self.preempting = False
         self.parent = parent  # tree
-        self.children: dict[str, _Exec] = {}  # tree: live children
-        self.child_ids: list[str] = []  # tree: every child it started
+        self.children: dict[str, _Exec] | None = None  # tree: live children (made with the first)
+        self.child_ids: list[str] | None = None  # tree: every child it started
+        # No source has anything to do with it (the common case): the core skips their hooks. A
+        # source that takes an interest later (a spend, a first child) clears it.
+        self.plain = (task.budget is None and task.stall_timeout is None and task.group is None and not task.priority
+                      and not task.preemptible and parent is None)  # fmt: skip
         self.shield_ns = 0  # how long a shield held its stop back
         self.saved: list | None = None  # the checkpoint an earlier run left (it was preempted), as on the wire
 
@@ -215,7 +219,10 @@ class Supervisor:
         self.subscribers: set[Client] = set()  # clients that asked for events
         self.next_client_id = 1
         owner_sock.setblocking(False)
-        self.owner: Client | None = Client(0, Channel(owner_sock, cfg.max_frame), True, cfg.creator_pid)
+        # The creator's frames are not type-checked (our own library in the process that started us, as
+        # the workers' are); every other client's are.
+        self.owner: Client | None = Client(0, Channel(owner_sock, cfg.max_frame, validate=False), True,
+                                           cfg.creator_pid)  # fmt: skip
         self.clients[0] = self.owner
         self.sel.register(owner_sock, selectors.EVENT_READ, (self._on_client, self.owner))
         self.creator_fd = None
@@ -561,14 +568,15 @@ class Supervisor:
         if not _grace_ok(t.grace) or not _grace_ok(t.term_grace):
             return (f"grace and term_grace must be numbers of seconds from 0 to {_MAX_GRACE_S:g}, "
                     f"got {t.grace!r}, {t.term_grace!r}")  # fmt: skip
-        if not _positive_or_none(t.stall_timeout):
+        if t.stall_timeout is not None and not _positive_or_none(t.stall_timeout):
             return f"stall_timeout must be a positive, finite number of seconds or None, got {t.stall_timeout!r}"
-        if isinstance(t.priority, bool) or not -(1 << 31) < t.priority < (1 << 31):
+        if t.priority and (isinstance(t.priority, bool) or not -(1 << 31) < t.priority < (1 << 31)):
             return f"priority must be a whole number (higher runs first), got {t.priority!r}"
-        for check in self.hooks["check"]:
-            err = check(t)
-            if err:
-                return err
+        if t.budget is not None or t.group is not None:
+            for check in self.hooks["check"]:
+                err = check(t)
+                if err:
+                    return err
         return None
 
     def _on_submit(self, c: Client, msg: P.Submit) -> None:
@@ -614,8 +622,9 @@ class Supervisor:
         self.queue.append(ex)
         self.n_queued += 1
         self._use_agent(ex, +1)
-        for hook in self.hooks["submitted"]:
-            hook(ex)
+        if not ex.plain:
+            for hook in self.hooks["submitted"]:
+                hook(ex)
         return ex
 
     def _end_unstarted(self, c: Client, t: P.Task, etype: str, message: str) -> None:
@@ -1238,14 +1247,14 @@ class Supervisor:
             if ex is None:
                 return
             if ex.status is not ExecutionStatus.QUEUED or ex.worker is not None:
-                queue.popleft()  # cancelled while queued
+                queue.drop_head()  # cancelled while queued
                 continue
             w = self._pick_worker(ex)
             if w is None:
                 for hook in self.hooks["blocked"]:
                     hook(ex)
                 return
-            queue.popleft()
+            queue.drop_head()
             self.n_queued -= 1
             slot = self.free_slots.pop()
             ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
@@ -1256,7 +1265,7 @@ class Supervisor:
             self._send_worker(w, P.Run(ex.id, self.flags.base(slot), ex.armed, ex.agent, self._blob_for(w, ex.agent),
                                        ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook), ex.term_grace,
                                        self.budgets.allowance(ex) if ex.limited else None,
-                                       len(ex.child_ids)))  # fmt: skip
+                                       len(ex.child_ids) if ex.child_ids else 0))  # fmt: skip
             if len(w.inflight) == 1:
                 w.state = "busy"
                 self._start(ex)
@@ -1288,8 +1297,9 @@ class Supervisor:
         if ex.memory_limit and not self.memory_watch:
             self.memory_watch = True
             self._at(_MEMORY_TICK_S, self._check_memory)
-        for hook in self.hooks["started"]:
-            hook(ex)
+        if not ex.plain:
+            for hook in self.hooks["started"]:
+                hook(ex)
         if ex.mode:
             self._arm_escalation(ex, ex.mode, ex.started_ns)  # its signals wait for the acknowledgement
 
@@ -1330,8 +1340,9 @@ class Supervisor:
         else:
             self._event("escalated", ex, w, now, mode=mode)
         ex.mode = mode
-        for hook in self.hooks["escalated"]:
-            hook(ex, mode, source)
+        if not ex.plain:
+            for hook in self.hooks["escalated"]:
+                hook(ex, mode, source)
         if mode == InterruptMode.KILL.code and ex.started_ns:
             self._arm_escalation(ex, mode, now)  # SIGKILL now (once acknowledged); a flag would only race it
             return True
@@ -1591,9 +1602,10 @@ class Supervisor:
              exit_code=None, signo=None, checkpoint=None, resumed_from=None, own=None) -> None:  # fmt: skip
         """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it (unless a
         source takes it back: a preempted execution goes back to the queue)."""
-        for hook in self.hooks["intercept"]:
-            if hook(ex, status, stage, checkpoint):
-                return
+        if not ex.plain:
+            for hook in self.hooks["intercept"]:
+                if hook(ex, status, stage, checkpoint):
+                    return
         resumed_from = resumed_from or ex.resumed_from  # a killed worker sends no Result: it said so earlier
         checkpoint = checkpoint or ex.saved  # stopped while requeued after a preemption: what that one saved
         now = time.monotonic_ns()
@@ -1633,10 +1645,11 @@ class Supervisor:
             }  # fmt: skip
             if ex.shield_ns:
                 info["interrupt"]["shield_ns"] = ex.shield_ns
-        for hook in self.hooks["ended"]:
-            hook(ex, info, value)
-        for hook in self.hooks["settled"]:
-            hook(ex, info, value)
+        if not ex.plain:
+            for hook in self.hooks["ended"]:
+                hook(ex, info, value)
+            for hook in self.hooks["settled"]:
+                hook(ex, info, value)
         if ex.out is not None:
             self._close_output(ex, ex.worker)
         i = info.get("interrupt") or {}

@@ -52,8 +52,12 @@ class RunQueue:
     def popleft(self):
         ex = self.head()
         if ex is not None:
-            self._by_rank[self._ranks[-1]].popleft()
+            self.drop_head()
         return ex
+
+    def drop_head(self) -> None:
+        """Remove the entry :meth:`head` has just returned."""
+        self._by_rank[self._ranks[-1]].popleft()
 
     def above(self, priority: int) -> list:
         """The entries (live or not) queued at a priority higher than ``priority``, highest first."""

@@ -60,6 +60,7 @@ class Budgets(Source):
     # -- submissions ---------------------------------------------------------
 
     def check(self, t: P.Task) -> str | None:
+        """Called for tasks with a budget or a group."""
         if not _budget_ok(t.budget):
             return f"budget must be a finite number >= 0 (in your cost unit) or None, got {t.budget!r}"
         if t.group is None:
@@ -109,6 +110,7 @@ class Budgets(Source):
         delta = msg.total - ex.run_spent
         if not delta > 0:
             return
+        ex.plain = False  # it has a cost to report
         ex.run_spent = msg.total
         ex.cost += delta
         at = msg.at or time.monotonic_ns()

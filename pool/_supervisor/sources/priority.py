@@ -62,6 +62,8 @@ class Priority(Source):
         if (status is not ExecutionStatus.INTERRUPTED or ex.reason != InterruptReason.PRIORITY_OVERRIDE.code
                 or self.sup.stopping):  # fmt: skip
             return False  # it finished first, or was stopped for another reason as well: it ends
+        if ex.preemptions is None:
+            ex.preemptions = []
         ex.preemptions.append({"at": time.time_ns(), "stage": stage.code if stage is not None else None,
                                "checkpoint": checkpoint[0] if checkpoint else None})  # fmt: skip
         self.sup._requeue_preempted(ex, checkpoint)

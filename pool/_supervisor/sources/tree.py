@@ -41,7 +41,7 @@ class Tree(Source):
 
     def on_submit_child(self, w, msg: P.SubmitChild) -> None:
         sup = self.sup
-        t = msg.task if type(msg.task) is P.Task else P.decode_nested(P.Task, msg.task)
+        t = msg.task
         parent = sup.execs.get(msg.parent)
         err = None
         if parent is None or parent.worker is not w or parent.status not in _LIVE:
@@ -57,6 +57,9 @@ class Tree(Source):
             sup._send_worker(w, P.ChildEnded(msg.parent, t.id, info, None))
             return
         ex = sup._new_exec(t, None, parent)
+        if parent.children is None:
+            parent.children, parent.child_ids = {}, []
+            parent.plain = False  # a parent: its stop and its end concern its children
         parent.children[ex.id] = ex
         parent.child_ids.append(ex.id)
         if parent.mode:  # it is being stopped: the child ends at once, as its siblings do
@@ -74,7 +77,7 @@ class Tree(Source):
         parent = w.exec
         if parent is None or parent.id != msg.parent:
             return
-        child = parent.children.get(msg.id)
+        child = parent.children.get(msg.id) if parent.children else None
         if child is not None and msg.mode in (1, 2, 3):
             self.sup._escalate(child, msg.mode, InterruptReason.PARENT_CANCELLED.code, InterruptSource.AGENT.code,
                                msg.message or f"its parent {parent.id!r} cancelled it")  # fmt: skip
@@ -82,7 +85,7 @@ class Tree(Source):
     # -- the cascade -------------------------------------------------------------
 
     def escalated(self, ex, mode: int, source: int) -> None:
-        for child in list(ex.children.values()):
+        for child in list(ex.children.values()) if ex.children else ():
             self.sup._escalate(child, mode, InterruptReason.PARENT_CANCELLED.code, source,
                                f"its parent {ex.id!r} is being stopped")  # fmt: skip
 
@@ -91,7 +94,8 @@ class Tree(Source):
         parent = ex.parent
         if parent is not None:
             info["parent"] = parent.id
-            parent.children.pop(ex.id, None)
+            if parent.children:
+                parent.children.pop(ex.id, None)
             parent.progress_ns = time.monotonic_ns()  # a child's end is progress for its parent
         if ex.child_ids:
             info["children"] = ex.child_ids
