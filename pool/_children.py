@@ -20,10 +20,11 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+import weakref
 from typing import Any
 
 from ._agents import build_task, check_id
-from .shared import InterruptMode
+from .shared import ExecutionStatus, InterruptMode
 from .shared import _protocol as P
 
 __all__ = ("ChildExecution", "Tree")
@@ -32,7 +33,7 @@ __all__ = ("ChildExecution", "Tree")
 class ChildExecution:
     """A handle on one child execution, valid while its parent runs."""
 
-    __slots__ = ("id", "_tree", "_ctx", "_info", "_value", "_outcome")
+    __slots__ = ("id", "_tree", "_ctx", "_info", "_value", "_outcome", "__weakref__")
 
     def __init__(self, tree: "Tree", ctx, id: str):
         self.id = id
@@ -45,6 +46,9 @@ class ChildExecution:
         return f"<ChildExecution {self.id!r} {'ended' if self._info else 'live'}>"
 
     def done(self) -> bool:
+        """True once it has ended (reads what the supervisor has sent so far, without blocking)."""
+        if self._info is None and not self._ctx._done:
+            self._ctx._read_channel()
         return self._info is not None
 
     def outcome(self, timeout: float | None = None):
@@ -59,7 +63,7 @@ class ChildExecution:
                 try:
                     value = pickle.loads(self._value)
                 except Exception as exc:
-                    self._info["status"] = 4  # failed: its value cannot be read here
+                    self._info["status"] = ExecutionStatus.FAILED.code  # its value cannot be read here
                     self._info["error"] = ["UnpicklingError", f"the result of child {self.id!r} cannot be "
                                            f"unpickled: {type(exc).__name__}: {exc}", None]  # fmt: skip
             self._outcome = ExecutionResult.from_wire(self._info, value)
@@ -89,7 +93,8 @@ class Tree:
     def __init__(self, chan, critical, max_frame: int, checkpoints: bool):
         self.chan, self.critical, self.max_frame, self.checkpoints = chan, critical, max_frame, checkpoints
         self.refs: dict = {}  # function -> (spec, blob), as the Pool keeps it
-        self.children: dict[str, ChildExecution] = {}
+        # The handles the agent still holds (a dropped one, and the value it would have received, go).
+        self.children: weakref.WeakValueDictionary[str, ChildExecution] = weakref.WeakValueDictionary()
         self.seq = 0
         self.lock = threading.Lock()  # the running execution's ctx uses these two (see Context)
         self.cond = threading.Condition()
@@ -97,7 +102,7 @@ class Tree:
     def reset(self, children_before: int) -> None:
         """A new execution starts; its children are numbered on from ``children_before``
         (a resumed execution keeps its numbering, so a new child never reuses a live id)."""
-        self.children = {}
+        self.children = weakref.WeakValueDictionary()
         self.seq = children_before
 
     def send(self, ctx, msg) -> None:

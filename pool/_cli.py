@@ -532,7 +532,7 @@ def cmd_group(args) -> int:
         raise CliError(f"--budget must be a finite number >= 0, got {args.budget:g}")
     with _connect(args.name) as pool:
         try:
-            g = pool.group(args.group, args.budget)
+            g = pool.group(args.group) if args.budget is None else pool.group(args.group, args.budget)
         except ValueError as exc:
             raise CliError(str(exc)) from None
     budget = "no budget" if g.budget is None else f"budget {g.budget:g}"
@@ -792,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--name", help="the pool; needed only when ambiguous")
     ca.set_defaults(func=cmd_cancel)
 
-    gr = sub.add_parser("group", help="create a group of executions (or set its budget) in a running pool")
+    gr = sub.add_parser("group", help="create or show a group of executions in a running pool (--budget sets it)")
     gr.add_argument("group", metavar="GROUP")
     gr.add_argument("--budget", type=float, default=None, help="what the group's executions may spend together")
     gr.add_argument("--name", help="the pool; needed only when several run")

@@ -52,6 +52,7 @@ from .shared import _protocol as P
 __all__ = ("Pool", "Execution")
 
 _open_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_VETO_THREADS = 4  # before_interrupt questions asked at once
 _SUBMIT_BATCH = 2000  # executions per Submit frame: bounds one frame's size
 _START_TIMEOUT = 60.0  # seconds for a new supervisor to answer (a loaded CI machine can be slow)
 WORKER_MEMORY_ESTIMATE = 4 << 20  # bytes a worker needs at least (measured: under 3 MiB of its own)
@@ -354,6 +355,8 @@ class Pool:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (fn, arg) for the callback thread
         self._before_interrupt = self._after_interrupt = None
         self._sources: list[_SourceThread] = []  # add_interrupt_source threads
+        self._veto_asks: queue.SimpleQueue = queue.SimpleQueue()  # VetoAsk frames for the veto threads
+        self._veto_threads = self._veto_idle = 0  # under _lock
 
     def _attach(self, sock: socket.socket, chan: P.Channel, welcome: P.Welcome, owner: bool) -> None:
         chan.max_frame = welcome.max_frame
@@ -664,16 +667,18 @@ class Pool:
         except (PoolBroken, PoolClosed):
             pass  # nothing left to stop: the reader thread settles every execution
 
-    def group(self, name: str, budget: float | None = None) -> Group:
-        """Create group ``name`` (or set its budget) and return it. Executions submitted with
-        ``group=name`` (and their children) share its budget: once their spend reaches it,
-        every live one is stopped gracefully (reason budget_exceeded) and new submissions
-        raise :class:`BudgetExceeded` until the budget is raised here."""
+    def group(self, name: str, budget: float | None = ...) -> Group:
+        """Create group ``name`` and return it (its budget, spend, members); ``budget=`` sets or
+        changes its budget (None: no budget); without it, an existing group is left as it is.
+        Executions submitted with ``group=name`` (and their children) share its budget: once
+        their spend reaches it, every live one is stopped gracefully (reason budget_exceeded)
+        and new submissions raise :class:`BudgetExceeded` until the budget is raised here."""
         if not isinstance(name, str) or not name or len(name) > 256 or "\x00" in name:
             raise ValueError(f"group name must be a string of 1 to 256 characters without NUL, got {name!r}")
-        budget = check_budget("budget", budget)
+        keep = budget is ...
+        budget = None if keep else check_budget("budget", budget)
         self._check_usable()
-        return Group(**self._call(lambda req: P.DefineGroup(req, name, budget)))
+        return Group(**self._call(lambda req: P.DefineGroup(req, name, budget, keep)))
 
     def cancel_group(self, name: str, mode: InterruptMode | str = InterruptMode.GRACEFUL,
                      reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
@@ -716,10 +721,34 @@ class Pool:
         return _SignalLadder(self, tuple(signals), announce)
 
     def _ask_veto(self, msg: P.VetoAsk) -> None:
-        """A VetoAsk from the supervisor (reader thread): answered on a thread of its own, so a
-        slow hook holds neither the frames nor the callbacks, and a hook that itself cancels
-        another execution gets that question answered at once (stops are rare: a thread each)."""
-        threading.Thread(target=self._answer_veto, args=(msg,), name=f"pool-veto-{msg.req}", daemon=True).start()
+        """A VetoAsk from the supervisor (reader thread): answered by the veto threads, so a slow
+        hook holds neither the frames nor the callbacks. Up to _VETO_THREADS questions are asked
+        at once (a hook that itself cancels another execution gets that one answered meanwhile);
+        a cancel_all of many executions queues its questions, never a thread each."""
+        with self._lock:
+            self._veto_asks.put(msg)
+            if self._veto_idle or self._veto_threads >= _VETO_THREADS:
+                return
+            self._veto_threads += 1
+        try:
+            threading.Thread(target=self._veto_loop, name=f"pool-veto-{self.supervisor_pid}", daemon=True).start()
+        except RuntimeError:  # no thread can be started now: the threads there are will answer
+            with self._lock:
+                self._veto_threads -= 1
+                alone = self._veto_threads == 0
+            if alone:
+                self._send(P.VetoAnswer(msg.req, True))  # never leave a stop unanswered for 10 s
+
+    def _veto_loop(self) -> None:
+        while True:
+            with self._lock:
+                self._veto_idle += 1
+            msg = self._veto_asks.get()
+            with self._lock:
+                self._veto_idle -= 1
+            if msg is None:
+                return
+            self._answer_veto(msg)
 
     def _answer_veto(self, msg: P.VetoAsk) -> None:
         allow = True
@@ -1087,8 +1116,10 @@ class Pool:
             fut.set_exception(PoolBroken(reason) if self._broken else PoolClosed(reason))
         for q in queues:
             q.put(None)  # ends each events() iterator
-        for src in self._sources:
+        for src in list(self._sources):
             src.remove(wait=False)  # the reader thread must not wait on a user's function
+        for _ in range(self._veto_threads):
+            self._veto_asks.put(None)
         self._calls.put(None)  # the callback thread ends after what is queued
 
 
@@ -1124,6 +1155,9 @@ class _SourceThread:
     def remove(self, wait: bool = True) -> None:
         """Stop calling the source (with ``wait``: return once a call under way has finished)."""
         self._stop.set()
+        with self.pool._lock:
+            if self in self.pool._sources:
+                self.pool._sources.remove(self)
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -1142,8 +1176,8 @@ class _SourceThread:
             for item in found:
                 try:
                     pool.cancel(item.execution_id, item.mode, item.reason, item.message, source=item.source)
-                except (ValueError, TypeError) as exc:
-                    pool._source_error(f"interrupt source {self.fn!r}: {exc}", item.execution_id)
+                except Exception as exc:  # never the end of the source: the next call may do better
+                    pool._source_error(f"interrupt source {self.fn!r}: {type(exc).__name__}: {exc}", item.execution_id)
 
 
 def _requests(found, fn, pool: Pool) -> list[StopRequest]:
@@ -1194,6 +1228,10 @@ class _SignalLadder:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("pool.handle_signals() must be entered in the main thread (Python delivers signals "
                                "there); run it there, or call pool.cancel_all() from your own handler")  # fmt: skip
+        self._steps: queue.SimpleQueue = queue.SimpleQueue()
+        # Its own thread: a step never waits behind a slow done-callback, listener or after_interrupt.
+        self._thread = threading.Thread(target=self._run_steps, name="pool-signals", daemon=True)
+        self._thread.start()
         for sig in self.watched:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -1202,14 +1240,30 @@ class _SignalLadder:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        self._steps.put(None)
+        self._thread.join()
 
     def _on_signal(self, signum, frame) -> None:
         # Runs between two bytecodes of the main thread, which may hold the pool's locks: the
-        # request is handed to the callback thread (SimpleQueue.put is safe here).
+        # step is handed to the ladder's thread (SimpleQueue.put is safe here).
+        if self.pool._closed or self.pool._reader_done:
+            previous = self._previous.get(signum)  # nothing left to stop: the program's own handling
+            if callable(previous):
+                return previous(signum, frame)
+            if previous != signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)  # as if we were not there (__exit__ restores it anyway)
+                os.kill(os.getpid(), signum)
+            return
         mode = self._LADDER[min(len(self.signals), len(self._LADDER) - 1)]
         self.signals.append(signum)
-        name = signal.Signals(signum).name
-        self.pool._calls.put((self._cancel_all, (mode, name)))
+        self._steps.put((mode, signal.Signals(signum).name))
+
+    def _run_steps(self) -> None:
+        while True:
+            step = self._steps.get()
+            if step is None:
+                return
+            self._cancel_all(step)
 
     def _cancel_all(self, arg) -> None:
         mode, name = arg

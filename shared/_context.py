@@ -91,7 +91,7 @@ class Context:
     __slots__ = ("_words", "_ctl", "_flag", "_armed", "_chan", "execution_id", "worker_id", "_details", "_pending",
                  "_ckpt", "_in_hook", "state", "_wake", "_critical", "_read_lock", "_done", "_allowance", "_spent",
                  "_lock", "_shield_depth", "_shield_since", "shield_ns", "_held", "_tree", "_cond", "_waiting",
-                 "_child_ended")  # fmt: skip
+                 "_child_ended", "_verdicts")  # fmt: skip
 
     def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int,
                  checkpoints: ExecutionCheckpoints | None = None, wake: tuple[int, int] | None = None,
@@ -116,6 +116,7 @@ class Context:
         self._done = False  # its execution has ended: a thread that outlived it must not read the channel
         self._allowance = allowance  # spend at which it stops itself (its budget or one above it); None: no limit
         self._spent = 0.0  # cost spent in this run
+        self._verdicts = 0  # crossed Spend frames not answered yet (by an Allowance, or by the stop)
         # Spend totals and shield depth (from any thread); notified when a channel reader lets go or
         # routes a child's end. A worker runs one execution at a time, so it lends every one the same two.
         self._lock = tree.lock if tree is not None else threading.Lock()
@@ -179,6 +180,8 @@ class Context:
         notifies when it lets go, so no wake-up is lost and nobody polls."""
         chan_fd = self._chan.fileno()
         while True:
+            if self._done:
+                raise Interrupted(f"execution {self.execution_id!r} has ended; a thread it left behind stops here")
             self.check()
             if self._details is not None:  # another thread read the doorbell for us
                 self._stop(Stage.FLAG)
@@ -226,18 +229,22 @@ class Context:
             total = self._spent
             self._words[self._ctl + COST] = struct.unpack("<Q", struct.pack("<d", total))[0]
             self._words[self._ctl + PROGRESS] = now
+            crossed = self._allowance is not None and total >= self._allowance and not self._in_hook
+            if crossed:
+                self._verdicts += 1  # an Allowance frame, or the stop, answers this one
             with self._critical():
                 try:
-                    self._chan.send(P.Spend(self.execution_id, total, note, now))
+                    self._chan.send(P.Spend(self.execution_id, total, note, now, crossed))
                 except OSError:
                     pass  # the supervisor is gone; PDEATHSIG ends us
-        if self._allowance is not None and total >= self._allowance and not self._in_hook:
-            self._held_or_raise(Interrupted(f"execution {self.execution_id!r} has spent {total:g}, its budget "
-                                            f"(or one above it) allowed {self._allowance:g}", stage=Stage.FLAG))  # fmt: skip
-        else:
+        if crossed:
+            # The supervisor decides (a budget may have been raised meanwhile): it stops us (the flag,
+            # with reason budget_exceeded, raised right here) or sends a new allowance. One round trip,
+            # only when a budget is reached.
+            self._wait_until(lambda: self._verdicts == 0 or self._held, None)
+        if not self._in_hook:
             self.check()
         return total
-
     @property
     def cost(self) -> float:
         """What this run of the execution has spent so far (``ctx.spend``)."""
@@ -272,13 +279,6 @@ class Context:
                         self._held = False
         if outermost and not self._in_hook:
             self.check()  # the stop it held, now
-
-    def _held_or_raise(self, exc: BaseException) -> None:
-        if self._shield_depth:
-            self._held = True  # raised as the shield ends
-            return
-        self._observe()
-        raise exc  # the supervisor stops it for the budget as it reads the Spend frame sent just before
 
     # -- child executions ----------------------------------------------------
 
@@ -348,6 +348,13 @@ class Context:
             return
         for msg in self._chan.poll():
             kind = type(msg)
+            if kind is P.Allowance and msg.id == self.execution_id:
+                with self._lock:
+                    self._allowance = msg.allowance
+                    self._verdicts = max(0, self._verdicts - 1)
+                with self._cond:
+                    self._cond.notify_all()
+                continue
             if kind is P.ChildEnded and msg.parent == self.execution_id and self._child_ended is not None:
                 self._child_ended(msg)
                 with self._cond:

@@ -35,7 +35,7 @@ __all__ = (
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
     "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Resumed",
     "DefineGroup", "CancelGroup", "VetoAsk", "VetoAnswer", "Requeued", "Spend", "SubmitChild", "Waiting",
-    "CancelChild", "ChildEnded",
+    "CancelChild", "ChildEnded", "Allowance",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 3
@@ -429,6 +429,7 @@ class DefineGroup(NamedTuple):
     req: int
     name: str
     budget: float | None = None
+    keep_budget: bool = False  # an existing group's budget stays as it is (the call only reads it)
 
 
 @message(21)
@@ -563,6 +564,16 @@ class Spend(NamedTuple):
     total: float
     note: str | None = None
     at: int = 0  # time.monotonic_ns() of the spend: a budget stop's request time
+    crossed: bool = False  # the total reached the allowance its Run gave: it waits for the verdict
+
+
+@message(54)
+class Allowance(NamedTuple):
+    """S→W: the verdict on a crossed Spend that did not stop execution ``id``: its new allowance
+    (None: no budget applies any more), e.g. after its group's budget was raised."""
+
+    id: str
+    allowance: float | None
 
 
 @message(67)

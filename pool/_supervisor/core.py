@@ -122,7 +122,7 @@ class _Exec:
         "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
-        "limited", "rank", "saved", "plain",
+        "limited", "rank", "saved", "plain", "child_seq",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
@@ -162,6 +162,7 @@ class _Exec:
         self.parent = parent  # tree
         self.children: dict[str, _Exec] | None = None  # tree: live children (made with the first)
         self.child_ids: list[str] | None = None  # tree: every child it started
+        self.child_seq = 0  # tree: children it asked for, in every run (refused ones too): the next run numbers on
         # No source has anything to do with it (the common case): the core skips their hooks. A
         # source that takes an interest later (a spend, a first child) clears it.
         self.plain = (task.budget is None and task.stall_timeout is None and task.group is None and not task.priority
@@ -544,7 +545,14 @@ class Supervisor:
         if req:
             self._send(c, P.Reply(req, error is None, value, error))
 
-    def _task_error(self, t: P.Task) -> str | None:
+    def _task_error(self, t: P.Task) -> tuple[str, str] | None:
+        """Why a submitted Task cannot be queued, as (exception type name, sentence), or None."""
+        err = self._task_problem(t)
+        if err is None or isinstance(err, tuple):
+            return err
+        return ("ValueError", err)
+
+    def _task_problem(self, t: P.Task) -> tuple[str, str] | str | None:
         if not t.id or len(t.id) > _MAX_ID or "\x00" in t.id:
             return f"execution id {t.id!r} must be a non-empty string of at most {_MAX_ID} characters without NUL"
         if t.id in self.execs:
@@ -589,12 +597,10 @@ class Supervisor:
         if msg.req:  # all or none, with a reason
             seen = set()
             for t in msg.tasks:
-                err = self._task_error(t) or (f"execution id {t.id!r} appears twice" if t.id in seen else None)
+                err = self._task_error(t) or (("ValueError", f"execution id {t.id!r} appears twice")
+                                              if t.id in seen else None)  # fmt: skip
                 if err:
-                    etype, _, rest = err.partition(": ")
-                    if etype != "BudgetExceeded":
-                        etype, rest = None, err
-                    return self._reply(c, msg.req, value=etype, error=rest)
+                    return self._reply(c, msg.req, value=err[0], error=err[1])
                 seen.add(t.id)
             limit = self.cfg.max_queued
             if limit is not None and self.n_queued + len(msg.tasks) > limit:
@@ -604,10 +610,7 @@ class Supervisor:
             if not msg.req:
                 err = self._task_error(t)
                 if err:
-                    etype, _, rest = err.partition(": ")
-                    if etype != "BudgetExceeded":
-                        etype, rest = "ValueError", err
-                    self._end_unstarted(c, t, etype, rest)
+                    self._end_unstarted(c, t, *err)
                     continue
             self._new_exec(t, c)
         self._reply(c, msg.req, [t.id for t in msg.tasks])
@@ -692,7 +695,7 @@ class Supervisor:
         req = self.next_veto
         self.next_veto += 1
         timer = self._at(VETO_WAIT_S, self._veto_answered, req, True, "no answer from before_interrupt in time")
-        self.vetoes[req] = (ex.id, (mode, reason, source, message), then, timer)
+        self.vetoes[req] = (ex, (mode, reason, source, message), then, timer)
         self._send(self.owner, P.VetoAsk(req, ex.id, mode, reason, source, message))
         return True
 
@@ -705,14 +708,13 @@ class Supervisor:
         entry = self.vetoes.pop(req, None)
         if entry is None:
             return  # answered late, after the wait ran out
-        id, (mode, reason, source, message), then, timer = entry
+        ex, (mode, reason, source, message), then, timer = entry
         self._cancel(timer)
-        ex = self.execs.get(id)
         ok = False
-        if ex is not None:
+        if self.execs.get(ex.id) is ex:  # still live (not a later execution that reuses its id)
             if allow:
                 if why:
-                    log(f"the stop of execution {id!r} goes ahead: {why} ({VETO_WAIT_S:g} s)")
+                    log(f"the stop of execution {ex.id!r} goes ahead: {why} ({VETO_WAIT_S:g} s)")
                 ok = self._escalate(ex, mode, reason, source, message)
             else:
                 self._event("vetoed", ex, ex.worker, mode=mode, reason=reason, message=message)
@@ -1265,7 +1267,7 @@ class Supervisor:
             self._send_worker(w, P.Run(ex.id, self.flags.base(slot), ex.armed, ex.agent, self._blob_for(w, ex.agent),
                                        ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook), ex.term_grace,
                                        self.budgets.allowance(ex) if ex.limited else None,
-                                       len(ex.child_ids) if ex.child_ids else 0))  # fmt: skip
+                                       ex.child_seq))  # fmt: skip
             if len(w.inflight) == 1:
                 w.state = "busy"
                 self._start(ex)
@@ -1687,6 +1689,8 @@ class Supervisor:
         ex.announced = []
         ex.reported = False
         ex.run_spent = 0.0
+        ex.shield_ns = 0
+        ex.resumed_from = None
         ex.resume = ex.resume or checkpoint is not None
         ex.saved = checkpoint or ex.saved
         self.queue.appendleft(ex)

@@ -9,7 +9,9 @@ the hooks a source defines, so an unused hook costs nothing per execution.
 
 Hooks (all optional)::
 
-    check(task) -> str | None       refuse a submission, with the sentence the client sees
+    check(task) -> str | (type, str) | None
+                                    refuse a submission, with the sentence the client sees (and
+                                    the name of the exception it raises there, ValueError if none)
     submitted(ex)                   an execution was queued (by a client or a parent agent)
     started(ex)                     it began running on a worker (its clocks start)
     escalated(ex, mode, source)     a stop of it was requested or hardened

@@ -1,4 +1,5 @@
-"""The base class of stop sources (see the package docstring for the hooks)."""
+"""The base class of stop sources. Owns nothing but the link to the supervisor each source
+feeds; the hooks a source may define are listed in the package docstring."""
 
 __all__ = ("Source",)
 

@@ -59,7 +59,7 @@ class Budgets(Source):
 
     # -- submissions ---------------------------------------------------------
 
-    def check(self, t: P.Task) -> str | None:
+    def check(self, t: P.Task) -> str | tuple[str, str] | None:
         """Called for tasks with a budget or a group."""
         if not _budget_ok(t.budget):
             return f"budget must be a finite number >= 0 (in your cost unit) or None, got {t.budget!r}"
@@ -70,8 +70,8 @@ class Budgets(Source):
             return (f"group {t.group!r} is not defined in this pool; create it first with "
                     f"pool.group({t.group!r}, budget=...)")  # fmt: skip
         if g.exhausted:
-            return (f"BudgetExceeded: group {g.name!r} has spent {g.spent:g} of its budget {g.budget:g}; it takes no "
-                    f"new executions until its budget is raised with pool.group({g.name!r}, budget=...)")  # fmt: skip
+            return ("BudgetExceeded", f"group {g.name!r} has spent {g.spent:g} of its budget {g.budget:g}; it takes "
+                    f"no new executions until its budget is raised with pool.group({g.name!r}, budget=...)")  # fmt: skip
         return None
 
     def submitted(self, ex) -> None:
@@ -86,8 +86,8 @@ class Budgets(Source):
             parent is not None and parent.limited)
 
     def allowance(self, ex) -> float | None:
-        """The spend of the coming run at which the agent stops itself: the least budget left
-        on it, its ancestors and its group."""
+        """The spend of this run at which the agent must ask (a crossed Spend): what it has spent
+        in this run plus the least budget left on it, its ancestors and its group."""
         if not ex.limited:
             return None
         left = math.inf
@@ -99,7 +99,7 @@ class Budgets(Source):
         g = self.groups.get(ex.group) if ex.group is not None else None
         if g is not None and g.budget is not None:
             left = min(left, g.budget - g.spent)
-        return None if left == math.inf else max(0.0, left)
+        return None if left == math.inf else ex.run_spent + max(0.0, left)
 
     # -- spend ---------------------------------------------------------------
 
@@ -109,7 +109,7 @@ class Budgets(Source):
             return
         delta = msg.total - ex.run_spent
         if not delta > 0:
-            return
+            return self._verdict(w, ex, msg)
         ex.plain = False  # it has a cost to report
         ex.run_spent = msg.total
         ex.cost += delta
@@ -129,6 +129,12 @@ class Budgets(Source):
         if g is not None:
             g.spent += delta
             self._maybe_exhausted(g, at)
+        self._verdict(w, ex, msg)
+
+    def _verdict(self, w, ex, msg: P.Spend) -> None:
+        """A crossed Spend waits for an answer: the stop (its flag and doorbell) or a new allowance."""
+        if msg.crossed and not ex.mode:
+            self.sup._send_worker(w, P.Allowance(ex.id, self.allowance(ex)), now=True)
 
     def _maybe_exhausted(self, g: _Group, at: int | None = None) -> None:
         if g.exhausted or g.budget is None or g.spent < g.budget:
@@ -155,7 +161,7 @@ class Budgets(Source):
             if len(self.groups) >= MAX_GROUPS:
                 return sup._reply(c, msg.req, error=f"the pool already has {MAX_GROUPS} groups; reuse one")
             g = self.groups[name] = _Group(name, msg.budget)
-        else:
+        elif not msg.keep_budget:
             g.budget = msg.budget
             if g.exhausted and (g.budget is None or g.spent < g.budget):
                 g.exhausted = False  # a raised budget takes new executions again

@@ -23,6 +23,15 @@ from ._base import Source
 __all__ = ("Priority",)
 
 
+def _is_ancestor(a, ex) -> bool:
+    node = ex.parent
+    while node is not None:
+        if node is a:
+            return True
+        node = node.parent
+    return False
+
+
 class Priority(Source):
     def __init__(self, sup):
         super().__init__(sup)
@@ -36,16 +45,20 @@ class Priority(Source):
     def blocked(self, head) -> None:
         if not self.running:
             return
-        victims = [ex for ex in self.running.values()
-                   if ex.status is ExecutionStatus.RUNNING and not ex.mode and ex.priority < head.priority]  # fmt: skip
+        # A parent waiting on its children frees no hands (a stand-in already took its place).
+        victims = [ex for ex in self.running.values() if ex.status is ExecutionStatus.RUNNING and not ex.mode
+                   and ex.priority < head.priority and not (ex.worker is not None and ex.worker.lent)]  # fmt: skip
         if not victims:
             return
         victims.sort(key=lambda ex: (ex.priority, -ex.started_ns))  # the lowest, and of those the newest
         waiting = [q for q in self.sup.queue.above(victims[0].priority)
                    if q.status is ExecutionStatus.QUEUED and q.worker is None]  # fmt: skip
-        for q, v in zip(waiting[self.preempting :], victims):
-            if v.priority >= q.priority:
-                break
+        for q in waiting[self.preempting :]:
+            # Never an ancestor of the one it makes room for: stopping it would stop that one too.
+            v = next((v for v in victims if v.priority < q.priority and not _is_ancestor(v, q)), None)
+            if v is None:
+                continue
+            victims.remove(v)
             self.preempting += 1
             v.preempting = True
             self.sup._event("preempted", v, v.worker, None, message=f"for {q.id!r} (priority {q.priority})")

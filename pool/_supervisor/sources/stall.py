@@ -2,8 +2,9 @@
 
 Owns: each execution's stall deadline. Progress is the slot's progress word,
 which the agent writes with one store (``ctx.heartbeat``, ``sleep``,
-``spend``, ``checkpoint``), and the end of one of its children, which the
-supervisor notes itself. Nothing polls: one timer per execution is set for
+``spend``, ``checkpoint``), the end of one of its children, which the
+supervisor notes itself, and the progress of its live descendants (a parent
+waiting on working children is not stalled). Nothing polls: one timer per execution is set for
 ``last progress + stall_timeout``; when it fires it reads the word and either
 stops the execution or sets itself for the new deadline.
 """
@@ -25,9 +26,15 @@ class Stalls(Source):
             ex.timers.append(self.sup._at(ex.stall_timeout, self._due, ex))
 
     def last_progress(self, ex) -> int:
+        """Its own last progress, or that of a live descendant: a parent is making progress
+        while its children are (and a child's end is progress for it)."""
         sup = self.sup
         word = sup.flags.progress_ns(ex.slot) if ex.slot is not None and sup._begun(ex) else 0
-        return max(ex.progress_ns or 0, word, ex.started_ns or 0)
+        last = max(ex.progress_ns or 0, word, ex.started_ns or 0)
+        for child in ex.children.values() if ex.children else ():
+            if child.started_ns:
+                last = max(last, self.last_progress(child))
+        return last
 
     def _due(self, ex) -> None:
         if ex.status is not ExecutionStatus.RUNNING or ex.mode:

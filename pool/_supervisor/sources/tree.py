@@ -8,7 +8,8 @@ parent's group) and its end goes back to the parent's worker as ChildEnded.
 Cascade: any stop of a parent (a client, a timeout, a budget, a stall, a
 preemption, shutdown) stops every live descendant with the same mode and
 reason ``parent_cancelled``; so does the parent's end, however it ended (a
-crash included): no child outlives its parent.
+crash included). A parent's own end is not held back for its children: each
+of them ends within its own escalation bounds, right after.
 
 Capacity: while a parent blocks on its children (Waiting), its worker is lent:
 the supervisor may start a stand-in worker, so the workers running agent code
@@ -30,6 +31,7 @@ from ._base import Source
 __all__ = ("Tree",)
 
 _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
+_MODES = {m.code for m in InterruptMode}
 
 
 class Tree(Source):
@@ -45,14 +47,18 @@ class Tree(Source):
         parent = sup.execs.get(msg.parent)
         err = None
         if parent is None or parent.worker is not w or parent.status not in _LIVE:
-            err = f"its parent {msg.parent!r} has ended; a child must be started while its parent runs"
-        elif sup.lent >= sup.cfg.capacity - sup.cfg.workers - 1:
-            err = (f"the pool's capacity ({sup.cfg.capacity} slots) is held by parents waiting on their children; "
-                   "create the Pool with a larger capacity for trees this wide and deep")  # fmt: skip
+            err = ("ValueError", f"child {t.id!r} cannot start: its parent {msg.parent!r} has ended; a child "
+                                 "must be started while its parent runs")  # fmt: skip
         else:
-            err = sup._task_error(t)
+            parent.child_seq += 1  # every child it asked for, refused ones too: the worker numbers them so
+            if sup.lent >= sup.cfg.capacity - sup.cfg.workers - 1:
+                err = ("CapacityExhausted", f"child {t.id!r} of {parent.id!r} cannot start: the pool's capacity "
+                       f"({sup.cfg.capacity} slots) is held by parents waiting on their children; create the "
+                       "Pool with a larger capacity for trees this wide and deep")  # fmt: skip
+            else:
+                err = sup._task_error(t)
         if err:
-            info = {"id": t.id, "status": ExecutionStatus.FAILED.code, "error": ["ValueError", err, None],
+            info = {"id": t.id, "status": ExecutionStatus.FAILED.code, "error": [err[0], err[1], None],
                     "ended_wall_ns": time.time_ns(), "parent": msg.parent}  # fmt: skip
             sup._send_worker(w, P.ChildEnded(msg.parent, t.id, info, None))
             return
@@ -78,7 +84,7 @@ class Tree(Source):
         if parent is None or parent.id != msg.parent:
             return
         child = parent.children.get(msg.id) if parent.children else None
-        if child is not None and msg.mode in (1, 2, 3):
+        if child is not None and msg.mode in _MODES:
             self.sup._escalate(child, msg.mode, InterruptReason.PARENT_CANCELLED.code, InterruptSource.AGENT.code,
                                msg.message or f"its parent {parent.id!r} cancelled it")  # fmt: skip
 
