@@ -381,3 +381,35 @@ def shielded(ctx, p):
         Path(p["done"]).write_text(str(time.monotonic_ns()))
     Path(p["after"]).write_text("after the shield")
     return "finished"
+
+
+# -- review regressions -----------------------------------------------------------------------
+
+
+def poll_child_done(ctx, p):
+    """Starts a short child, then polls child.done() (no blocking ctx call) until it is True."""
+    child = ctx.submit(sleep_for, p["child_s"])
+    deadline = time.monotonic() + p["within_s"]
+    while time.monotonic() < deadline:
+        if child.done():
+            return child.result()
+        time.sleep(0.01)
+    return "never done"
+
+
+def high_priority_child(ctx, p):
+    """A preemptible parent that starts a child of higher priority and waits for it."""
+    _append(p["runs"], "run")
+    return ctx.submit(sleep_for, 0.1, priority=p["priority"]).result()
+
+
+def spend_past_then_continue(ctx, p):
+    """Spends ``p['step']`` ``p['n']`` times, waiting for ``p['go']`` after the first spend (the test
+    raises the group's budget meanwhile); returns its cost."""
+    ctx.spend(p["step"])
+    Path(p["marker"]).write_text("spent")
+    while not Path(p["go"]).exists():
+        ctx.sleep(0.01)
+    for _ in range(p["n"] - 1):
+        ctx.spend(p["step"])
+    return ctx.cost

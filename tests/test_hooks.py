@@ -1018,3 +1018,59 @@ def test_preemptible_that_is_not_a_bool_is_a_type_error(tmp_path, bad):
         with pytest.raises(TypeError, match="preemptible"):
             pool.submit(hook_agents.record_start, job(tmp_path, go=None), id="x", preemptible=bad)
         assert not pool.has("x")
+
+
+# -- regressions from the review ---------------------------------------------------------------
+
+
+def test_a_cancel_all_of_many_queued_executions_asks_the_hook_on_a_few_threads(tmp_path):
+    """One before_interrupt question per execution, but at most a few threads ask them: 200 queued
+    executions cancelled at once all end interrupted, and the process never runs dozens of threads."""
+    peak = [0]
+
+    def hook(request):
+        peak[0] = max(peak[0], threading.active_count())
+        time.sleep(0.01)
+        return True
+
+    with make_pool(tmp_path, workers=1, before_interrupt=hook) as pool:
+        base = threading.active_count()
+        runs = [pool.submit(hook_agents.wait_for_go, job(tmp_path)) for _ in range(200)]
+        pool.cancel_all()
+        outs = [r.outcome(timeout=60) for r in runs]
+    assert {o.status for o in outs} == {ExecutionStatus.INTERRUPTED}
+    assert peak[0] <= base + 6, f"{peak[0]} threads while asking (the pool had {base})"
+
+
+def test_the_signal_ladder_does_not_wait_behind_a_slow_after_interrupt(tmp_path):
+    """While after_interrupt sleeps on the callback thread, three signals still kill a stuck execution at once."""
+    hook_done = []
+
+    def slow_after(outcome):
+        time.sleep(3.0)
+        hook_done.append(time.monotonic())
+
+    with make_pool(tmp_path, workers=2, escalation=SLOW, after_interrupt=slow_after) as pool:
+        first = pool.submit(hook_agents.wait_for_go, job(tmp_path), id="first")
+        stuck = pool.submit(hook_agents.ignores_term, job(tmp_path), id="stuck")
+        started(tmp_path, "first")
+        started(tmp_path, "stuck")
+        pool.cancel("first")
+        first.outcome(timeout=WAIT)  # its after_interrupt now sleeps on the callback thread
+        with pool.handle_signals():
+            for _ in range(3):
+                signal.raise_signal(signal.SIGINT)
+            out = stuck.outcome(timeout=WAIT)
+            killed_at = time.monotonic()
+    assert out.interrupt.stage is Stage.SIGKILL and out.interrupt.mode is InterruptMode.KILL
+    # The kill landed while the 3 s after_interrupt was still sleeping (SLOW graces: no grace ran out).
+    assert hook_done and killed_at < hook_done[0]
+
+
+def test_removed_interrupt_sources_leave_nothing_behind(tmp_path):
+    """add/remove many times: no source thread stays, and the pool keeps no record of removed ones."""
+    with make_pool(tmp_path, workers=1) as pool:
+        for _ in range(30):
+            pool.add_interrupt_source(lambda: None, interval=0.01).remove()
+        assert not [t for t in threading.enumerate() if t.name.startswith("pool-source")]
+        assert pool._sources == []  # the pool's list of sources (a long-lived pool must not grow it)

@@ -642,3 +642,46 @@ def test_entering_a_shield_from_a_thread_left_after_the_execution_ended_raises(t
         text = wait_file(out)
         assert text.startswith("RuntimeError") and "'ls'" in text and "shield" in text
         assert pool.submit(sa.square, 7).result(timeout=10) == 49
+
+
+# -- regressions from the review ---------------------------------------------------------------
+
+
+def test_child_done_becomes_true_without_the_parent_blocking_in_ctx(tmp_path):
+    """child.done() reads the child's end itself: a parent polling it (plain time.sleep) sees it end."""
+    with make_pool(tmp_path) as pool:
+        out = pool.submit(sa.poll_child_done, {"child_s": 0.1, "within_s": 8}).outcome(timeout=20)
+    assert out.ok and out.value == 0.1
+
+
+def test_a_parent_is_never_preempted_for_its_own_child(tmp_path):
+    """A preemptible parent whose child has a higher priority runs once: it is not preempted to make room for it."""
+    runs = tmp_path / "runs"
+    with make_pool(tmp_path, workers=1) as pool:
+        out = pool.submit(sa.high_priority_child, {"runs": str(runs), "priority": 5}, preemptible=True)
+        assert out.result(timeout=20) == 0.1
+        assert out.outcome().preemptions == []
+    assert runs.read_text().count("run") == 1
+
+
+def test_reading_a_group_keeps_its_budget(tmp_path):
+    """pool.group(name) without budget= reads the group; only budget=None removes its budget."""
+    with make_pool(tmp_path) as pool:
+        pool.group("keep", budget=1.5)
+        assert pool.group("keep").budget == 1.5
+        assert pool.group("keep", budget=None).budget is None
+
+
+def test_an_agent_past_a_raised_group_budget_goes_on(tmp_path):
+    """A spend that reaches the allowance the agent started with asks the supervisor: the group's
+    budget was raised meanwhile, so the agent goes on and completes (no stale stop)."""
+    marker, go = tmp_path / "spent", tmp_path / "go"
+    with make_pool(tmp_path) as pool:
+        pool.group("grow", budget=2.5)
+        ex = pool.submit(sa.spend_past_then_continue, {"step": 1.0, "n": 5, "marker": str(marker), "go": str(go)},
+                         group="grow")  # fmt: skip
+        wait_file(marker)
+        pool.group("grow", budget=100)
+        go.write_text("go")
+        out = ex.outcome(timeout=20)
+    assert out.ok and out.value == 5.0 and out.cost == 5.0
