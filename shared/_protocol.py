@@ -156,7 +156,9 @@ def _trusted(cls, fields: list):
         if cls.__annotations__[cls._fields[i]] is nested:
             fields[i] = _build(nested, value, False)
         else:
-            fields[i] = [_build(nested, item, False) if type(item) is list else item for item in value]
+            make, n = nested._make, len(nested._fields)
+            fields[i] = [(make(item) if len(item) == n else _build(nested, item, False)) if type(item) is list
+                         else item for item in value]  # fmt: skip
     return cls._make(fields)
 
 
@@ -193,7 +195,7 @@ def decode(body: bytes, validate: bool = True):
     if cls is None:
         raise ProtocolError(f"unknown message kind {raw[0]}")
     if not validate and len(raw) == len(cls._fields) + 1:  # the hot path: our own peer, same version
-        return _trusted(cls, raw[1:])
+        return cls._make(raw[1:]) if cls not in _NESTED else _trusted(cls, raw[1:])
     return _build(cls, raw[1:], validate)
 
 
