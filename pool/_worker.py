@@ -23,6 +23,13 @@ agent's unwinding then blocks on one of its own threads for longer than a
 short bound, a watchdog thread saves what it can, sends the Result at stage
 ``sigterm`` and exits. A worker that was stopped by SIGTERM always exits after
 its Result: the supervisor replaces it.
+
+Interrupt sources, worker side: ``ctx.shield()`` uses the same critical
+section (a SIGTERM waits for its end; a flag seen inside it is raised as it
+ends); ``ctx.submit`` sends SubmitChild through the worker's :class:`Tree`
+(pool/_children.py), whose lock and condition every execution of this worker
+uses in turn; the Run frame carries the execution's budget allowance and how
+many children it asked for in earlier runs.
 """
 
 from __future__ import annotations
