@@ -7,18 +7,15 @@ import threading
 import time
 
 
-def _loop_ns(fn, n: int) -> float:
+def loop_ns(fn, n: int) -> float:
     t = time.perf_counter_ns()
     fn(n)
     return (time.perf_counter_ns() - t) / n
 
 
-def measure_check(ctx, params: dict) -> dict:
-    """ns per operation, each measured as a tight loop in this worker, net of the empty loop."""
-    n, repeats = params["n"], params["repeats"]
-    words, ctl = ctx._words, ctx._ctl
-    mp_event = multiprocessing.Event()
-    th_event = threading.Event()
+def ctx_loops(ctx) -> dict:
+    """Tight loops of n calls: the empty loop (the floor to subtract), ctx.check(), and
+    ctx.heartbeat() / ctx.spend() where this ctx has them (issue 10 on)."""
 
     def empty(n):
         for _ in range(n):
@@ -28,6 +25,30 @@ def measure_check(ctx, params: dict) -> dict:
     def check(n, c=ctx):
         for _ in range(n):
             c.check()
+
+    def heartbeat(n, c=ctx):
+        for _ in range(n):
+            c.heartbeat()
+
+    def spend(n, c=ctx):
+        for _ in range(n):
+            c.spend(1e-9)
+
+    loops = {"empty": empty, "check": check}
+    if hasattr(ctx, "heartbeat"):
+        loops.update(heartbeat=heartbeat, spend=spend)
+    return loops
+
+
+def measure_check(ctx, params: dict) -> dict:
+    """ns per operation, each measured as a tight loop in this worker, net of the empty loop."""
+    n, repeats = params["n"], params["repeats"]
+    words, ctl = ctx._words, ctx._ctl
+    mp_event = multiprocessing.Event()
+    th_event = threading.Event()
+
+    loops = ctx_loops(ctx)
+    empty, check = loops["empty"], loops["check"]
 
     def interrupted(n, c=ctx):
         for _ in range(n):
@@ -63,7 +84,7 @@ def measure_check(ctx, params: dict) -> dict:
     for _ in range(repeats):
         for name, fn in cases.items():
             scale = 10 if name.startswith("multiprocessing") else 1  # it is ~10x slower: fewer iterations
-            raw[name].append(_loop_ns(fn, n // scale))
+            raw[name].append(loop_ns(fn, n // scale))
     return raw
 
 
@@ -100,8 +121,8 @@ def agent_step(ctx, params: dict) -> dict:
 
     out = {"without": [], "with": []}
     for _ in range(repeats):
-        out["without"].append(_loop_ns(without, steps))
-        out["with"].append(_loop_ns(with_check, steps))
+        out["without"].append(loop_ns(without, steps))
+        out["with"].append(loop_ns(with_check, steps))
     return out
 
 

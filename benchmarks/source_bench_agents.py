@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from benchmarks.agents import loop_ns, ctx_loops
+
 
 def _work(i: int) -> int:
     """A few µs of Python work, as one step of an agent loop."""
@@ -125,34 +127,15 @@ def timed_work(ctx, seconds: float):
 
 
 def check_cost(ctx, p: dict) -> dict:
-    """ns per ctx.check() and per iteration of the empty loop, interleaved repeats."""
+    """ns per ctx.check() (and ctx.heartbeat(), ctx.spend() where the tree has them) and per
+    iteration of the empty loop, interleaved repeats."""
     n, repeats = p["n"], p["repeats"]
-
-    def empty(n):
-        for _ in range(n):
-            pass
-
-    def check(n, c=ctx):
-        for _ in range(n):
-            c.check()
-
-    def heartbeat(n, c=ctx):
-        for _ in range(n):
-            c.heartbeat()
-
-    def spend(n, c=ctx):
-        for _ in range(n):
-            c.spend(1e-9)
-
-    cases = [("empty", empty, n), ("check", check, n)]
-    if hasattr(ctx, "heartbeat"):  # new in issue 10: measured in the tree that has them
-        cases += [("heartbeat", heartbeat, n), ("spend", spend, max(1, n // 100))]  # spend sends a frame: fewer
-    out = {name: [] for name, _, _ in cases}
+    loops = ctx_loops(ctx)
+    counts = {"spend": max(1, n // 100)}  # spend sends a frame: fewer
+    out: dict[str, list] = {name: [] for name in loops}
     for _ in range(repeats):
-        for name, fn, k in cases:
-            t = time.perf_counter_ns()
-            fn(k)
-            out[name].append((time.perf_counter_ns() - t) / k)
+        for name, fn in loops.items():
+            out[name].append(loop_ns(fn, counts.get(name, n)))
     return out
 
 

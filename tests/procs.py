@@ -1,4 +1,5 @@
-"""Race-tolerant process checks shared by the tests: a process may exit while a test looks at it."""
+"""Helpers the tests share: race-tolerant process checks (a process may exit while a test looks
+at it) and a bounded wait for a condition."""
 
 from __future__ import annotations
 
@@ -23,3 +24,14 @@ def gone(pids: list[int], timeout: float) -> list[int]:
         left = [p for p in left if alive(p)]
         time.sleep(0.02)
     return left
+
+
+def wait_until(pred, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``pred()`` until it returns something truthy (returned); AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise AssertionError(f"{what} not reached within {timeout} s")

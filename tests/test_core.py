@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,6 +37,7 @@ FAST = Escalation(grace=0.2, term_grace=0.2)
 
 def wait_for_file(path, timeout=10.0) -> str:
     """Block until an agent has written ``path`` (its 'I started' signal)."""
+    path = Path(path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_text():

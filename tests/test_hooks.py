@@ -34,6 +34,7 @@ from interrupt_pool import (
     StopRequest,
 )
 from tests import hook_agents
+from tests.procs import wait_until
 from tests.test_core import wait_for_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,16 +67,6 @@ def job(tmp_path: Path, **p) -> dict:
 def started(tmp_path: Path, id: str) -> int:
     """Wait for execution ``id`` to say it runs; its worker's pid."""
     return int(wait_for_file(tmp_path / "started" / id, timeout=WAIT))
-
-
-def wait_until(pred, timeout: float = WAIT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 class Events:

@@ -26,6 +26,8 @@ from interrupt_pool import (
     Stage,
 )
 from tests import source_agents as sa
+from tests.procs import wait_until
+from tests.test_core import wait_for_file
 
 FAST = Escalation(grace=0.2, term_grace=0.5)
 INTERRUPTED = ExecutionStatus.INTERRUPTED
@@ -39,22 +41,6 @@ SLACK_S = 2.0
 def make_pool(tmp_path, workers=2, escalation=FAST, **kw) -> Pool:
     return Pool(workers=workers, escalation=escalation, checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "logs",
                 **kw)  # fmt: skip
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    """Poll ``cond()`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.005)
-    raise AssertionError(f"{what} not met within {timeout} s")
-
-
-def wait_file(path, timeout=10.0) -> str:
-    path = Path(path)
-    return wait_for(lambda: path.exists() and path.read_text(), timeout, f"{path} written")
 
 
 def row_of(pool, id):
@@ -131,7 +117,7 @@ def test_group_budget_stops_every_live_member_and_refuses_new_ones_until_raised(
         assert (g.name, g.budget, g.spent, g.exhausted) == ("g", 1.0, 0.0, False)
         # A member that never spends nor checks, started first so it surely runs, and one queued behind.
         hanger = pool.submit(sa.hang, {"dir": str(d), "log": str(hang_log)}, group="g", id="hang")
-        wait_file(d / "hang")
+        wait_for_file(d / "hang")
         spenders = [pool.submit(sa.spend_steps, {"step": 0.1, "pause": 0.05, "n": 100_000}, group="g", id=f"s{n}")
                     for n in range(2)]  # fmt: skip
         queued = pool.submit(sa.sleep_forever, None, group="g", id="queued")
@@ -179,7 +165,7 @@ def test_cancel_group_stops_its_running_and_queued_members_only(tmp_path):
         members = [pool.submit(sa.sleep_forever, {"dir": str(d)}, group="c", id=f"m{n}") for n in range(2)]
         other = pool.submit(sa.sleep_forever, {"dir": str(d)}, id="other")
         for id in ("m0", "m1", "other"):
-            wait_file(d / id)
+            wait_for_file(d / id)
         queued = pool.submit(sa.sleep_forever, {"dir": str(d)}, group="c", id="mq")
         assert queued.status is ExecutionStatus.QUEUED
         assert pool.cancel_group("c", mode="immediate") == 3
@@ -255,9 +241,9 @@ def test_status_rows_and_group_rows_show_the_spend(tmp_path):
     with make_pool(tmp_path) as pool:
         pool.group("s", budget=50)
         ex = pool.submit(sa.spend_and_wait, {"amount": 0.25, "marker": str(marker)}, budget=10, group="s", id="st")
-        wait_file(marker)
+        wait_for_file(marker)
         # The Spend frame was sent before the marker, but the supervisor may answer our query first: poll.
-        row = wait_for(lambda: (r := row_of(pool, "st")) and r.get("cost") and r, what="cost in the status row")
+        row = wait_until(lambda: (r := row_of(pool, "st")) and r.get("cost") and r, what="cost in the status row")
         assert row["status"] == "running" and row["cost"] == pytest.approx(0.25) and row["budget"] == 10
         assert row["group"] == "s"
         grp = next(g for g in pool.status()["groups"] if g["name"] == "s")
@@ -330,8 +316,8 @@ def test_status_shows_seconds_since_the_last_progress(tmp_path):
     with make_pool(tmp_path) as pool:
         a = pool.submit(sa.check_and_wait, {"marker": str(still)}, id="still")
         b = pool.submit(sa.beat_and_wait, {"marker": str(beating)}, id="beating")
-        wait_file(still)
-        wait_file(beating)
+        wait_for_file(still)
+        wait_for_file(beating)
         time.sleep(1.0)
         rows = {r["id"]: r for r in pool.status()["executions"]}
         # 'still' last progressed before it wrote its marker, >= 1 s ago; upper bound: slack for a slow box.
@@ -403,7 +389,7 @@ def test_cancelling_the_root_stops_every_descendant_with_the_same_mode(tmp_path,
     with make_pool(tmp_path, workers=4) as pool:  # 4 leaves: each gets a worker, 3 waiting parents lend theirs
         root = pool.submit(sa.nested_forever, {"dir": str(d), "fanout": 2, "depth": 2}, id="r")
         for id in ids:
-            wait_file(d / id)
+            wait_for_file(d / id)
         assert pool.status()["held"]["lent"] == 3  # the 3 inner nodes wait on their children
         assert pool.cancel("r", mode=mode) is True
         out = root.outcome(timeout=10)
@@ -418,7 +404,7 @@ def test_cancelling_the_root_stops_every_descendant_with_the_same_mode(tmp_path,
         assert pool.outcome("r.1").children == ["r.1.1", "r.1.2"]
         assert pool.outcome("r.2.2").parent_id == "r.2"
         # Nothing is left running, and the pool still works.
-        assert wait_for(lambda: pool.status()["held"]["executions"] == 0, what="all ended")
+        assert wait_until(lambda: pool.status()["held"]["executions"] == 0, what="all ended")
         assert pool.submit(sa.square, 5).result(timeout=10) == 25
 
 
@@ -431,7 +417,7 @@ def test_an_immediate_cascade_ends_every_node_interrupted_never_crashed(tmp_path
             root = pool.submit(sa.nested_forever, {"dir": str(d), "fanout": 1, "depth": 8}, id=f"c{n}")
             ids = [f"c{n}" + ".1" * k for k in range(9)]
             for id in ids:
-                wait_file(d / id)
+                wait_for_file(d / id)
             pool.cancel(root.id, mode="immediate")
             got = {id: pool.outcome(id, timeout=10) for id in ids}
             bad = {id: (o.status.value, o.error and o.error.message) for id, o in got.items() if o.status is not INTERRUPTED}
@@ -448,7 +434,7 @@ def test_a_root_timeout_cascades_to_its_descendants(tmp_path):
         # 2 s: room for all 7 to start on a slow box before the timeout fires.
         root = pool.submit(sa.nested_forever, {"dir": str(d), "fanout": 2, "depth": 2}, id="t", timeout=2.0)
         for id in ["t", "t.1", "t.2", "t.1.1", "t.1.2", "t.2.1", "t.2.2"]:
-            wait_file(d / id)
+            wait_for_file(d / id)
         out = root.outcome(timeout=15)
         assert out.status is INTERRUPTED and out.interrupt.reason is InterruptReason.TIMEOUT
         for id in ["t.1", "t.2", "t.1.1", "t.1.2", "t.2.1", "t.2.2"]:
@@ -495,7 +481,7 @@ def test_a_tree_wider_and_deeper_than_the_pool_completes(tmp_path):
         assert pool.status()["held"]["lent"] == 0
         assert len(pool.outcome("w").children) == 3 and pool.outcome("w.3.3.3.3").parent_id == "w.3.3.3"
         # The stand-ins retire once idle and not needed: back to 4 workers.
-        wait_for(lambda: len(pool.workers()) == 4, timeout=10, what="stand-ins retired")
+        wait_until(lambda: len(pool.workers()) == 4, timeout=10, what="stand-ins retired")
 
 
 def test_a_wide_tree_never_runs_more_than_workers_leaves_at_once(tmp_path):
@@ -536,7 +522,7 @@ def test_submit_from_a_thread_left_after_the_execution_ended_raises(tmp_path):
     with make_pool(tmp_path, workers=1) as pool:
         ex = pool.submit(sa.leave_thread, {"what": "submit", "out": str(out), "delay": 0.3}, id="lt")
         assert ex.result(timeout=10) == "returned"
-        text = wait_file(out)
+        text = wait_for_file(out)
         assert text.startswith("RuntimeError") and "'lt'" in text and "ended" in text
         assert pool.outcome("lt").children == []
         assert not pool.has("lt.1")
@@ -565,7 +551,7 @@ def test_a_cooperative_stop_waits_for_the_end_of_the_shield(tmp_path):
     # grace 10 s: nothing but the flag can end it within this test.
     with make_pool(tmp_path, escalation=Escalation(grace=10, term_grace=1)) as pool:
         ex = pool.submit(sa.shielded, p)
-        wait_file(p["entered"])
+        wait_for_file(p["entered"])
         assert ex.cancel() is True
         out = ex.outcome(timeout=15)
     assert out.status is INTERRUPTED and out.interrupt.stage is Stage.FLAG
@@ -585,7 +571,7 @@ def test_a_stop_is_held_until_the_outermost_shield_ends(tmp_path):
     p = shield_paths(tmp_path, "nested", 1.0)
     with make_pool(tmp_path, escalation=Escalation(grace=10, term_grace=1)) as pool:
         ex = pool.submit(sa.shielded, p)
-        wait_file(p["entered"])
+        wait_for_file(p["entered"])
         ex.cancel()
         out = ex.outcome(timeout=15)
     assert out.status is INTERRUPTED and out.interrupt.stage is Stage.FLAG
@@ -601,7 +587,7 @@ def test_sigterm_is_held_during_a_shield(tmp_path):
     # SIGTERM due 0.2 s after the request, well inside the 1.5 s shield; SIGKILL 4 s later, well after it.
     with make_pool(tmp_path, escalation=Escalation(grace=0.2, term_grace=4.0)) as pool:
         ex = pool.submit(sa.shielded, p)
-        wait_file(p["entered"])
+        wait_for_file(p["entered"])
         ex.cancel()
         out = ex.outcome(timeout=15)
     i = out.interrupt
@@ -618,7 +604,7 @@ def test_a_shield_cannot_outlast_the_sigkill_deadline(tmp_path):
     p = shield_paths(tmp_path, "sleep", 8.0)
     with make_pool(tmp_path, escalation=Escalation(grace=0.2, term_grace=0.5)) as pool:
         ex = pool.submit(sa.shielded, p)
-        wait_file(p["entered"])
+        wait_for_file(p["entered"])
         t0 = time.monotonic()
         ex.cancel()
         out = ex.outcome(timeout=15)
@@ -639,7 +625,7 @@ def test_entering_a_shield_from_a_thread_left_after_the_execution_ended_raises(t
     with make_pool(tmp_path, workers=1) as pool:
         ex = pool.submit(sa.leave_thread, {"what": "shield", "out": str(out), "delay": 0.3}, id="ls")
         assert ex.result(timeout=10) == "returned"
-        text = wait_file(out)
+        text = wait_for_file(out)
         assert text.startswith("RuntimeError") and "'ls'" in text and "shield" in text
         assert pool.submit(sa.square, 7).result(timeout=10) == 49
 
@@ -680,7 +666,7 @@ def test_an_agent_past_a_raised_group_budget_goes_on(tmp_path):
         pool.group("grow", budget=2.5)
         ex = pool.submit(sa.spend_past_then_continue, {"step": 1.0, "n": 5, "marker": str(marker), "go": str(go)},
                          group="grow")  # fmt: skip
-        wait_file(marker)
+        wait_for_file(marker)
         pool.group("grow", budget=100)
         go.write_text("go")
         out = ex.outcome(timeout=20)
