@@ -106,7 +106,7 @@ def check_budget(name: str, value: Any) -> float | None:
 
 def build_task(fn, input, id: str, cache: dict, max_frame: int, checkpoints: bool, timeout=None,
                escalation=None, resume=False, on_interrupt=None, memory_limit=None, budget=None,
-               stall_timeout=None, group=None, priority=0, preemptible=False) -> tuple[P.Task, list]:  # fmt: skip
+               stall_timeout=None, group=None, priority=0, preemptible=False, call=0) -> tuple[P.Task, list]:  # fmt: skip
     """The Task frame for one execution and the DefineAgent frames it needs first; every
     argument checked, with an error that names it and the fix."""
     defs = []
@@ -156,5 +156,5 @@ def build_task(fn, input, id: str, cache: dict, max_frame: int, checkpoints: boo
         raise ValueError(f"the input of execution {id!r} is {len(payload)} bytes pickled, more than the pool's "
                          f"max_frame ({max_frame}); pass a path or a reference instead, or raise max_frame")  # fmt: skip
     task = P.Task(id, agent, payload, timeout, grace, term_grace, bool(resume), hook, memory_limit, budget,
-                  stall_timeout, group, priority, preemptible)  # fmt: skip
+                  stall_timeout, group, priority, preemptible, call)  # fmt: skip
     return task, defs

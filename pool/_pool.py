@@ -67,7 +67,7 @@ class Execution:
     """
 
     __slots__ = ("id", "_pool", "_status", "_worker_id", "_ended", "_value", "_outcome", "_callbacks", "_reserved",
-                 "_watchers", "__weakref__")  # fmt: skip
+                 "_watchers", "_future", "_chunk", "__weakref__")  # fmt: skip
 
     def __init__(self, pool: "Pool", id: str):
         self.id = id
@@ -78,8 +78,10 @@ class Execution:
         self._value: Any = None
         self._outcome: ExecutionResult | None = None
         self._callbacks: list | None = None
-        self._watchers: list | None = None  # queues the reader thread puts it in when it ends (as_completed)
+        self._watchers: list | None = None  # functions the reader thread calls with it when it ends: must not block
         self._reserved = False  # holds one of the pool's max_queued places
+        self._future = None  # the Executor future that mirrors it (set before it is sent), or None
+        self._chunk: str | None = None  # the chunk it runs in (map with a chunksize), or None
 
     def __repr__(self) -> str:
         return f"<Execution {self.id!r} {self._status.value}>"
@@ -342,6 +344,7 @@ class Pool:
         self._lock = threading.Lock()  # guards sending and _live/_replies membership
         self._changed = threading.Condition()  # notified by the reader thread when an execution starts or ends
         self._live: dict[str, Execution] = {}  # not yet ended: held here until they end
+        self._chunks: dict[str, list] = {}  # chunk id -> [items not ended, [item handles]] (map with a chunksize)
         self._handles: weakref.WeakValueDictionary[str, Execution] = weakref.WeakValueDictionary()
         self._replies: dict[int, cf.Future] = {}
         self._req_ids = itertools.count(1)
@@ -402,12 +405,13 @@ class Pool:
             raise PoolClosed("this pool was shut down; create a new Pool to run more work")
 
     def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None, memory_limit=None,
-              budget=None, stall_timeout=None, group=None, priority=0, preemptible=False) -> tuple[P.Task, list]:  # fmt: skip
+              budget=None, stall_timeout=None, group=None, priority=0, preemptible=False,
+              call=0) -> tuple[P.Task, list]:  # fmt: skip
         """The Task frame for one execution, and the DefineAgent frames it needs first."""
         id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else check_id(id)
         return build_task(fn, input, id, self._ref_cache, self._max_frame, self.checkpoint_dir is not None, timeout,
                           escalation, resume, on_interrupt, memory_limit, budget, stall_timeout, group, priority,
-                          preemptible)  # fmt: skip
+                          preemptible, call)  # fmt: skip
 
     def _reserve(self, n: int, block: bool, timeout: float | None) -> None:
         """Take ``n`` max_queued places, waiting for room (bounded by ``timeout``)."""
@@ -437,18 +441,29 @@ class Pool:
                   grouped: bool) -> tuple[list[Execution], list]:  # fmt: skip
         """Record and send Submit frames (and the futures of their acceptance); caller holds ``_lock``."""
         live = self._live
-        ids = [t.id for t in tasks]
+        ids = [i for t in tasks for i in (t.items or (t.id,))]
         if any(i in live for i in ids) or len(set(ids)) != len(ids):
             clash = next(i for n, i in enumerate(ids) if i in live or i in ids[:n])
             raise ValueError(f"execution id {clash!r} is already in use by a live execution; pick another id")
         frames: list = []
         execs = []
         handles = self._handles
-        for i in ids:
-            ex = Execution(self, i)
-            ex._reserved = reserved
-            live[i] = handles[i] = ex
-            execs.append(ex)
+        for t in tasks:
+            if t.items is None:
+                ex = Execution(self, t.id)
+                ex._reserved = reserved
+                live[t.id] = handles[t.id] = ex
+                execs.append(ex)
+                continue
+            items = []
+            for i in t.items:
+                ex = Execution(self, i)
+                ex._reserved = reserved
+                ex._chunk = t.id
+                live[i] = handles[i] = ex
+                items.append(ex)
+            self._chunks[t.id] = [len(items), items]
+            execs.extend(items)
         if self._listeners or self._event_queues:
             now = time.monotonic_ns()
             for ex in execs:
@@ -478,7 +493,7 @@ class Pool:
         batch: list[P.Task] = []
         size = 0
         for t in tasks:
-            n = len(t.input) + len(t.id) + len(t.agent) + 64
+            n = len(t.input) + len(t.id) + len(t.agent) + 64 + (sum(len(i) + 2 for i in t.items) if t.items else 0)
             if batch and (len(batch) >= _SUBMIT_BATCH or size + n > limit):
                 yield batch
                 batch, size = [], 0
@@ -489,8 +504,10 @@ class Pool:
 
     def _forget(self, tasks: list[P.Task]) -> None:
         for t in tasks:
-            self._live.pop(t.id, None)
-            self._handles.pop(t.id, None)
+            self._chunks.pop(t.id, None)
+            for i in t.items or (t.id,):
+                self._live.pop(i, None)
+                self._handles.pop(i, None)
 
     def _submit_tasks(self, tasks: list[P.Task], defs: list, grouped: bool = False) -> list[Execution]:
         """Register and send; for a connected client, or tasks of a group (whose budget may be used
@@ -553,25 +570,39 @@ class Pool:
             raise
 
     def _submit_batch(self, fn: Callable | str, items: list[tuple[str | None, Any]], timeout: float | None = None,
-                      resume: bool = False) -> list[Execution]:  # fmt: skip
-        """Submit (id, input) pairs in as few frames as possible; all or none."""
+                      resume: bool = False, chunksize: int = 1, call: int = 0) -> list[Execution]:  # fmt: skip
+        """Submit (id, input) pairs in as few frames as possible; all or none. With ``chunksize``
+        above 1, every ``chunksize`` of them travel and run as one chunk (one input pickle, one
+        slot, one Run), each still its own execution with its own id, result and cancel."""
         self._check_open()
-        built = [self._task(fn, x, id, timeout, None, resume) for id, x in items]
+        if chunksize > 1:
+            built = []
+            for n in range(0, len(items), chunksize):
+                part = items[n : n + chunksize]
+                ids = [f"{self._id_prefix}-{next(self._auto_ids)}" if i is None else check_id(i) for i, _ in part]
+                task, defs = self._task(fn, [x for _, x in part], f"chunk:{ids[0]}", timeout, None, call=call)
+                built.append((task._replace(items=ids), defs))
+        else:
+            built = [self._task(fn, x, id, timeout, None, resume, call=call) for id, x in items]
         tasks = [t for t, _ in built]
         defs = built[0][1] if built else []
-        self._reserve(len(tasks), True, None)
+        self._reserve(len(items), True, None)
         try:
             return self._submit_tasks(tasks, defs)
         except BaseException:
-            self._unreserve(len(tasks))
+            self._unreserve(len(items))
             raise
 
     def imap(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None,
-             window: int | None = None) -> Iterator[Any]:  # fmt: skip
+             window: int | None = None, chunksize: int = 1) -> Iterator[Any]:  # fmt: skip
         """Like :meth:`map`, as an iterator: inputs are read and submitted lazily, at most
         ``window`` executions in flight (default: enough to keep every worker busy)."""
+        return self._imap(fn, inputs, timeout, window, chunksize, 0, lambda ex: ex.result())
+
+    def _imap(self, fn, inputs, timeout, window, chunksize: int, call: int, value: Callable[[Execution], Any]):
+        _whole("chunksize", chunksize, 1)
         if window is None:
-            window = max(256, 16 * self._workers)
+            window = max(256, 16 * self._workers, 4 * chunksize * self._workers)
         _whole("window", window, 1)
         if self._max_queued is not None:
             window = min(window, self._max_queued)
@@ -581,15 +612,16 @@ class Pool:
         def refill() -> None:
             batch = list(itertools.islice(it, window - len(pending)))
             if batch:
-                pending.extend(self._submit_batch(fn, [(None, x) for x in batch], timeout))
+                pending.extend(self._submit_batch(fn, [(None, x) for x in batch], timeout, chunksize=chunksize,
+                                                  call=call))  # fmt: skip
 
         try:
             refill()
             while pending:
-                value = pending.popleft().result()
+                result = value(pending.popleft())
                 if len(pending) <= window // 2:
                     refill()
-                yield value
+                yield result
         except BaseException:
             for ex in pending:
                 if not ex.done():
@@ -598,14 +630,21 @@ class Pool:
             raise
 
     def map(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None,
-            window: int | None = None) -> list:  # fmt: skip
+            window: int | None = None, chunksize: int = 1) -> list:  # fmt: skip
         """Run ``fn`` over ``inputs``; return the values in input order.
 
         ``timeout`` is per execution, as in :meth:`submit`. Inputs are submitted lazily,
         at most ``window`` at a time. The first execution (in input order) that does not
         complete raises its error, after the rest were cancelled.
+
+        ``chunksize`` above 1 sends that many items to a worker at once (one frame, one
+        slot), for short items: the peers' ``map`` speed. Each item is still an execution
+        of its own, with its own id, result and cancel: cancelling one ends only it, at
+        stage ``queued`` if it had not begun or ``flag`` if it was running (the items
+        after it run in a new chunk), and ``timeout`` counts for each item from its own
+        start. Items of a chunk take no checkpoints (``ctx.checkpoint`` is not available).
         """
-        return list(self.imap(fn, inputs, timeout=timeout, window=window))
+        return list(self.imap(fn, inputs, timeout=timeout, window=window, chunksize=chunksize))
 
     @staticmethod
     def as_completed(executions: Iterable[Execution], timeout: float | None = None) -> Iterator[Execution]:
@@ -614,7 +653,7 @@ class Pool:
         pending = list(executions)
         ended: queue.SimpleQueue = queue.SimpleQueue()
         for ex in pending:
-            if not ex._when_ended("_watchers", ended):
+            if not ex._when_ended("_watchers", ended.put):
                 ended.put(ex)
         deadline = None if timeout is None else time.monotonic() + timeout
         for left in range(len(pending), 0, -1):
@@ -949,7 +988,7 @@ class Pool:
                     self._on_started(msg)
                 elif kind is P.Cancelling:
                     ex = self._live.get(msg.id)
-                    if ex is not None:
+                    for ex in [ex] if ex is not None else self._chunk_items(msg.id) if self._chunks else []:
                         ex._status = ExecutionStatus.CANCELLING
                 elif kind is P.Reply:
                     fut = self._replies.pop(msg.req, None)
@@ -976,18 +1015,34 @@ class Pool:
         finally:
             self._on_supervisor_gone(clean)
 
+    def _chunk_items(self, id: str) -> list[Execution]:
+        """The live items of chunk ``id`` (a requeued tail is ``<chunk id>#<index>``)."""
+        while True:
+            entry = self._chunks.get(id)
+            if entry is not None:
+                return [ex for ex in entry[1] if ex._ended is None]
+            id, sep, _ = id.rpartition("#")
+            if not sep:
+                return []
+
     def _on_started(self, msg: P.Started) -> None:
         ex = self._live.get(msg.id)
-        if ex is None:
+        execs = [ex] if ex is not None else self._chunk_items(msg.id) if self._chunks else []
+        if not execs:
             return
         with self._changed:
-            ex._worker_id = msg.worker_id
-            if ex._status is ExecutionStatus.QUEUED:  # not back from CANCELLING
-                ex._status = ExecutionStatus.RUNNING
-            if ex._reserved:
-                ex._reserved = False
-                self._queued -= 1
+            for ex in execs:
+                ex._worker_id = msg.worker_id
+                if ex._status is ExecutionStatus.QUEUED:  # not back from CANCELLING
+                    ex._status = ExecutionStatus.RUNNING
+                if ex._reserved:
+                    ex._reserved = False
+                    self._queued -= 1
             self._changed.notify_all()
+        for ex in execs:
+            fut = ex._future
+            if fut is not None:
+                fut._started()
 
     @property
     def _watched(self) -> bool:
@@ -1065,8 +1120,17 @@ class Pool:
             watchers, ex._watchers = ex._watchers, None
             self._live.pop(ex.id, None)  # from now on only the user's handles keep it
             self._changed.notify_all()
-        for q in watchers or ():
-            q.put(ex)
+        for fn in watchers or ():
+            fn(ex)
+        fut = ex._future
+        if fut is not None:
+            fut._settle(ex)
+        if ex._chunk is not None:
+            entry = self._chunks.get(ex._chunk)
+            if entry is not None:
+                entry[0] -= 1
+                if not entry[0]:
+                    del self._chunks[ex._chunk]
         for fn in callbacks or ():
             self._calls.put((fn, ex))
         if self._after_interrupt is not None and status is ExecutionStatus.INTERRUPTED:

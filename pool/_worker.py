@@ -58,7 +58,8 @@ from ._proc import (
 from .shared import Context, ExecutionStatus, Interrupted, Stage
 from .shared import _protocol as P
 from .shared._context import ExecutionCheckpoints
-from .shared._flags import BEGUN, PENDING, SIGNALLED
+from .shared import _context
+from .shared._flags import BEGUN, ITEM, ITEM_NS, LIMIT, PENDING, SIGNALLED
 from .shared._protocol import OUTPUT_END
 
 __all__ = ("AgentCache", "worker_main")
@@ -113,6 +114,9 @@ class _State:
     task = loop = None  # an async agent's task and event loop while it runs
     task_stage = Stage.FLAG
     max_value = P.DEFAULT_MAX_FRAME
+    chunk_id: str | None = None  # the chunk running now: its item results not sent yet, from chunk_sent on
+    chunk_results: list = []
+    chunk_sent = 0
 
 
 S = _State()
@@ -407,14 +411,19 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         if not words[msg.control_index + PENDING]:  # already stopped: skipped at the flag, never begun
             words[msg.control_index + BEGUN] = msg.armed  # the acknowledgement: signals may come from now on
         slate.restore()
-        ckpt = None if checkpoint_dir is None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, msg.id,
+        ckpt = None if checkpoint_dir is None or msg.items is not None else ExecutionCheckpoints(checkpoint_dir, keep_checkpoints, msg.id,
                                                                         msg.resume, chan)  # fmt: skip
         tree.reset(msg.children_before)
         ctx = Context(words, msg.control_index, msg.armed, chan, msg.id, worker_id, ckpt, slate.wake, critical,
                       msg.allowance, tree)  # fmt: skip
         S.ctx, S.hook = ctx, None
+        _context._current = ctx
         S.bound = max(0.05, min(_UNWIND_BOUND_S, msg.term_grace / 2))
-        status, value, error, stage, own = _run(ctx, cache, blobs, msg)
+        if msg.items is None:
+            status, value, error, stage, own = _run(ctx, cache, blobs, msg)
+        else:
+            status, value, error, stage, own = _run_chunk(ctx, cache, blobs, msg)
+        _context._current = None
         _cancel_watchdog()
         ctx._done = True  # a thread of the agent that outlives it can no longer use it
         slate.rang = ctx._details is not None  # its stop's details were read: the wake pipe was written
@@ -426,6 +435,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
             _exit(0)  # the watchdog sent it and is ending the process
         pending.extend(ctx._pending)
         S.finished, S.current, S.ctx = S.current, None, None
+        S.chunk_id = None
         if stage == Stage.SIGTERM.code:
             _exit(0)  # stopped by SIGTERM: the supervisor replaces us (a late one was ignored above)
 
@@ -439,13 +449,16 @@ def _send_result(ctx: Context, status, value, error, stage, own) -> bool:
         _flush_std()
         ckpt = ctx._ckpt
         newest = resumed = None
+        done = None
+        if S.chunk_id is not None:
+            done = _flush_items()
         if ckpt is not None:
             resumed = ckpt.restored_from.to_wire() if ckpt.restored_from else None
             best = ckpt.latest or ckpt.restored_from
             newest = best.to_wire() if best else None
         with critical():
-            S.chan.send(P.Result(ctx.execution_id, status.code, value, error, stage, ctx._observed_ns(), newest,
-                                 resumed, own, ctx.shield_ns))  # fmt: skip
+            S.chan.send(P.Result(S.chunk_id or ctx.execution_id, status.code, value, error, stage, ctx._observed_ns(),
+                                 newest, resumed, own, ctx.shield_ns, done))  # fmt: skip
     return True
 
 
@@ -492,7 +505,7 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
             except Exception as exc:
                 what = msg.agent if not msg.agent.startswith("blob:") else "(shipped by value)"
                 return ExecutionStatus.FAILED, None, _error(exc, f"could not load agent {what} or its input: "), None, None
-            result = fn(ctx, inp)
+            result = fn(*inp[0], **inp[1]) if msg.call else fn(ctx, inp)
             if type(result).__name__ == "coroutine":
                 result = _run_async(ctx, result)
         finally:
@@ -503,7 +516,12 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
             return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), Stage.FLAG.code, str(exc)
         return ExecutionStatus.INTERRUPTED, None, _on_interrupt(ctx, hook), exc.stage.code, None
     except BaseException as exc:  # the agent's own failure, SystemExit included
-        return ExecutionStatus.FAILED, None, _error(exc), None, None
+        return ExecutionStatus.FAILED, _exception_value(exc) if msg.call else None, _error(exc), None, None
+    return _value(ctx, result)
+
+
+def _value(ctx: Context, result):
+    """(status, pickled value, error, stage, own) of a value an agent returned."""
     try:
         value = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         if len(value) > S.max_value:
@@ -514,6 +532,100 @@ def _run(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
         return (ExecutionStatus.FAILED, None,
                 _error(exc, f"the result of execution {ctx.execution_id!r} cannot be pickled; return plain data: "),
                 None, None)  # fmt: skip
+
+
+def _exception_value(exc: BaseException) -> bytes | None:
+    """The exception itself, pickled, for callers that re-raise it (an Executor's future
+    raises the function's own exception, as ProcessPoolExecutor's does); None if it cannot
+    travel (the error triple still describes it)."""
+    try:
+        exc.__traceback__ = None  # frames do not pickle; the traceback text travels in the error
+        value = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(value)  # some exceptions pickle but cannot be rebuilt (required arguments)
+        return value if len(value) <= S.max_value else None
+    except Exception:
+        return None
+
+
+_FLUSH_NS = 2_000_000  # a chunk reports its items' ends at least this often (a kill loses at most these)
+
+
+def _flush_items() -> int:
+    """Send the chunk's item results not sent yet (one frame); return how many items it took."""
+    results, first = S.chunk_results, S.chunk_sent
+    if len(results) > first:
+        S.chunk_sent = len(results)
+        with critical():
+            S.chan.send(P.ItemsDone(S.chunk_id, first, results[first:]))
+    return len(results)
+
+
+def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
+    """Run the items of a chunk in turn, each under its own id with its own result (see
+    ``ItemsDone``). Before each item the worker says which one it starts (the slot's
+    ``item`` word) and then reads the supervisor's ``limit``; a stop of the chunk (its
+    flag) or a limit it has reached ends the chunk at that item boundary, and the items not
+    begun are the supervisor's to requeue or end. An item's own stop at the flag ends that
+    item and then the chunk; an item that raises ``Interrupted`` itself ends only itself."""
+    words, base = S.words, msg.control_index
+    items = msg.items
+    n = len(items)
+    skip = set(msg.skip) if msg.skip else ()
+    S.chunk_id, S.chunk_results, S.chunk_sent = msg.id, [], 0
+    results = S.chunk_results
+    failed = ExecutionStatus.FAILED.code
+    try:
+        fn = resolve(msg.agent, cache, blobs)
+        inputs = pickle.loads(msg.input)
+    except Exception as exc:
+        what = msg.agent if not msg.agent.startswith("blob:") else "(shipped by value)"
+        err = _error(exc, f"could not load agent {what} or its input: ")
+        results.extend(None if k in skip else [failed, None, err, None, 0, None] for k in range(n))
+        return ExecutionStatus.COMPLETED, None, None, None, None
+    call, first = msg.call, msg.first
+    flush_at = time.monotonic_ns() + _FLUSH_NS
+    stopped = None
+    for k in range(n):
+        if k in skip:
+            results.append(None)
+            continue
+        now = time.monotonic_ns()
+        words[base + ITEM_NS] = now
+        words[base + ITEM] = k + 1  # written before the limit is read (see shared/_flags.py)
+        limit = words[base + LIMIT]
+        if (limit and k >= limit - 1) or words[base + PENDING] or S.term_seen:
+            words[base + ITEM] = k  # not begun after all: the slot names the item before it
+            stopped = Stage.SIGTERM if S.term_seen else Stage.FLAG
+            break
+        ctx.execution_id, ctx.state = items[k], None
+        inp = inputs[first + k]
+        try:
+            S.armed = True
+            try:
+                result = fn(*inp[0], **inp[1]) if call else fn(ctx, inp)
+                if type(result).__name__ == "coroutine":
+                    result = _run_async(ctx, result)
+            finally:
+                S.armed = False
+        except Interrupted as exc:
+            _cancel_watchdog()
+            if not exc._from_pool:  # the item stopped itself: only it ends
+                results.append([ExecutionStatus.INTERRUPTED.code, None, None, Stage.FLAG.code, 0, str(exc)])
+                continue
+            results.append([ExecutionStatus.INTERRUPTED.code, None, None, exc.stage.code, ctx._observed_ns(), None])
+            stopped = exc.stage
+            break
+        except BaseException as exc:
+            results.append([failed, _exception_value(exc) if call else None, _error(exc), None, 0, None])
+        else:
+            status, value, error, _, _ = _value(ctx, result)
+            results.append([status.code, value, error, None, 0, None])
+        if now >= flush_at:
+            _flush_items()
+            flush_at = time.monotonic_ns() + _FLUSH_NS
+    if stopped is not None:
+        return ExecutionStatus.INTERRUPTED, None, None, stopped.code, None
+    return ExecutionStatus.COMPLETED, None, None, None, None
 
 
 def _start_watchdog(ctx: Context) -> None:

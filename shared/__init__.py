@@ -7,7 +7,7 @@ rest of ``interrupt_pool``.
 """
 
 from ._checkpoint import CheckpointError, CheckpointInfo
-from ._context import Context, InterruptRequest
+from ._context import Context, InterruptRequest, current
 from ._flags import FlagArray
 from ._types import (
     ExecutionStatus,
@@ -30,4 +30,5 @@ __all__ = (
     "InterruptRequest",
     "Interrupted",
     "Stage",
+    "current",
 )

@@ -31,7 +31,20 @@ from ._flags import COST, OBSERVED_NS, PENDING, PROGRESS, REASON, REQUESTED_NS, 
 from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted, Stage
 from . import _protocol as P
 
-__all__ = ("Context", "InterruptRequest")
+__all__ = ("Context", "InterruptRequest", "current")
+
+_current: "Context | None" = None  # the execution this worker runs now; written only by the worker's loop
+
+
+def current() -> "Context":
+    """The ``ctx`` of the execution running in this worker, from any of its threads: for
+    functions that take no ``ctx`` (``Executor.submit(fn, ...)``) and for tools deep in a
+    call stack. RuntimeError outside an execution (e.g. in the process that submits)."""
+    ctx = _current
+    if ctx is None:
+        raise RuntimeError("interrupt_pool.current() is only available inside an execution, in a worker of a pool "
+                           "(it is None in the process that submits work); pass values to the function instead")
+    return ctx
 
 
 

@@ -12,7 +12,7 @@ Layout (all words little-endian u64, accessed only through one
     header  [magic, layout version, slot count, 0, ...]                128 bytes
     slot i  [control, reason, requested_ns, observed_ns,
              cost, progress, pending, signalled,
-             begun, shield, 0, 0, 0, 0, 0, 0]                     128 bytes each (two cache lines)
+             begun, shield, item, item_ns, limit, 0, 0, 0]        128 bytes each (two cache lines)
 
 ``control = (generation << 8) | request``; request 0 is none, otherwise an
 ``InterruptMode`` code. ``reason = (reason_code << 8) | source_code``.
@@ -42,6 +42,15 @@ outermost ``ctx.shield()``, 0 outside one: a stop that ends in SIGKILL inside a
 shield is reported as delayed by it. ``cost`` is the execution's own spend so
 far as float64 bits (the Spend frame carries it to the supervisor too).
 
+A chunk (one execution that runs several items of a ``map`` in turn, each with
+its own id) uses three more: the worker writes ``item`` (index + 1 of the item
+it is about to run) and ``item_ns`` (when it began it) before each item; the
+supervisor writes ``limit`` (index + 1 of the first item the worker must not
+start; 0: none) to stop a chunk at an item boundary. The worker writes
+``item`` before it reads ``limit``, the supervisor ``limit`` before it reads
+``item``; whichever way that race goes, the worker's report says which items
+ran, and only that report ends them.
+
 Writers: the supervisor is the only writer of control, reason, requested_ns
 and signalled (single writer: no locks, no lost updates). The worker running
 in the slot writes observed_ns (once), cost, progress and begun. ``pending`` is written by the
@@ -63,7 +72,7 @@ import time
 __all__ = ("FlagArray", "LAYOUT_MAGIC", "LAYOUT_VERSION", "SLOT_BYTES", "SLOT_WORDS")
 
 LAYOUT_MAGIC = 0x4C4F4F50_49525054  # "TPRIPOOL" read little-endian
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 SLOT_BYTES = 128  # two cache lines: two workers never share one
 SLOT_WORDS = SLOT_BYTES // 8
 HEADER_WORDS = SLOT_WORDS
@@ -79,7 +88,10 @@ PENDING = 6
 SIGNALLED = 7
 BEGUN = 8
 SHIELD = 9
-_USED_WORDS = SHIELD + 1  # the rest of the slot is reserved (always 0)
+ITEM = 10
+ITEM_NS = 11
+LIMIT = 12
+_USED_WORDS = LIMIT + 1  # the rest of the slot is reserved (always 0)
 
 _REQUEST_MASK = 0xFF
 
@@ -162,6 +174,18 @@ class FlagArray:
         """When the agent entered the shield it is in now (monotonic ns), 0 if in none."""
         return self.words[self.base(slot) + SHIELD]
 
+    def item(self, slot: int) -> tuple[int, int]:
+        """The chunk's current item (index, -1 before the first) and when it began (monotonic ns)."""
+        b = self.base(slot)
+        return self.words[b + ITEM] - 1, self.words[b + ITEM_NS]
+
+    def limit(self, slot: int, index: int) -> None:
+        """Ask the chunk in ``slot`` not to start item ``index`` or any after it (only lowers)."""
+        b = self.base(slot)
+        current = self.words[b + LIMIT]
+        if not current or index + 1 < current:
+            self.words[b + LIMIT] = index + 1
+
     def mark_signalled(self, slot: int, armed: int) -> None:
         """Record, before sending SIGTERM, that it is meant for the execution armed with ``armed``."""
         self.words[self.base(slot) + SIGNALLED] = armed
@@ -186,6 +210,9 @@ class FlagArray:
             "signalled": w[b + SIGNALLED],
             "begun": w[b + BEGUN],
             "shield": w[b + SHIELD],
+            "item": w[b + ITEM],
+            "item_ns": w[b + ITEM_NS],
+            "limit": w[b + LIMIT],
         }
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ __all__ = (
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
     "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Resumed",
     "DefineGroup", "CancelGroup", "VetoAsk", "VetoAnswer", "Requeued", "Spend", "SubmitChild", "Waiting",
-    "CancelChild", "ChildEnded", "Allowance",
+    "CancelChild", "ChildEnded", "Allowance", "ItemsDone",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 3
@@ -291,6 +291,8 @@ class Task(NamedTuple):
     group: str | None = None  # a group defined with DefineGroup: shares its budget, cancelled together
     priority: int = 0  # higher runs first
     preemptible: bool = False  # may be stopped (checkpointed) and requeued for higher-priority work
+    call: int = 0  # how the worker calls the agent: 0 fn(ctx, input); 1 fn(*args, **kwargs), input = (args, kwargs)
+    items: list[str] | None = None  # a chunk: these item ids, one per element of the pickled input list
 
 
 @message(11)
@@ -493,6 +495,10 @@ class Run(NamedTuple):
     term_grace: float = 2.0  # bounds how long the worker lets a SIGTERM-interrupted agent unwind
     allowance: float | None = None  # spend at which the agent stops itself (its budget, or one above it)
     children_before: int = 0  # children it started in earlier runs (preempted ones): new ids go on from there
+    call: int = 0  # Task.call
+    items: list[str] | None = None  # a chunk's item ids (Task.items), from ``first`` on
+    skip: list[int] | None = None  # indexes into ``items`` cancelled before the chunk was sent: not run
+    first: int = 0  # index in the pickled input list of items[0] (a requeued tail starts further in)
 
 
 @message(51)
@@ -530,6 +536,19 @@ class Result(NamedTuple):
     resumed_from: list | None
     own_interrupt: str | None = None  # the message of an Interrupted the agent raised itself
     shield_ns: int = 0  # how long a shield held the stop back
+    items_done: int | None = None  # a chunk: how many of its items (from Run.items[0]) it took; the rest never began
+
+
+@message(70)
+class ItemsDone(NamedTuple):
+    """W→S: the ends of items ``first``, ``first + 1``, ... of chunk ``id`` (indexes into its
+    Run's ``items``). Each result is ``[status, value, error, stage, observed_ns, own_interrupt]``,
+    or None for an item the Run said to skip. Sent every few milliseconds and before the
+    chunk's Result, so a killed worker loses at most the last few."""
+
+    id: str
+    first: int
+    results: list
 
 
 @message(62)

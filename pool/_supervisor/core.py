@@ -86,6 +86,7 @@ _LIVE = (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLING)
 PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_000_000))
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
+_MAX_CHUNK = 10_000  # items in one chunk
 _BEGUN_LOOK_S = 0.002  # how soon to look again whether a worker has taken an execution a signal waits for
 _FORK_HELD = {signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 _MEMORY_TICK_S = 0.05  # how often the RSS of executions with a memory limit is read
@@ -122,7 +123,8 @@ class _Exec:
         "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
-        "limited", "rank", "saved", "plain", "child_seq",
+        "limited", "rank", "saved", "plain", "child_seq", "call", "items", "first", "skip", "item_stops", "whole",
+        "next_item",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
@@ -169,6 +171,14 @@ class _Exec:
                       and not task.preemptible and parent is None)  # fmt: skip
         self.shield_ns = 0  # how long a shield held its stop back
         self.saved: list | None = None  # the checkpoint an earlier run left (it was preempted), as on the wire
+        self.call = task.call
+        # A chunk (Task.items): several items run in turn in one slot, each ending on its own (see _chunk_*).
+        self.items = task.items  # their ids, in order; None: an ordinary execution
+        self.first = 0  # index in the pickled input list of items[0]
+        self.skip: set[int] | None = None  # indexes of items ended before the chunk was sent: not run
+        self.item_stops: dict[int, tuple] | None = None  # index -> (mode, reason, source, message, requested_ns)
+        self.whole = False  # a stop of the chunk itself (shutdown, cancel_all, ...): every item not done ends
+        self.next_item = 0  # items before this index have been reported (or skipped)
 
 
 class _Worker:
@@ -238,6 +248,8 @@ class Supervisor:
             self.listener = Listener(lock[1])
             self.sel.register(self.listener.sock, selectors.EVENT_READ, self._on_accept)
         self.execs: dict[str, _Exec] = {}  # every execution not yet ended
+        self.item_chunk: dict[str, _Exec] = {}  # every item of a chunk not yet ended -> its chunk
+        self.item_waiters: dict[str, list[tuple[Client, int]]] = {}  # Wait requests for live items
         self.queue = RunQueue()  # QUEUED ones by priority, in order; ended ones are skipped lazily
         self.workers: dict[int, _Worker] = {}
         self.by_pid: dict[int, _Worker] = {}
@@ -273,6 +285,7 @@ class Supervisor:
         self.hooks = hooks
         self._worker_handlers = {}
         self._source_client_handlers = {}
+        self._worker_handlers[P.ItemsDone] = self._on_items_done
         for src in self.sources:
             for kind, meth in src.worker_messages.items():
                 self._worker_handlers[kind] = getattr(src, meth)
@@ -555,8 +568,14 @@ class Supervisor:
     def _task_problem(self, t: P.Task) -> tuple[str, str] | str | None:
         if not t.id or len(t.id) > _MAX_ID or "\x00" in t.id:
             return f"execution id {t.id!r} must be a non-empty string of at most {_MAX_ID} characters without NUL"
-        if t.id in self.execs:
+        if t.id in self.execs or t.id in self.item_chunk:
             return f"execution id {t.id!r} is already in use by a live execution; pick another id"
+        if t.call not in (0, 1):
+            return f"call must be 0 (fn(ctx, input)) or 1 (fn(*args, **kwargs)), got {t.call!r}"
+        if t.items is not None:
+            problem = self._chunk_problem(t)
+            if problem:
+                return problem
         for what, spec in (("agent", t.agent), ("on_interrupt hook", t.hook)):
             if spec is None or spec in self.good_specs:
                 continue
@@ -585,6 +604,23 @@ class Supervisor:
                 err = check(t)
                 if err:
                     return err
+        return None
+
+    def _chunk_problem(self, t: P.Task) -> str | None:
+        items = t.items
+        if not items or len(items) > _MAX_CHUNK:
+            return f"a chunk holds 1 to {_MAX_CHUNK} items, got {len(items)}"
+        if t.budget is not None or t.stall_timeout is not None or t.group is not None or t.preemptible or t.resume \
+                or t.hook is not None or t.memory_limit is not None:  # fmt: skip
+            return ("items of a map with a chunksize take no budget, stall_timeout, group, preemptible, resume, "
+                    "on_interrupt or memory_limit; submit such executions one by one (chunksize=1)")  # fmt: skip
+        seen = set()
+        for i in items:
+            if not isinstance(i, str) or not i or len(i) > _MAX_ID or "\x00" in i:
+                return f"execution id {i!r} must be a non-empty string of at most {_MAX_ID} characters without NUL"
+            if i in self.execs or i in self.item_chunk or i in seen:
+                return f"execution id {i!r} is already in use by a live execution; pick another id"
+            seen.add(i)
         return None
 
     def _on_submit(self, c: Client, msg: P.Submit) -> None:
@@ -622,6 +658,9 @@ class Supervisor:
         if ex.memory_limit is None:
             ex.memory_limit = self.cfg.memory_limit
         self.execs[ex.id] = ex
+        if ex.items is not None:
+            for i in ex.items:
+                self.item_chunk[i] = ex
         self.queue.append(ex)
         self.n_queued += 1
         self._use_agent(ex, +1)
@@ -675,7 +714,9 @@ class Supervisor:
         if not self._request_ok(c, msg):
             return
         if ex is None:
-            return self._reply(c, msg.req, False)
+            chunk = self.item_chunk.get(msg.id)
+            ok = chunk is not None and self._stop_item(chunk, msg.id, msg.mode, msg.reason, msg.source, msg.message)
+            return self._reply(c, msg.req, ok)
         self._request_stop(ex, msg.mode, msg.reason, msg.source, msg.message, lambda ok: self._reply(c, msg.req, ok))
 
     def _request_stop(self, ex: _Exec, mode: int, reason: int, source: int, message: str | None, then=None) -> bool:
@@ -772,13 +813,18 @@ class Supervisor:
         elif what == "status":
             value = self._status()
         elif what == "has":
-            value = msg.arg in self.execs or msg.arg in self.history
+            value = msg.arg in self.execs or msg.arg in self.history or msg.arg in self.item_chunk
         else:
             return self._reply(c, msg.req, error=f"unknown query {what!r}; ask for workers, executions, status or has")
         self._reply(c, msg.req, value)
 
     def _on_wait(self, c: Client, msg: P.Wait) -> None:
         ex = self.execs.get(msg.id)
+        if ex is None and msg.id in self.item_chunk:
+            waiters = self.item_waiters.setdefault(msg.id, [])
+            waiters[:] = [(w, r) for w, r in waiters if w is not c]
+            waiters.append((c, msg.req))
+            return
         if ex is not None:
             ex.waiters = [(w, r) for w, r in ex.waiters if w is not c]  # a client's newest wait replaces its older
             ex.waiters.append((c, msg.req))
@@ -1169,7 +1215,8 @@ class Supervisor:
                     w.state = "idle"
                     self.idle.append(w)
             self._end(ex, ExecutionStatus.from_code(msg.status), value=msg.value, error=msg.error, stage=stage,
-                      checkpoint=msg.checkpoint, resumed_from=msg.resumed_from, own=msg.own_interrupt)  # fmt: skip
+                      checkpoint=msg.checkpoint, resumed_from=msg.resumed_from, own=msg.own_interrupt,
+                      items_done=msg.items_done)  # fmt: skip
         elif kind is P.Observed:
             ex = w.exec
             if ex is not None and ex.id == msg.id and not ex.observed_ns:
@@ -1267,7 +1314,8 @@ class Supervisor:
             self._send_worker(w, P.Run(ex.id, self.flags.base(slot), ex.armed, ex.agent, self._blob_for(w, ex.agent),
                                        ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook), ex.term_grace,
                                        self.budgets.allowance(ex) if ex.limited else None,
-                                       ex.child_seq))  # fmt: skip
+                                       ex.child_seq, ex.call, ex.items, sorted(ex.skip) if ex.skip else None,
+                                       ex.first))  # fmt: skip
             if len(w.inflight) == 1:
                 w.state = "busy"
                 self._start(ex)
@@ -1295,7 +1343,7 @@ class Supervisor:
                 self.unsent_started[ex.id] = ex
             self._event("started", ex, w, ex.started_ns, pid=w.pid)
         if ex.timeout:
-            ex.timers.append(self._at(ex.timeout, self._on_timeout, ex))
+            ex.timers.append(self._at(ex.timeout, self._on_timeout if ex.items is None else self._on_item_timeout, ex))
         if ex.memory_limit and not self.memory_watch:
             self.memory_watch = True
             self._at(_MEMORY_TICK_S, self._check_memory)
@@ -1312,11 +1360,13 @@ class Supervisor:
     # -- stopping ----------------------------------------------------------
 
     def _escalate(self, ex: _Exec, mode: int, reason: int, source: int, message: str | None,
-                  now: int | None = None) -> bool:  # fmt: skip
+                  now: int | None = None, item: bool = False) -> bool:  # fmt: skip
         """Request (or harden) a stop: the one escalator every source feeds. True if the
         execution was live. Requests are idempotent and only move forward. ``now`` is when
         the stop became due, if that was earlier (a budget crossed, a stall deadline)."""
         now = now or time.monotonic_ns()
+        if ex.items is not None and not item:
+            ex.whole = True  # a stop of the chunk itself, not of one of its items
         if ex.status is ExecutionStatus.QUEUED and ex.worker is None:  # still in our queue
             self.n_queued -= 1  # it stays in the deque until it reaches the head; it no longer counts
             ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns = mode, reason, source, message, now
@@ -1579,6 +1629,13 @@ class Supervisor:
                 self._cancel(t)
             ex.timers = []
             self.unsent_started.pop(ex.id, None)
+            if ex.item_stops:  # items stopped while it was prefetched never began: they end now
+                for k in sorted(ex.item_stops):
+                    self._stop_unsent_item(ex, k, *ex.item_stops[k])
+                ex.item_stops = None
+                if len(ex.skip) == len(ex.items) and not ex.mode:
+                    self._drop_chunk(ex)
+                    continue
             if not ex.mode:
                 ex.status = ExecutionStatus.QUEUED  # it never began: it waits for a worker again
             if ex.mode:
@@ -1601,9 +1658,12 @@ class Supervisor:
     # -- ending ------------------------------------------------------------
 
     def _end(self, ex: _Exec, status: ExecutionStatus, *, value=None, error=None, stage=None,
-             exit_code=None, signo=None, checkpoint=None, resumed_from=None, own=None) -> None:  # fmt: skip
+             exit_code=None, signo=None, checkpoint=None, resumed_from=None, own=None,
+             items_done: int | None = None) -> None:  # fmt: skip
         """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it (unless a
         source takes it back: a preempted execution goes back to the queue)."""
+        if ex.items is not None:
+            return self._chunk_ended(ex, status, stage, items_done, error, exit_code, signo)
         if not ex.plain:
             for hook in self.hooks["intercept"]:
                 if hook(ex, status, stage, checkpoint):
@@ -1668,6 +1728,188 @@ class Supervisor:
         ex.waiters = []
         ex.payload = None  # a cancelled one may wait in the deque until it reaches the head
         self._remember(ex.id, info, value)
+
+    # -- chunks: several items of a map in one slot, each with its own id and end -------------
+
+    def _stop_item(self, ex: _Exec, item_id: str, mode: int, reason: int, source: int, message: str | None) -> bool:
+        """Stop one item of chunk ``ex``, never its neighbours. Not sent yet: it ends now at stage
+        queued. Sent: the worker is told not to start it (the slot's limit); if it runs now, its
+        flag is set too, with the chunk's escalation. Either way only the worker's report ends
+        it (it may have finished first); the items after it are requeued as a new chunk."""
+        k = ex.items.index(item_id)
+        now = time.monotonic_ns()
+        if ex.status is ExecutionStatus.QUEUED and ex.worker is None:
+            self._stop_unsent_item(ex, k, mode, reason, source, message, now)
+            if len(ex.skip) == len(ex.items):
+                self.n_queued -= 1
+                self._drop_chunk(ex)
+            return True
+        if ex.status not in _LIVE or k < ex.next_item:
+            return False
+        stops = ex.item_stops if ex.item_stops is not None else {}
+        ex.item_stops = stops
+        if k in stops and stops[k][0] >= mode:
+            return True
+        stops[k] = (mode, reason, source, message, stops[k][4] if k in stops else now)
+        self._send(ex.client, P.Cancelling(item_id))
+        self._event("requested", ex, ex.worker, now, mode=mode, reason=reason, message=message, item=item_id)
+        current = self.flags.item(ex.slot)[0] if self._begun(ex) else -1
+        if k > current:
+            self.flags.limit(ex.slot, k)  # not begun: the worker stops before it (or reports it, if it raced ahead)
+            return True
+        self.flags.limit(ex.slot, k + 1)
+        self._escalate(ex, mode, reason, source, message, now, item=True)
+        return True
+
+    def _stop_unsent_item(self, ex: _Exec, k: int, mode: int, reason: int, source: int, message: str | None,
+                          requested_ns: int) -> None:  # fmt: skip
+        if ex.skip is None:
+            ex.skip = set()
+        if k in ex.skip:
+            return
+        ex.skip.add(k)
+        stop = (mode, reason, source, message, requested_ns)
+        self._end_item(ex, k, ExecutionStatus.INTERRUPTED.code, None, None, Stage.QUEUED.code, 0, None, stop)
+
+    def _drop_chunk(self, ex: _Exec) -> None:
+        """Forget a chunk whose items have all ended (it has no Ended of its own: its items had theirs)."""
+        for t in ex.timers:
+            self._cancel(t)
+        ex.timers = []
+        ex.status = ExecutionStatus.INTERRUPTED
+        self.unsent_started.pop(ex.id, None)
+        if ex.out is not None:
+            self._close_output(ex, ex.worker)
+        if self.execs.get(ex.id) is ex:
+            del self.execs[ex.id]
+            self._use_agent(ex, -1)
+        for i in ex.items:
+            if self.item_chunk.get(i) is ex:  # an item reported twice is impossible; a requeued tail owns its own
+                del self.item_chunk[i]
+        ex.worker = ex.client = None
+        ex.payload = None
+
+    def _on_item_timeout(self, ex: _Exec) -> None:
+        """``timeout`` counts for each item of a chunk from the moment it began (the slot's item_ns)."""
+        if ex.status not in _LIVE:
+            return
+        k, began = self.flags.item(ex.slot) if self._begun(ex) else (-1, 0)
+        due = began + int(ex.timeout * 1e9)
+        now = time.monotonic_ns()
+        if k < 0 or now < due or k < ex.next_item:
+            ex.timers.append(self._at(ex.timeout if k < 0 else max(0.0, (due - now) / 1e9) + 0.0005,
+                                      self._on_item_timeout, ex))  # fmt: skip
+            return
+        self._stop_item(ex, ex.items[k], InterruptMode.GRACEFUL.code, InterruptReason.TIMEOUT.code,
+                        InterruptSource.TIMEOUT.code, f"timed out after {ex.timeout:g} s")  # fmt: skip
+
+    def _on_items_done(self, w: _Worker, msg: P.ItemsDone) -> None:
+        ex = w.exec
+        if ex is None or ex.id != msg.id or ex.items is None:
+            return
+        for j, r in enumerate(msg.results):
+            k = msg.first + j
+            if r is None or k < ex.next_item:
+                continue  # skipped (it ended before the chunk was sent)
+            ex.next_item = k + 1
+            status, value, error, stage, observed_ns, own = r
+            stop = ex.item_stops.get(k) if ex.item_stops else None
+            if status == ExecutionStatus.INTERRUPTED.code and own is None and stop is None:
+                if not ex.whole:  # hit by a stop meant for the item before it (it had just finished): run it again
+                    self._requeue_items(ex, [k])
+                    continue
+                stop = (ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns)
+            elif own is not None:
+                stop = (InterruptMode.GRACEFUL.code, InterruptReason.CUSTOM.code, InterruptSource.AGENT.code, own, None)
+            self._end_item(ex, k, status, value, error, stage, observed_ns, w, stop)
+        if ex.item_stops and ex.mode and not ex.whole and not any(
+                k >= ex.next_item and k in ex.item_stops for k in ex.item_stops):  # fmt: skip
+            # the item its flag was for has ended: no SIGTERM for the next one (it stops at the boundary)
+            for t in ex.timers:
+                self._cancel(t)
+            ex.timers = []
+
+    def _end_item(self, ex: _Exec, k: int, status: int, value, error, stage, observed_ns: int, w,
+                  stop: tuple | None) -> None:  # fmt: skip
+        item_id = ex.items[k]
+        info = {"id": item_id, "status": status, "error": error, "worker_id": w.id if w else None,
+                "pid": w.pid if w else None, "started_ns": ex.wall_started_ns if w else None,
+                "ended_wall_ns": time.time_ns(), "chunk": ex.id}  # fmt: skip
+        if status == ExecutionStatus.INTERRUPTED.code and stop is not None:
+            mode, reason, source, message, requested_ns = stop
+            info["interrupt"] = {"mode": mode, "reason": reason, "source": source, "message": message,
+                                 "stage": stage, "requested_ns": requested_ns, "observed_ns": observed_ns or None,
+                                 "ended_ns": time.monotonic_ns()}  # fmt: skip
+            if stage == Stage.SIGTERM.code:
+                info["interrupt"].update(sigterm_ns=ex.sigterm_ns, sigterm_deadline_ns=ex.sigterm_deadline_ns)
+            elif stage == Stage.SIGKILL.code:
+                info["interrupt"].update(sigterm_ns=ex.sigterm_ns, sigkill_ns=ex.sigkill_ns,
+                                         sigkill_deadline_ns=ex.sigkill_deadline_ns)  # fmt: skip
+        if self.item_chunk.get(item_id) is ex:
+            del self.item_chunk[item_id]
+        if self.subscribers:
+            i = info.get("interrupt") or {}
+            self._event("ended", ex, w, None, item=item_id, status=status, stage=i.get("stage"), mode=i.get("mode"),
+                        reason=i.get("reason"), message=error[1] if error else None)  # fmt: skip
+        self._send(ex.client, P.Ended(item_id, info, value))
+        for c, req in self.item_waiters.pop(item_id, ()):
+            self._reply(c, req, [info, value])
+        self._remember(item_id, info, value)
+
+    def _chunk_ended(self, ex: _Exec, status: ExecutionStatus, stage, items_done: int | None, error, exit_code,
+                     signo) -> None:  # fmt: skip
+        """The chunk's Result, its worker's death (``items_done`` None) or its stop while queued:
+        end or requeue every item it did not report. The item its worker was in when it ended
+        unreported (killed, or stuck unwinding after SIGTERM) ends with the chunk's status if
+        a stop was meant for it, else runs again; items after it never began: they are
+        requeued, or end at stage queued if a stop was meant for them (or for the chunk)."""
+        w = ex.worker
+        begun = self.flags.item(ex.slot)[0] if w is not None and ex.slot is not None and self._begun(ex) else -1
+        cut = None  # the item it was in, unreported
+        if w is not None and items_done is None and begun >= ex.next_item:
+            cut = begun
+        elif w is not None and items_done is not None and begun == items_done and stage is not None:
+            cut = begun  # its Result came from the watchdog: that item was still unwinding
+        whole = (ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns) if ex.whole else None
+        redo = []
+        for k in range(ex.next_item, len(ex.items)):
+            if ex.skip and k in ex.skip:
+                continue
+            stop = (ex.item_stops.get(k) if ex.item_stops else None) or whole
+            if cut is not None and k < cut:  # it ran, and its report died with the worker
+                self._end_item(ex, k, ExecutionStatus.CRASHED.code, None, [
+                    "WorkerCrashed", f"execution {ex.items[k]!r} ran in a chunk whose worker (pid {w.pid}) died "
+                    "before it could report this item's result", None], None, 0, w, None)  # fmt: skip
+            elif k == cut and status is ExecutionStatus.CRASHED:
+                self._end_item(ex, k, status.code, None, error, None, 0, w, None)
+            elif k == cut and stop is not None:
+                self._end_item(ex, k, ExecutionStatus.INTERRUPTED.code, None, None, stage.code if stage else None, 0,
+                               w, stop)  # fmt: skip
+            elif k != cut and stop is not None:  # never begun, and a stop was meant for it
+                self._end_item(ex, k, ExecutionStatus.INTERRUPTED.code, None, None, Stage.QUEUED.code, 0, None, stop)
+            else:  # never begun, or stopped for the item before it: it runs (again) in a new chunk
+                redo.append(k)
+        if redo:
+            self._requeue_items(ex, redo)
+        self._drop_chunk(ex)
+
+    def _requeue_items(self, ex: _Exec, ks: list[int]) -> None:
+        """Items of ``ex`` that never began (or must run again), as a new chunk at the head of the
+        queue: the same input bytes, the items from the first of them on, the others skipped."""
+        lo = min(ks)
+        keep = set(ks)
+        items = ex.items[lo:]
+        task = P.Task(f"{ex.id}#{lo}", ex.agent, ex.payload, ex.timeout, ex.grace, ex.term_grace,
+                      priority=ex.priority, call=ex.call, items=items)  # fmt: skip
+        nx = _Exec(task, ex.grace, ex.term_grace, ex.client)
+        nx.first = ex.first + lo
+        nx.skip = {j for j in range(len(items)) if lo + j not in keep}
+        for k in ks:
+            self.item_chunk[ex.items[k]] = nx
+        self.execs[nx.id] = nx
+        self._use_agent(nx, +1)
+        self.queue.appendleft(nx)
+        self.n_queued += 1
 
     def _requeue_preempted(self, ex: _Exec, checkpoint: list | None) -> None:
         """A preempted execution (its worker and slot already let go) waits again at the head
