@@ -24,6 +24,8 @@ _WHERE = {
     "InterruptSource": ".shared",
     "Interrupted": ".shared",
     "Stage": ".shared",
+    "current": ".shared",
+    "Executor": "._executor",
     "Event": "._events",
     "EventKind": "._events",
     "ExecutionError": "._exceptions",
@@ -103,4 +105,6 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
         InterruptSource,
         Interrupted,
         Stage,
+        current,
     )
+    from ._executor import Executor

@@ -38,7 +38,7 @@ import time
 import traceback
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import _naming
 from ._agents import build_task, check_budget, check_id, check_timeout
@@ -48,6 +48,9 @@ from ._models import Escalation, ExecutionInfo, ExecutionResult, Group, StopRequ
 from ._proc import cgroup_kill, cgroup_remove, kill_pids, pids_with_env, start_ticks
 from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource
 from .shared import _protocol as P
+
+if TYPE_CHECKING:
+    from ._executor import Executor
 
 __all__ = ("Pool", "Execution")
 
@@ -437,8 +440,8 @@ class Pool:
                 self._queued -= n
                 self._changed.notify_all()
 
-    def _register(self, tasks: list[P.Task], defs: list, reserved: bool,
-                  grouped: bool) -> tuple[list[Execution], list]:  # fmt: skip
+    def _register(self, tasks: list[P.Task], defs: list, reserved: bool, grouped: bool,
+                  future=None) -> tuple[list[Execution], list]:  # fmt: skip
         """Record and send Submit frames (and the futures of their acceptance); caller holds ``_lock``."""
         live = self._live
         ids = [i for t in tasks for i in (t.items or (t.id,))]
@@ -452,6 +455,7 @@ class Pool:
             if t.items is None:
                 ex = Execution(self, t.id)
                 ex._reserved = reserved
+                ex._future = future
                 live[t.id] = handles[t.id] = ex
                 execs.append(ex)
                 continue
@@ -509,12 +513,16 @@ class Pool:
                 self._live.pop(i, None)
                 self._handles.pop(i, None)
 
-    def _submit_tasks(self, tasks: list[P.Task], defs: list, grouped: bool = False) -> list[Execution]:
+    def _submit_linked(self, task: P.Task, defs: list, future) -> Execution:
+        """Submit one task whose Executor future the reader thread settles (linked before it is sent)."""
+        return self._submit_tasks([task], defs, False, future)[0]
+
+    def _submit_tasks(self, tasks: list[P.Task], defs: list, grouped: bool = False, future=None) -> list[Execution]:
         """Register and send; for a connected client, or tasks of a group (whose budget may be used
         up), wait for the supervisor's acceptance."""
         with self._lock:
             self._check_open()
-            execs, acks = self._register(tasks, defs, self._max_queued is not None, grouped)
+            execs, acks = self._register(tasks, defs, self._max_queued is not None, grouped, future)
         refused = None
         for fut, batch in acks:
             try:
@@ -645,6 +653,14 @@ class Pool:
         start. Items of a chunk take no checkpoints (``ctx.checkpoint`` is not available).
         """
         return list(self.imap(fn, inputs, timeout=timeout, window=window, chunksize=chunksize))
+
+    def executor(self, *, cancel_mode: InterruptMode | str = InterruptMode.GRACEFUL,
+                 timeout: float | None = None) -> "Executor":  # fmt: skip
+        """A ``concurrent.futures.Executor`` running on this pool (its shutdown leaves the pool
+        running); see :class:`~interrupt_pool.Executor`."""
+        from ._executor import Executor
+
+        return Executor(pool=self, cancel_mode=cancel_mode, timeout=timeout)
 
     @staticmethod
     def as_completed(executions: Iterable[Execution], timeout: float | None = None) -> Iterator[Execution]:
