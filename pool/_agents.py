@@ -53,15 +53,16 @@ def agent_spec(fn: Any, cache: dict, what: str = "agent") -> tuple[str, bytes | 
     else:
         if not callable(fn):
             raise TypeError(f"{what} must be a function taking (ctx, input), got {type(fn).__name__} {fn!r}")
-        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+        fn_module: str | None = getattr(fn, "__module__", None)
+        fn_qualname: str | None = getattr(fn, "__qualname__", None)
         by_name = False
-        if module and qualname and module != "__main__" and "<" not in qualname:
-            obj = sys.modules.get(module)
-            for part in qualname.split("."):
+        if fn_module and fn_qualname and fn_module != "__main__" and "<" not in fn_qualname:
+            obj = sys.modules.get(fn_module)
+            for part in fn_qualname.split("."):
                 obj = getattr(obj, part, None)
             by_name = obj is fn
         if by_name:
-            spec = (f"{module}:{qualname}", None)
+            spec = (f"{fn_module}:{fn_qualname}", None)
         else:
             import cloudpickle  # by value, as loky and Ray do for __main__, notebooks and closures
 

@@ -21,7 +21,12 @@ import pickle
 import threading
 import time
 import weakref
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._models import ExecutionResult
+    from .shared._context import Context
 
 from ._agents import build_task, check_id
 from .shared import ExecutionStatus, InterruptMode
@@ -35,12 +40,12 @@ class ChildExecution:
 
     __slots__ = ("id", "_tree", "_ctx", "_info", "_value", "_outcome", "__weakref__")
 
-    def __init__(self, tree: "Tree", ctx, id: str):
+    def __init__(self, tree: "Tree", ctx: "Context", id: str) -> None:
         self.id = id
         self._tree, self._ctx = tree, ctx
-        self._info: dict | None = None  # the Ended info, once it has ended
+        self._info: dict[str, Any] | None = None  # the Ended info, once it has ended
         self._value: bytes | None = None
-        self._outcome = None
+        self._outcome: ExecutionResult | None = None
 
     def __repr__(self) -> str:
         return f"<ChildExecution {self.id!r} {'ended' if self._info else 'live'}>"
@@ -51,10 +56,12 @@ class ChildExecution:
             self._ctx._read_channel()
         return self._info is not None
 
-    def outcome(self, timeout: float | None = None):
+    def outcome(self, timeout: float | None = None) -> "ExecutionResult":
         """Wait for its end and return its ExecutionResult (never raises for its failure).
         A stop of the parent raises Interrupted here, as anywhere in the agent."""
         self._tree.wait(self._ctx, self, timeout)
+        info = self._info
+        assert info is not None  # wait() returned: it has ended
         if self._outcome is None:
             from ._models import ExecutionResult
 
@@ -63,10 +70,10 @@ class ChildExecution:
                 try:
                     value = pickle.loads(self._value)
                 except Exception as exc:
-                    self._info["status"] = ExecutionStatus.FAILED.code  # its value cannot be read here
-                    self._info["error"] = ["UnpicklingError", f"the result of child {self.id!r} cannot be "
-                                           f"unpickled: {type(exc).__name__}: {exc}", None]  # fmt: skip
-            self._outcome = ExecutionResult.from_wire(self._info, value)
+                    info["status"] = ExecutionStatus.FAILED.code  # its value cannot be read here
+                    info["error"] = ["UnpicklingError", f"the result of child {self.id!r} cannot be "
+                                     f"unpickled: {type(exc).__name__}: {exc}", None]  # fmt: skip
+            self._outcome = ExecutionResult.from_wire(info, value)
         return self._outcome
 
     def result(self, timeout: float | None = None) -> Any:
@@ -77,6 +84,13 @@ class ChildExecution:
         from ._exceptions import error_for
 
         raise error_for(out)
+
+    def __await__(self):
+        """``await child`` in an async agent: its value (or its error), waited for on a thread so
+        the agent's event loop goes on (a stop of the agent still cancels it at this await)."""
+        import asyncio
+
+        return asyncio.get_running_loop().run_in_executor(None, self.result).__await__()
 
     def cancel(self, mode: InterruptMode | str = InterruptMode.GRACEFUL, message: str | None = None) -> bool:
         """Stop this child (and its own children). False if it has already ended."""
@@ -90,9 +104,10 @@ class ChildExecution:
 class Tree:
     """The running execution's children; one per worker, reset for each execution."""
 
-    def __init__(self, chan, critical, max_frame: int, checkpoints: bool):
+    def __init__(self, chan: P.Channel, critical: Callable[[], AbstractContextManager[object]], max_frame: int,
+                 checkpoints: bool) -> None:  # fmt: skip
         self.chan, self.critical, self.max_frame, self.checkpoints = chan, critical, max_frame, checkpoints
-        self.refs: dict = {}  # function -> (spec, blob), as the Pool keeps it
+        self.refs: dict[Any, tuple[str, bytes | None]] = {}  # function -> (spec, blob), as the Pool keeps it
         # The handles the agent still holds (a dropped one, and the value it would have received, go).
         self.children: weakref.WeakValueDictionary[str, ChildExecution] = weakref.WeakValueDictionary()
         self.seq = 0
@@ -106,11 +121,12 @@ class Tree:
             self.children.clear()  # (made once: a WeakValueDictionary costs microseconds to create)
         self.seq = children_before
 
-    def send(self, ctx, msg) -> None:
+    def send(self, ctx: "Context", msg: Any) -> None:
         with self.critical():
             self.chan.send(msg)
 
-    def submit(self, ctx, fn, input, options: dict) -> ChildExecution:
+    def submit(self, ctx: "Context", fn: Callable[..., Any] | str, input: Any,
+               options: dict[str, Any]) -> ChildExecution:  # fmt: skip
         allowed = {"id", "timeout", "budget", "stall_timeout", "priority", "preemptible", "escalation", "resume",
                    "memory_limit", "on_interrupt"}  # fmt: skip
         unknown = set(options) - allowed
@@ -138,7 +154,7 @@ class Tree:
             handle._value = msg.value
             handle._info = msg.info
 
-    def wait(self, ctx, handle: ChildExecution, timeout: float | None) -> None:
+    def wait(self, ctx: "Context", handle: ChildExecution, timeout: float | None) -> None:
         if handle._info is not None:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -150,7 +166,7 @@ class Tree:
         if not ended:
             raise TimeoutError(f"child execution {handle.id!r} is still live after {timeout} s")
 
-    def _lend(self, ctx, delta: int) -> None:
+    def _lend(self, ctx: "Context", delta: int) -> None:
         """Tell the supervisor when the first thread starts, and the last stops, waiting on children."""
         with ctx._lock:
             ctx._waiting += delta

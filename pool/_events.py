@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import time
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -71,7 +72,8 @@ class Event(BaseModel):
         return _dt.datetime.fromtimestamp((self.mono_ns + _WALL_OFFSET_NS) / 1e9, tz=_dt.timezone.utc)
 
     @classmethod
-    def from_wire(cls, kind: str, execution_id, worker_id, mono_ns: int, data: dict | None) -> "Event":
+    def from_wire(cls, kind: str, execution_id: str | None, worker_id: int | None, mono_ns: int,
+                  data: dict[str, Any] | None) -> "Event":  # fmt: skip
         d = data or {}
         return cls.model_construct(
             kind=EventKind(kind),

@@ -49,7 +49,7 @@ class PoolError(Exception):
 class ExecutionError(PoolError):
     """An execution ended without a value; ``outcome`` is its full ExecutionResult."""
 
-    def __init__(self, message: str, outcome: "ExecutionResult"):
+    def __init__(self, message: str, outcome: "ExecutionResult") -> None:
         super().__init__(message)
         self.outcome = outcome
 
@@ -90,5 +90,6 @@ def error_for(out: "ExecutionResult") -> Exception:
         return ExecutionInterrupted(f"execution {out.id!r} was interrupted{how}", out)
     if out.status is ExecutionStatus.FAILED:
         e = out.error
-        return ExecutionFailed(f"execution {out.id!r} failed: {e.type}: {e.message}", out)
+        why = f"{e.type}: {e.message}" if e else "no error was recorded"
+        return ExecutionFailed(f"execution {out.id!r} failed: {why}", out)
     return WorkerCrashed(out.error.message if out.error else f"execution {out.id!r} crashed", out)

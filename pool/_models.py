@@ -40,7 +40,7 @@ class Escalation(BaseModel):
     ``finally`` blocks run) before SIGKILL of the whole process group. Longer
     gives clean-up code time; shorter bounds the worst case."""
 
-    def __init__(self, grace: float = 5.0, term_grace: float = 2.0, **kw):
+    def __init__(self, grace: float = 5.0, term_grace: float = 2.0, **kw: Any) -> None:
         super().__init__(grace=grace, term_grace=term_grace, **kw)
 
 
@@ -81,19 +81,19 @@ class InterruptInfo(BaseModel):
     shield_ns: int | None = None
     """How long a ``ctx.shield()`` held this stop back (None: no shield was in the way)."""
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # (pydantic's documented way)
     @property
     def observe_latency(self) -> float | None:
         """Seconds from the request to the agent seeing it."""
         return _ns_to_s(self.requested_ns, self.observed_ns)
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def stop_latency(self) -> float | None:
         """Seconds from the request to the execution having ended."""
         return _ns_to_s(self.requested_ns, self.ended_ns)
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def shield_delay(self) -> float | None:
         """Seconds a ``ctx.shield()`` held this stop back (None: none did)."""
@@ -110,7 +110,7 @@ class CheckpointRef(BaseModel):
     time: _dt.datetime
 
     @classmethod
-    def from_wire(cls, w: list | None) -> "CheckpointRef | None":
+    def from_wire(cls, w: list[Any] | None) -> "CheckpointRef | None":
         if not w:
             return None
         seq, path, size, wall = w
@@ -171,7 +171,7 @@ class ExecutionResult(BaseModel):
         return self.status is ExecutionStatus.COMPLETED
 
     @classmethod
-    def from_wire(cls, d: dict, value: Any = None) -> "ExecutionResult":
+    def from_wire(cls, d: dict[str, Any], value: Any = None) -> "ExecutionResult":
         """Build from the supervisor's ENDED frame (trusted: no validation)."""
         err = d.get("error")
         intr = d.get("interrupt")
@@ -204,7 +204,7 @@ class ExecutionResult(BaseModel):
         )
 
 
-def _interrupt_from_wire(d: dict) -> InterruptInfo:
+def _interrupt_from_wire(d: dict[str, Any]) -> InterruptInfo:
     return InterruptInfo.model_construct(
         mode=InterruptMode.from_code(d["mode"]),
         reason=InterruptReason.from_code(d["reason"]),

@@ -106,6 +106,8 @@ def claim(name: str) -> tuple[int, Path]:
     to bind). Refuses a name a live pool holds, with its pid; removes a dead one's files."""
     check_name(name)
     d = ensure_dir(create=True)
+    if d is None:  # removed by someone else between its creation and the check
+        raise NameError_(f"the socket directory {socket_dir()} disappeared as it was created; retry")
     sock_path = d / f"{name}.sock"
     if len(os.fsencode(sock_path)) > MAX_SOCKET_PATH:
         raise NameError_(f"the socket path {sock_path} is {len(os.fsencode(sock_path))} bytes, more than the "

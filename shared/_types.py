@@ -8,6 +8,7 @@ value is a layout change (bump ``shared._flags.LAYOUT_VERSION``).
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING, Self
 
 __all__ = (
     "ExecutionStatus",
@@ -22,15 +23,23 @@ __all__ = (
 class _CodedEnum(str, enum.Enum):
     """A string enum that also carries a small integer wire code."""
 
-    def __new__(cls, value: str, code: int):
-        obj = str.__new__(cls, value)
-        obj._value_ = value
-        obj.code = code
-        return obj
+    _value_: str
+    code: int  # the member's wire code (set by __new__; not a member itself)
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers, as typeshed hides the __new__ of enums like this one:
+        # a member is *defined* as (value, code), but *looked up* by its value alone
+        # (InterruptMode("graceful")), which is the signature they should check calls against.
+        def __new__(cls, value: str, code: int):
+            obj = str.__new__(cls, value)
+            obj._value_ = value
+            obj.code = code
+            return obj
 
     @classmethod
-    def from_code(cls, code: int):
-        return _BY_CODE[cls][code]
+    def from_code(cls, code: int) -> Self:
+        """The member whose wire code is ``code`` (KeyError for an unknown code)."""
+        return _BY_CODE[cls][code]  # type: ignore[return-value]  # (no cast: it is on the hot path)
 
     def __str__(self) -> str:  # "graceful", not "InterruptMode.GRACEFUL"
         return self.value
@@ -88,7 +97,7 @@ class Stage(_CodedEnum):
     SIGKILL = ("sigkill", 3)
 
 
-_BY_CODE = {
+_BY_CODE: dict[type[_CodedEnum], dict[int, _CodedEnum]] = {
     cls: {m.code: m for m in cls}
     for cls in (ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage)
 }
@@ -102,7 +111,7 @@ class Interrupted(BaseException):
     it; ``finally`` blocks and context managers still run.
     """
 
-    def __init__(self, message: str = "execution interrupted", *, stage: Stage = Stage.FLAG):
+    def __init__(self, message: str = "execution interrupted", *, stage: Stage = Stage.FLAG) -> None:
         super().__init__(message)
         self.stage = stage
         self._from_pool = False  # True when the pool raised it (a stop request), False when the agent did

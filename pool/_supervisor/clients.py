@@ -35,7 +35,7 @@ class Client:
 
     __slots__ = ("id", "chan", "owner", "subscribed", "pid", "greeted")
 
-    def __init__(self, id: int, chan: Channel, owner: bool, pid: int | None):
+    def __init__(self, id: int, chan: Channel, owner: bool, pid: int | None) -> None:
         self.id, self.chan, self.owner, self.pid = id, chan, owner, pid
         self.subscribed = False
         self.greeted = owner  # the owner's handshake is the Start frame
@@ -47,7 +47,7 @@ class Client:
 class Listener:
     """The control socket of a named pool: ``<dir>/<name>.sock``, mode 0600."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)  # created 0600: no window in which it is wider
@@ -59,7 +59,7 @@ class Listener:
 
     def accept(self) -> list[tuple[socket.socket, int, int]]:
         """Every pending connection with its peer's (pid, uid)."""
-        out = []
+        out: list[tuple[socket.socket, int, int]] = []
         while True:
             try:
                 conn, _ = self.sock.accept()

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from .core import _Exec
 
 __all__ = ("RunQueue",)
 
@@ -21,25 +25,25 @@ __all__ = ("RunQueue",)
 class RunQueue:
     __slots__ = ("_by_rank", "_ranks")
 
-    def __init__(self):
-        self._by_rank: dict[int, deque] = {}
+    def __init__(self) -> None:
+        self._by_rank: dict[int, deque[_Exec]] = {}
         self._ranks: list[int] = []  # ascending; the highest is last
 
-    def _deque(self, rank: int) -> deque:
+    def _deque(self, rank: int) -> deque[_Exec]:
         d = self._by_rank.get(rank)
         if d is None:
             d = self._by_rank[rank] = deque()
             bisect.insort(self._ranks, rank)
         return d
 
-    def append(self, ex) -> None:
+    def append(self, ex: _Exec) -> None:
         self._deque(ex.rank).append(ex)
 
-    def appendleft(self, ex) -> None:
+    def appendleft(self, ex: _Exec) -> None:
         """Back to the head of its rank (it was taken out before it ran)."""
         self._deque(ex.rank).appendleft(ex)
 
-    def head(self):
+    def head(self) -> _Exec | None:
         """The next execution in order, or None; empty ranks are dropped on the way."""
         ranks = self._ranks
         while ranks:
@@ -49,7 +53,7 @@ class RunQueue:
             del self._by_rank[ranks.pop()]
         return None
 
-    def popleft(self):
+    def popleft(self) -> _Exec | None:
         ex = self.head()
         if ex is not None:
             self.drop_head()
@@ -59,9 +63,9 @@ class RunQueue:
         """Remove the entry :meth:`head` has just returned."""
         self._by_rank[self._ranks[-1]].popleft()
 
-    def above(self, priority: int) -> list:
+    def above(self, priority: int) -> list[_Exec]:
         """The entries (live or not) queued at a priority higher than ``priority``, highest first."""
-        out = []
+        out: list[_Exec] = []
         for p in reversed(self._ranks):
             if p <= 2 * priority + 1:
                 break
@@ -71,7 +75,7 @@ class RunQueue:
     def __bool__(self) -> bool:
         return self.head() is not None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[_Exec]:
         for p in reversed(self._ranks):
             yield from self._by_rank[p]
 
