@@ -38,7 +38,7 @@ import time
 import traceback
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator
 
 from . import _naming
 from ._agents import build_task, check_budget, check_id, check_timeout
@@ -145,6 +145,43 @@ class Execution:
         from ._supervisor.output import read_log
 
         return read_log(log_dir, self.id)
+
+    def __await__(self):
+        """``await execution``: its value, or raise as :meth:`result` does, without blocking the
+        event loop. Cancelling the awaiting task does not stop the execution (see :meth:`wait`)."""
+        return self._await_result().__await__()
+
+    async def _await_result(self) -> Any:
+        await self.wait()
+        return self.result(0)
+
+    async def wait(self, *, timeout: float | None = None, cancel_on_cancel: bool = False) -> ExecutionResult:
+        """``await ex.wait()``: its outcome once it has ended, from asyncio. ``TimeoutError`` after
+        ``timeout`` (the execution goes on). If the awaiting task is cancelled the execution goes
+        on too, unless ``cancel_on_cancel=True``: then it is stopped gracefully (reason
+        user_cancelled) before the CancelledError propagates."""
+        if self._ended is None:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+
+            def ended(_ex) -> None:  # the reader thread: hand over to the loop, never block
+                try:
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                except RuntimeError:
+                    pass  # the loop has closed: nobody is waiting any more
+
+            if self._when_ended("_watchers", ended):
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), timeout)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"execution {self.id!r} is still {self._status.value} after {timeout} s") from None
+                except asyncio.CancelledError:
+                    if cancel_on_cancel and self._ended is None:
+                        self.cancel(InterruptMode.GRACEFUL, message="the asyncio task awaiting it was cancelled")
+                    raise
+        return self.outcome(0)
 
     def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
         """Call ``fn(execution)`` once it has ended, on the pool's callback thread (or
@@ -677,6 +714,55 @@ class Pool:
                 yield ended.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise TimeoutError(f"{left} executions still live after {timeout} s") from None
+
+    @staticmethod
+    async def as_completed_async(executions: Iterable[Execution],
+                                 timeout: float | None = None) -> AsyncIterator[Execution]:  # fmt: skip
+        """``async for ex in pool.as_completed_async(execs)``: the executions as they end, from
+        asyncio (the event loop is never blocked). ``TimeoutError`` once ``timeout`` has passed."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Queue = asyncio.Queue()
+        pending = list(executions)
+
+        def put(ex) -> None:
+            try:
+                loop.call_soon_threadsafe(ended.put_nowait, ex)
+            except RuntimeError:
+                pass  # the loop has closed
+
+        for ex in pending:
+            if not ex._when_ended("_watchers", put):
+                ended.put_nowait(ex)
+        deadline = None if timeout is None else loop.time() + timeout
+        for left in range(len(pending), 0, -1):
+            try:
+                yield await asyncio.wait_for(ended.get(), None if deadline is None else max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"{left} executions still live after {timeout} s") from None
+
+    async def aevents(self) -> AsyncIterator[Event]:
+        """``async for ev in pool.aevents()``: :meth:`events` for asyncio, from this call on, until
+        the pool has shut down or this client disconnected."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        sink = _LoopSink(loop, q)
+        with self._lock:
+            if self._reader_done:
+                return
+            self._event_queues.append(sink)
+        self._subscribe()
+        try:
+            while True:
+                ev = await q.get()
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            self._drop_queue(sink)
 
     # -- stopping ------------------------------------------------------------
 
@@ -1354,6 +1440,21 @@ class _SignalLadder:
                 traceback.print_exc()  # a broken announcement must not keep the stop from happening
         self.pool.cancel_all(mode, InterruptReason.USER_CANCELLED, f"{name} received ({mode.value})",
                              source=InterruptSource.SIGNAL)  # fmt: skip
+
+
+class _LoopSink:
+    """An events() queue for an asyncio consumer: the reader thread's put hands over to the loop."""
+
+    __slots__ = ("loop", "q")
+
+    def __init__(self, loop, q) -> None:
+        self.loop, self.q = loop, q
+
+    def put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+        except RuntimeError:
+            pass  # the loop has closed: nobody is listening any more
 
 
 class _LRU(dict):
