@@ -46,6 +46,7 @@ _WHERE = {
     "WorkerInfo": "._models",
     "Group": "._models",
     "Preemption": "._models",
+    "Attempt": "._models",
     "StopRequest": "._models",
     "ChildExecution": "._children",
     "Execution": "._pool",
@@ -83,6 +84,7 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
         WorkerCrashed,
     )
     from ._models import (
+        Attempt,
         CheckpointRef,
         ErrorInfo,
         Escalation,

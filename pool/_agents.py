@@ -107,7 +107,8 @@ def check_budget(name: str, value: Any) -> float | None:
 
 def build_task(fn, input, id: str, cache: dict, max_frame: int, checkpoints: bool, timeout=None,
                escalation=None, resume=False, on_interrupt=None, memory_limit=None, budget=None,
-               stall_timeout=None, group=None, priority=0, preemptible=False, call=0) -> tuple[P.Task, list]:  # fmt: skip
+               stall_timeout=None, group=None, priority=0, preemptible=False, call=0, retries=0, retry_on=None,
+               backoff=1.0) -> tuple[P.Task, list]:  # fmt: skip
     """The Task frame for one execution and the DefineAgent frames it needs first; every
     argument checked, with an error that names it and the fix."""
     defs = []
@@ -148,6 +149,18 @@ def build_task(fn, input, id: str, cache: dict, max_frame: int, checkpoints: boo
     if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
                                      or memory_limit < (1 << 20)):  # fmt: skip
         raise ValueError(f"memory_limit must be a whole number of bytes of at least 1 MiB, got {memory_limit!r}")
+    if retries:
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise ValueError(f"retries must be a whole number from 0 to 100, got {retries!r}")
+    if retry_on is not None:
+        retry_on = [retry_on] if isinstance(retry_on, str) else list(retry_on)
+        bad = [s for s in retry_on if s not in ("crashed", "failed", "interrupted")]
+        if bad or not retry_on:
+            raise ValueError(f"retry_on must name statuses among 'crashed', 'failed' and 'interrupted' (timeouts and "
+                             f"stalls only), got {bad or retry_on!r}")  # fmt: skip
+    if backoff != 1.0:
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff <= 3600:
+            raise ValueError(f"backoff must be a number of seconds from 0 to 3600, got {backoff!r}")
     try:
         payload = pickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
@@ -157,5 +170,5 @@ def build_task(fn, input, id: str, cache: dict, max_frame: int, checkpoints: boo
         raise ValueError(f"the input of execution {id!r} is {len(payload)} bytes pickled, more than the pool's "
                          f"max_frame ({max_frame}); pass a path or a reference instead, or raise max_frame")  # fmt: skip
     task = P.Task(id, agent, payload, timeout, grace, term_grace, bool(resume), hook, memory_limit, budget,
-                  stall_timeout, group, priority, preemptible, call)  # fmt: skip
+                  stall_timeout, group, priority, preemptible, call, None, retries, retry_on, float(backoff))  # fmt: skip
     return task, defs

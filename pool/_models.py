@@ -118,6 +118,19 @@ class CheckpointRef(BaseModel):
                                    time=_dt.datetime.fromtimestamp(wall, tz=_dt.timezone.utc))  # fmt: skip
 
 
+class Attempt(BaseModel):
+    """One earlier run of an execution that was retried (``submit(retries=...)``)."""
+
+    status: ExecutionStatus
+    error: ErrorInfo | None = None
+    worker_id: int | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    started_at: _dt.datetime | None = None
+    ended_at: _dt.datetime | None = None
+
+
 class Preemption(BaseModel):
     """One time a preemptible execution was stopped for higher-priority work and requeued."""
 
@@ -165,6 +178,8 @@ class ExecutionResult(BaseModel):
     children: list[str] = []
     """The ids of the child executions it started, in order."""
     preemptions: list[Preemption] = []
+    attempts: list[Attempt] = []
+    """The earlier runs of a retried execution, oldest first (this outcome is the last run's)."""
 
     @property
     def ok(self) -> bool:
@@ -201,6 +216,12 @@ class ExecutionResult(BaseModel):
             preemptions=[Preemption.model_construct(at=_wall(p["at"]), checkpoint_seq=p.get("checkpoint"),
                                                     stage=Stage.from_code(p["stage"]) if p.get("stage") is not None
                                                     else None) for p in d.get("preemptions") or ()],  # fmt: skip
+            attempts=[Attempt.model_construct(
+                status=ExecutionStatus.from_code(a["status"]), worker_id=a.get("worker_id"), pid=a.get("pid"),
+                error=ErrorInfo.model_construct(type=a["error"][0], message=a["error"][1], traceback=a["error"][2])
+                if a.get("error") else None, exit_code=a.get("exit_code"), signal=a.get("signal"),
+                started_at=_wall(a.get("started_ns")), ended_at=_wall(a.get("ended_wall_ns")))
+                for a in d.get("attempts") or ()],  # fmt: skip
         )
 
 

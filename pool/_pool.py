@@ -301,7 +301,9 @@ class Pool:
                  keep_tools: bool = False, log_dir: str | os.PathLike | None = ".pool/logs",
                  max_log_bytes: int = 1 << 20, memory_limit: int | None = None,
                  before_interrupt: Callable[[StopRequest], Any] | None = None,
-                 after_interrupt: Callable[[ExecutionResult], Any] | None = None):  # fmt: skip
+                 after_interrupt: Callable[[ExecutionResult], Any] | None = None,
+                 initializer: Callable[..., Any] | str | None = None, initargs: tuple = (),
+                 max_tasks_per_child: int | None = None):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
         _whole("workers", workers, 1)
@@ -328,6 +330,20 @@ class Pool:
         _whole("max_log_bytes", max_log_bytes, 4096)
         if memory_limit is not None:
             _whole("memory_limit", memory_limit, 1 << 20)
+        if max_tasks_per_child is not None:
+            _whole("max_tasks_per_child", max_tasks_per_child, 1)
+        init = (None, None, None)
+        if initializer is not None:
+            from ._agents import agent_spec
+
+            spec, blob = agent_spec(initializer, {}, "initializer")
+            try:
+                args = pickle.dumps(tuple(initargs), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise TypeError(f"initargs cannot be pickled ({type(exc).__name__}: {exc}); pass plain data") from exc
+            init = (spec, blob, args)
+        elif initargs:
+            raise TypeError("initargs were given without an initializer")
         log_dir = None if log_dir is None else os.path.abspath(os.fspath(log_dir))
         # Absolute now: agents may chdir, and 'pool checkpoints' must find the same place.
         checkpoint_dir = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
@@ -336,7 +352,7 @@ class Pool:
         start = P.Start(os.getpid(), workers, capacity, escalation.grace, escalation.term_grace, checkpoint_dir,
                         keep_checkpoints, name, [p for p in sys.path if isinstance(p, str)], max_frame, history,
                         max_queued, bool(keep_tools), log_dir, max_log_bytes, memory_limit,
-                        before_interrupt is not None)  # fmt: skip
+                        before_interrupt is not None, *init, max_tasks_per_child)  # fmt: skip
         sock, self._proc, welcome, chan = _launch(start)
         self._supervisor_ticks = start_ticks(self._proc.pid)
         self.escalation = escalation
@@ -446,12 +462,12 @@ class Pool:
 
     def _task(self, fn, input, id, timeout, escalation, resume=False, on_interrupt=None, memory_limit=None,
               budget=None, stall_timeout=None, group=None, priority=0, preemptible=False,
-              call=0) -> tuple[P.Task, list]:  # fmt: skip
+              call=0, retries=0, retry_on=None, backoff=1.0) -> tuple[P.Task, list]:  # fmt: skip
         """The Task frame for one execution, and the DefineAgent frames it needs first."""
         id = f"{self._id_prefix}-{next(self._auto_ids)}" if id is None else check_id(id)
         return build_task(fn, input, id, self._ref_cache, self._max_frame, self.checkpoint_dir is not None, timeout,
                           escalation, resume, on_interrupt, memory_limit, budget, stall_timeout, group, priority,
-                          preemptible, call)  # fmt: skip
+                          preemptible, call, retries, retry_on, backoff)  # fmt: skip
 
     def _reserve(self, n: int, block: bool, timeout: float | None) -> None:
         """Take ``n`` max_queued places, waiting for room (bounded by ``timeout``)."""
@@ -580,7 +596,8 @@ class Pool:
                on_interrupt: Callable | str | None = None, block: bool = True,
                queue_timeout: float | None = None, memory_limit: int | None = None, budget: float | None = None,
                stall_timeout: float | None = None, group: str | None = None, priority: int = 0,
-               preemptible: bool = False) -> Execution:  # fmt: skip
+               preemptible: bool = False, retries: int = 0, retry_on: Iterable[str] | str | None = None,
+               backoff: float = 1.0) -> Execution:  # fmt: skip
         """Queue ``fn(ctx, input)``; ``fn`` is a function (importable ones travel by name; ones
         defined in ``__main__``, a notebook or another function travel by value) or a
         'module:function' string.
@@ -603,10 +620,16 @@ class Pool:
         :meth:`group`) shares a budget and is cancelled together; ``priority`` (higher runs
         first); ``preemptible=True`` lets higher-priority work stop it (checkpointed) and
         requeue it to resume later.
+
+        ``retries``: run it again, up to that many times, when it ends crashed (its worker
+        died); ``retry_on`` widens that to ``"failed"`` (it raised) and ``"interrupted"``
+        (by its timeout or stall only: a stop someone asked for is never retried). The
+        first retry waits ``backoff`` seconds, each next one twice as long; every earlier
+        run is in ``outcome().attempts``.
         """
         self._check_open()
         task, defs = self._task(fn, input, id, timeout, escalation, resume, on_interrupt, memory_limit, budget,
-                                stall_timeout, group, priority, preemptible)  # fmt: skip
+                                stall_timeout, group, priority, preemptible, 0, retries, retry_on, backoff)  # fmt: skip
         self._reserve(1, block, queue_timeout)
         try:
             return self._submit_tasks([task], defs, group is not None)[0]

@@ -352,7 +352,7 @@ def _reap() -> None:
 
 def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, checkpoint_dir: str | None,
                 keep_checkpoints: int, cgroup: str | None = None, keep_tools: bool = False,
-                max_frame: int = P.DEFAULT_MAX_FRAME, capture: bool = False) -> None:  # fmt: skip
+                max_frame: int = P.DEFAULT_MAX_FRAME, capture: bool = False, initializer=None) -> None:  # fmt: skip
     """Serve tasks until told to exit, the supervisor vanishes, or a SIGTERM stop."""
     os.setsid()  # session leader, own process group, no controlling terminal
     set_pdeathsig(signal.SIGKILL)
@@ -385,6 +385,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     pending: list = []
     begin_delay = float(os.environ.get("_INTERRUPT_POOL_TEST_BEGIN_DELAY", "0"))  # tests force the race window
     tree = Tree(chan, critical, max_frame, checkpoint_dir is not None)
+    if initializer is not None:
+        _initialize(chan, initializer, cache, blobs)
     chan.send(P.WorkerReady(os.getpid()))
     while True:
         if pending:
@@ -438,6 +440,24 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         S.chunk_id = None
         if stage == Stage.SIGTERM.code:
             _exit(0)  # stopped by SIGTERM: the supervisor replaces us (a late one was ignored above)
+
+
+def _initialize(chan, initializer, cache: dict, blobs: dict) -> None:
+    """Run the pool's ``initializer(*initargs)`` once, before the first execution (one model
+    client per worker, say). If it raises, the supervisor hears why and the worker exits."""
+    spec, blob, args = initializer
+    try:
+        if blob is not None:
+            blobs[spec] = blob
+        fn = resolve(spec, cache, blobs)
+        fn(*(pickle.loads(args) if args is not None else ()))
+    except BaseException as exc:
+        name = spec if blob is None else "(shipped by value)"
+        chan.send(P.InitFailed(_error(exc, f"the pool's initializer {name} raised {type(exc).__name__}: ")))
+        _exit(3)
+    finally:
+        blobs.pop(spec, None)
+        cache.pop(spec, None)
 
 
 def _send_result(ctx: Context, status, value, error, stage, own) -> bool:

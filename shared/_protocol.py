@@ -35,7 +35,7 @@ __all__ = (
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
     "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Resumed",
     "DefineGroup", "CancelGroup", "VetoAsk", "VetoAnswer", "Requeued", "Spend", "SubmitChild", "Waiting",
-    "CancelChild", "ChildEnded", "Allowance", "ItemsDone",
+    "CancelChild", "ChildEnded", "Allowance", "ItemsDone", "InitFailed",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 3
@@ -267,6 +267,10 @@ class Start(NamedTuple):
     max_log_bytes: int = 1 << 20
     memory_limit: int | None = None
     veto: bool = False  # the owner has a before_interrupt hook: ask it (VetoAsk) before user and program stops
+    initializer: str | None = None  # run once in each worker before its first execution (an agent spec)
+    initializer_blob: bytes | None = None  # its cloudpickle bytes when it travels by value
+    initargs: bytes | None = None  # pickled tuple of its arguments
+    max_tasks_per_child: int | None = None  # a worker is replaced after running this many executions
 
 
 # -- client → supervisor -------------------------------------------------------------------
@@ -293,6 +297,9 @@ class Task(NamedTuple):
     preemptible: bool = False  # may be stopped (checkpointed) and requeued for higher-priority work
     call: int = 0  # how the worker calls the agent: 0 fn(ctx, input); 1 fn(*args, **kwargs), input = (args, kwargs)
     items: list[str] | None = None  # a chunk: these item ids, one per element of the pickled input list
+    retries: int = 0  # run again (after ``backoff`` s, doubling) when it ends with a status in ``retry_on``
+    retry_on: list[str] | None = None  # statuses that are retried: "crashed" (default), "failed", "interrupted"
+    backoff: float = 1.0
 
 
 @message(11)
@@ -537,6 +544,14 @@ class Result(NamedTuple):
     own_interrupt: str | None = None  # the message of an Interrupted the agent raised itself
     shield_ns: int = 0  # how long a shield held the stop back
     items_done: int | None = None  # a chunk: how many of its items (from Run.items[0]) it took; the rest never began
+
+
+@message(71)
+class InitFailed(NamedTuple):
+    """W→S: the pool's initializer raised in this worker (``error`` = [type, message, traceback]);
+    the worker exits next."""
+
+    error: list
 
 
 @message(70)

@@ -87,6 +87,8 @@ PREFETCH_BELOW_NS = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_BELOW_NS", 5_00
 OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL at most this much later
 _MAX_ID = 256
 _MAX_CHUNK = 10_000  # items in one chunk
+_MAX_RETRIES = 100
+_RETRIED_REASONS = (InterruptReason.TIMEOUT.code, InterruptReason.STALLED.code)  # "interrupted" retries only these
 _BEGUN_LOOK_S = 0.002  # how soon to look again whether a worker has taken an execution a signal waits for
 _FORK_HELD = {signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 _MEMORY_TICK_S = 0.05  # how often the RSS of executions with a memory limit is read
@@ -124,7 +126,7 @@ class _Exec:
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
         "limited", "rank", "saved", "plain", "child_seq", "call", "items", "first", "skip", "item_stops", "whole",
-        "next_item",
+        "next_item", "retries", "retry_on", "backoff", "attempts",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
@@ -179,13 +181,16 @@ class _Exec:
         self.item_stops: dict[int, tuple] | None = None  # index -> (mode, reason, source, message, requested_ns)
         self.whole = False  # a stop of the chunk itself (shutdown, cancel_all, ...): every item not done ends
         self.next_item = 0  # items before this index have been reported (or skipped)
+        self.retries, self.retry_on, self.backoff = task.retries, task.retry_on, task.backoff  # runs left, on what
+        self.attempts: list[dict] | None = None  # the runs before this one (retried)
 
 
 class _Worker:
     """One forked worker process."""
 
     __slots__ = ("id", "pid", "pidfd", "chan", "state", "inflight", "retained", "ticks", "kill_timer", "killed",
-                 "known_agents", "cgroup", "out_r", "idle_out", "out_execs", "out_tail", "lent")  # fmt: skip
+                 "known_agents", "cgroup", "out_r", "idle_out", "out_execs", "out_tail", "lent", "runs",
+                 "init_failed")  # fmt: skip
 
     def __init__(self, id, pid, pidfd, chan, ticks, cgroup):
         self.id, self.pid, self.pidfd, self.chan, self.ticks, self.cgroup = id, pid, pidfd, chan, ticks, cgroup
@@ -202,6 +207,8 @@ class _Worker:
         self.out_execs: deque[_Exec] = deque()  # executions sent to it whose end-of-output mark is still to come
         self.out_tail = b""  # bytes that may be the start of an end-of-output mark
         self.lent = False  # its execution waits on children: a stand-in may run in its place
+        self.runs = 0  # executions it has ended (max_tasks_per_child)
+        self.init_failed = False  # the pool's initializer raised in it: it exits, replaced after a backoff
 
     @property
     def exec(self) -> "_Exec | None":
@@ -264,6 +271,8 @@ class Supervisor:
         self.cgroup = cgroup_create(f"interrupt-pool-{self.pid}")  # None where the host allows none
         self.dead_cgroups: list[str] = []  # of reaped workers, removed once their killed tools are reaped
         self.fork_failures = 0
+        self.init_failures = 0  # initializer failures in a row (reset by a worker that got through it)
+        self.init_error: list | None = None  # the last one's [type, message, traceback]
         self.memory_watch = False  # the memory-limit timer is armed
         self.agents: dict[str, bytes] = {}  # by-value agents: digest -> cloudpickle bytes (opaque here)
         self.agent_uses: dict[str, int] = {}  # digest -> live executions naming it
@@ -286,6 +295,7 @@ class Supervisor:
         self._worker_handlers = {}
         self._source_client_handlers = {}
         self._worker_handlers[P.ItemsDone] = self._on_items_done
+        self._worker_handlers[P.InitFailed] = self._on_init_failed
         for src in self.sources:
             for kind, meth in src.worker_messages.items():
                 self._worker_handlers[kind] = getattr(src, meth)
@@ -572,6 +582,13 @@ class Supervisor:
             return f"execution id {t.id!r} is already in use by a live execution; pick another id"
         if t.call not in (0, 1):
             return f"call must be 0 (fn(ctx, input)) or 1 (fn(*args, **kwargs)), got {t.call!r}"
+        if t.retries or t.retry_on is not None:
+            if isinstance(t.retries, bool) or not isinstance(t.retries, int) or not 0 <= t.retries <= _MAX_RETRIES:
+                return f"retries must be a whole number from 0 to {_MAX_RETRIES}, got {t.retries!r}"
+            if t.retry_on is not None and (not t.retry_on or not set(t.retry_on) <= {"crashed", "failed", "interrupted"}):
+                return f"retry_on must name statuses among crashed, failed and interrupted, got {t.retry_on!r}"
+            if isinstance(t.backoff, bool) or not isinstance(t.backoff, (int, float)) or not 0 <= t.backoff <= 3600:
+                return f"backoff must be a number of seconds from 0 to 3600, got {t.backoff!r}"
         if t.items is not None:
             problem = self._chunk_problem(t)
             if problem:
@@ -611,9 +628,9 @@ class Supervisor:
         if not items or len(items) > _MAX_CHUNK:
             return f"a chunk holds 1 to {_MAX_CHUNK} items, got {len(items)}"
         if t.budget is not None or t.stall_timeout is not None or t.group is not None or t.preemptible or t.resume \
-                or t.hook is not None or t.memory_limit is not None:  # fmt: skip
+                or t.hook is not None or t.memory_limit is not None or t.retries:  # fmt: skip
             return ("items of a map with a chunksize take no budget, stall_timeout, group, preemptible, resume, "
-                    "on_interrupt or memory_limit; submit such executions one by one (chunksize=1)")  # fmt: skip
+                    "on_interrupt, memory_limit or retries; submit such executions one by one (chunksize=1)")  # fmt: skip
         seen = set()
         for i in items:
             if not isinstance(i, str) or not i or len(i) > _MAX_ID or "\x00" in i:
@@ -987,7 +1004,9 @@ class Supervisor:
                 sys.path[:] = [p for p in self.cfg.sys_path if isinstance(p, str)]  # agents import as the creator's
                 worker_main(P.Channel(theirs, self.cfg.max_frame, validate=False), self.flags.words, wid, self.pid,
                             self.cfg.checkpoint_dir, self.cfg.keep_checkpoints, cgroup, self.cfg.keep_tools,
-                            self.cfg.max_frame, out_w >= 0)  # fmt: skip
+                            self.cfg.max_frame, out_w >= 0,
+                            (self.cfg.initializer, self.cfg.initializer_blob, self.cfg.initargs)
+                            if self.cfg.initializer else None)  # fmt: skip
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -1023,6 +1042,31 @@ class Supervisor:
                               f"execution {ex.id!r}: {exc}", None])  # fmt: skip
             self.queue.clear()
             self.n_queued = 0
+
+    def _on_init_failed(self, w: _Worker, msg: P.InitFailed) -> None:
+        w.init_failed = True
+        w.state = "stopping"
+        self.init_failures += 1
+        self.init_error = msg.error
+        log(f"worker {w.id} (pid {w.pid}): {msg.error[1]}")
+        self._event("worker_exited", None, w, pid=w.pid, message=msg.error[1])
+
+    def _after_init_failure(self) -> None:
+        """A worker's initializer raised and it exited. Replaced after a backoff (0.5 s, doubling
+        to 30 s; never a tight loop); while no worker got through its initializer, the queued
+        executions cannot run: they end as failed with the initializer's error."""
+        if not any(x.state in ("idle", "busy") for x in self.workers.values()):
+            etype, text, tb = self.init_error
+            for ex in list(self.execs.values()):
+                if ex.status is ExecutionStatus.QUEUED and ex.worker is None:
+                    self.n_queued -= 1
+                    self._end(ex, ExecutionStatus.FAILED, error=["InitializerFailed", f"execution {ex.id!r} cannot run: "
+                              f"{text} (in {self.init_failures} worker(s) in a row; fix the initializer, the pool "
+                              "keeps trying with a backoff)", tb])  # fmt: skip
+        if self.stopping:
+            return
+        delay = min(30.0, 0.5 * 2 ** (self.init_failures - 1))
+        self._at(delay, self._replace_missing)
 
     def _replace_missing(self) -> None:
         if self.stopping and not self.execs:
@@ -1208,6 +1252,13 @@ class Supervisor:
                 w.state = "busy"
             else:
                 self.free_slots.append(ex.slot)
+            w.runs += 1
+            limit = self.cfg.max_tasks_per_child
+            if limit and w.runs >= limit and not w.inflight and w.state != "stopping":
+                w.state = "stopping"  # recycled (max_tasks_per_child): its replacement starts now
+                self._send_worker(w, P.Exit())
+                if not self.stopping:
+                    self._spawn()
             if w.state != "stopping":
                 if w.inflight:
                     self._start(w.inflight[0])
@@ -1231,6 +1282,7 @@ class Supervisor:
             if ex is not None and ex.id == msg.id:
                 ex.announced = ex.announced[-1:] + [[msg.seq, msg.path, msg.size, msg.time]]
         elif kind is P.WorkerReady:
+            self.init_failures = 0
             if w.state == "starting":
                 w.state = "idle"
                 self.idle.append(w)
@@ -1281,7 +1333,8 @@ class Supervisor:
         oldest = time.monotonic_ns() - max(2 * self.run_ema_ns, 1_000_000)
         best = None
         for w in self.workers.values():
-            if w.state == "busy" and len(w.inflight) == 1 and not w.lent:
+            if w.state == "busy" and len(w.inflight) == 1 and not w.lent and not (
+                    self.cfg.max_tasks_per_child and w.runs + 1 >= self.cfg.max_tasks_per_child):  # fmt: skip
                 running = w.inflight[0]
                 started = running.started_ns
                 if (started > oldest and running.priority >= ex.priority
@@ -1602,8 +1655,10 @@ class Supervisor:
                 error = ["WorkerCrashed", f"worker {w.id} (pid {w.pid}) running execution {ex.id!r} died with {how}", None]
                 self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
         self._flush()  # its client hears of the end now, not after the fork below
-        if (not self.stopping or self.execs) and self._active_workers() < self.cfg.workers + self.lent:
-            self._spawn()  # its replacement (queued work still needs hands while draining); a retired stand-in has none
+        if w.init_failed:
+            self._after_init_failure()
+        elif (not self.stopping or self.n_queued) and self._active_workers() < self.cfg.workers + self.lent:
+            self._spawn()  # its replacement (while draining, only for queued work); a retired stand-in has none
         self._sweep_orphans()
 
     def _running_unlent(self) -> int:
@@ -1664,6 +1719,8 @@ class Supervisor:
         source takes it back: a preempted execution goes back to the queue)."""
         if ex.items is not None:
             return self._chunk_ended(ex, status, stage, items_done, error, exit_code, signo)
+        if ex.retries and self._retryable(ex, status):
+            return self._retry(ex, status, error, exit_code, signo)
         if not ex.plain:
             for hook in self.hooks["intercept"]:
                 if hook(ex, status, stage, checkpoint):
@@ -1707,6 +1764,8 @@ class Supervisor:
             }  # fmt: skip
             if ex.shield_ns:
                 info["interrupt"]["shield_ns"] = ex.shield_ns
+        if ex.attempts:
+            info["attempts"] = ex.attempts
         if not ex.plain:
             for hook in self.hooks["ended"]:
                 hook(ex, info, value)
@@ -1876,7 +1935,9 @@ class Supervisor:
             if ex.skip and k in ex.skip:
                 continue
             stop = (ex.item_stops.get(k) if ex.item_stops else None) or whole
-            if cut is not None and k < cut:  # it ran, and its report died with the worker
+            if w is None and status is not ExecutionStatus.INTERRUPTED:  # refused before it ran (no worker)
+                self._end_item(ex, k, status.code, None, error, None, 0, None, None)
+            elif cut is not None and k < cut:  # it ran, and its report died with the worker
                 self._end_item(ex, k, ExecutionStatus.CRASHED.code, None, [
                     "WorkerCrashed", f"execution {ex.items[k]!r} ran in a chunk whose worker (pid {w.pid}) died "
                     "before it could report this item's result", None], None, 0, w, None)  # fmt: skip
@@ -1911,7 +1972,28 @@ class Supervisor:
         self.queue.appendleft(nx)
         self.n_queued += 1
 
-    def _requeue_preempted(self, ex: _Exec, checkpoint: list | None) -> None:
+    # -- retries ---------------------------------------------------------------
+
+    def _retryable(self, ex: _Exec, status: ExecutionStatus) -> bool:
+        if self.stopping or ex.mode and ex.reason not in _RETRIED_REASONS:
+            return False  # a stop someone asked for (or the pool's end) is never undone by a retry
+        on = ex.retry_on or ("crashed",)
+        return status.value in on
+
+    def _retry(self, ex: _Exec, status: ExecutionStatus, error, exit_code, signo) -> None:
+        """Record this run as an attempt and run the execution again after its backoff (doubling
+        each time). It counts as queued meanwhile; a stop ends it at stage queued."""
+        w = ex.worker
+        attempt = {"status": status.code, "error": error, "worker_id": w.id if w else None,
+                   "pid": w.pid if w else None, "exit_code": exit_code, "signal": signo,
+                   "started_ns": ex.wall_started_ns, "ended_wall_ns": time.time_ns()}  # fmt: skip
+        ex.attempts = (ex.attempts or []) + [attempt]
+        delay = ex.backoff * 2 ** (len(ex.attempts) - 1)
+        ex.retries -= 1
+        self._requeue_preempted(ex, None, delay)
+        self._event("requeued", ex, None, message=f"{status.value}; attempt {len(ex.attempts) + 1} in {delay:g} s")
+
+    def _requeue_preempted(self, ex: _Exec, checkpoint: list | None, delay: float = 0.0) -> None:
         """A preempted execution (its worker and slot already let go) waits again at the head
         of its priority, to resume from the checkpoint its stop saved (``resume``; without
         one it starts over, as it would have: never from an older execution's checkpoint)."""
@@ -1935,10 +2017,19 @@ class Supervisor:
         ex.resumed_from = None
         ex.resume = ex.resume or checkpoint is not None
         ex.saved = checkpoint or ex.saved
-        self.queue.appendleft(ex)
         self.n_queued += 1
+        if delay:  # a retry's backoff: queued meanwhile (a stop ends it at stage queued), in the queue after
+            self._send(ex.client, P.Requeued(ex.id, 0))
+            ex.timers.append(self._at(delay, self._back_in_queue, ex))
+            return
+        self.queue.appendleft(ex)
         self._send(ex.client, P.Requeued(ex.id, len(ex.preemptions)))
         self._event("requeued", ex, None, message=f"preempted {len(ex.preemptions)} time(s); waiting to resume")
+
+    def _back_in_queue(self, ex: _Exec) -> None:
+        if self.execs.get(ex.id) is ex and ex.status is ExecutionStatus.QUEUED and ex.worker is None:
+            ex.timers = []
+            self.queue.append(ex)
 
     def _remember(self, id: str, info: dict, value: bytes | None) -> None:
         """Keep the newest ``history`` ended executions (values over the byte budget are dropped)."""
