@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 if TYPE_CHECKING:
     from ._models import ExecutionResult
@@ -85,7 +85,7 @@ class ChildExecution:
 
         raise error_for(out)
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         """``await child`` in an async agent: its value (or its error), waited for on a thread so
         the agent's event loop goes on (a stop of the agent still cancels it at this await)."""
         import asyncio

@@ -26,10 +26,17 @@ class _CodedEnum(str, enum.Enum):
     _value_: str
     code: int  # the member's wire code (set by __new__; not a member itself)
 
-    if not TYPE_CHECKING:
-        # Hidden from type checkers, as typeshed hides the __new__ of enums like this one:
-        # a member is *defined* as (value, code), but *looked up* by its value alone
-        # (InterruptMode("graceful")), which is the signature they should check calls against.
+    if TYPE_CHECKING:
+        # What type checkers see: a member is *looked up* by its value alone
+        # (InterruptMode("graceful")), and its value is the string, not the (value, code)
+        # pair it is *defined* with (mypy would read the pair from the class body).
+        def __new__(cls, value: str) -> Self: ...
+
+        @property
+        def value(self) -> str: ...
+
+    else:
+
         def __new__(cls, value: str, code: int):
             obj = str.__new__(cls, value)
             obj._value_ = value
