@@ -23,6 +23,7 @@ SECTIONS = {
     "resources": ("bench_peers", "resources"),
     "checkpoint": ("bench_checkpoint", "checkpoint_cost"),
     "sources": ("bench_sources", "sources"),
+    "ecosystem": ("bench_ecosystem", "ecosystem"),
 }
 
 
