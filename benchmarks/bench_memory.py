@@ -184,7 +184,7 @@ def per_worker(workers: int) -> dict:
 
 def memory(quick: bool) -> dict:
     n_queued = 2_000 if quick else 20_000
-    n_many = 10_000 if quick else 100_000
+    n_many = 4_000 if quick else 100_000
     sizes = (20, 100) if quick else (100, 1000)
     t = time.monotonic()
     a = per_queued(n_queued)

@@ -49,7 +49,7 @@ def _kill(pid: int) -> None:
 
 
 def stop_latency(quick: bool) -> dict:
-    n = 10 if quick else 200
+    n = 4 if quick else 200
     agents = {"cooperative": pa.check_loop, "never checks": pa.never_checks, "ignores SIGTERM": pa.ignores_sigterm}
     res: dict = {}
     rows = []
@@ -232,7 +232,7 @@ MP_REBUILD = "multiprocessing.Pool (terminate, rebuild)"
 
 
 def stuck_task(quick: bool) -> dict:
-    n = 2 if quick else 20
+    n = 1 if quick else 20  # a round is ~4.5 s, 3 of them billiard's (its time limit and its pool's 0.8 s sleeps)
     have = {name: peer(name) is not None for name in ("pebble", "billiard")}
     impls = {
         OURS_GRACEFUL: _ours("graceful"),
@@ -295,7 +295,7 @@ def stuck_task(quick: bool) -> dict:
 def throughput(quick: bool) -> dict:
     pebble, billiard = peer("pebble"), peer("billiard")
     skipped = [name for name, mod in (("pebble", pebble), ("billiard", billiard)) if mod is None]
-    sizes = (2000,) if quick else (2000, 10000)
+    sizes = (1000,) if quick else (2000, 10000)
     repeats = 1 if quick else 3
     res: dict = {}
     rows = []

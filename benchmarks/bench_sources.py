@@ -92,7 +92,7 @@ class _Timeline:
 
 
 def budget_stops(quick: bool) -> dict:
-    n_flag, n_term, n_group = (20, 10, 6) if quick else (200, 80, 40)
+    n_flag, n_term, n_group = (10, 5, 3) if quick else (200, 80, 40)
     checking, blocked, member, spender = _Timeline(), _Timeline(), _Timeline(), _Timeline()
     esc = Escalation(grace=GRACE, term_grace=1.0)
     with Pool(workers=2, escalation=esc, checkpoint_dir=None, log_dir=None) as pool:
@@ -145,7 +145,7 @@ def budget_stops(quick: bool) -> dict:
 
 
 def stall_stops(quick: bool) -> dict:
-    n = 10 if quick else 80
+    n = 3 if quick else 80
     checking, blocked = _Timeline(), _Timeline()
     with Pool(workers=1, escalation=Escalation(grace=GRACE, term_grace=1.0), checkpoint_dir=None, log_dir=None) as pool:
         pool.map(A.triv, range(10))
@@ -192,7 +192,7 @@ def _running(pool: Pool, ids_prefix: str | None, ids: set | None, want: int, tim
 
 
 def cascade(quick: bool) -> dict:
-    reps = 3 if quick else 12
+    reps = 1 if quick else 12
     settle = 0.2  # once all 40 run, let the leaves reach ctx.sleep: we measure the stop, not the start
     tree_ms, tree_call, indep_ms, indep_call = [], [], [], []
     tree_client, indep_client = [], []
@@ -273,8 +273,8 @@ def cascade(quick: bool) -> dict:
 
 
 def preemption(quick: bool) -> dict:
-    reps = 8 if quick else 30
-    reps_np = 3 if quick else 10
+    reps = 3 if quick else 30
+    reps_np = 1 if quick else 10
     step = 0.01  # the low-priority agents' ctx.sleep step
     low_len, submit_at = 0.3, 0.1  # the non-preemptible comparison: 300 ms tasks, high one submitted 100 ms in
     events: list = []
@@ -462,8 +462,8 @@ def _cpu(p) -> float:
 
 
 def before_after(quick: bool) -> dict:
-    rounds = 2 if quick else 6
-    params = ({"check_n": 300_000, "check_repeats": 5, "tasks": 1000, "task_repeats": 2} if quick else
+    rounds = 1 if quick else 6
+    params = ({"check_n": 200_000, "check_repeats": 5, "tasks": 500, "task_repeats": 2} if quick else
               {"check_n": 1_000_000, "check_repeats": 9, "tasks": 3000, "task_repeats": 3})  # fmt: skip
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     tmp = Path(tempfile.mkdtemp(prefix="bench-sources-"))
