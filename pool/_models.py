@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .shared import ExecutionStatus, InterruptMode, InterruptReason, InterruptSource, Stage
 
-__all__ = ("Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo", "CheckpointRef",
+__all__ = ("Attempt", "Escalation", "ErrorInfo", "InterruptInfo", "ExecutionResult", "WorkerInfo", "ExecutionInfo", "CheckpointRef",
            "Group", "Preemption", "StopRequest")  # fmt: skip
 
 

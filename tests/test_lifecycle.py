@@ -84,6 +84,7 @@ def test_public_names_match_all():
     # Every public name the private modules define is exported (none forgotten in the lazy table).
     import interrupt_pool._children as children
     import interrupt_pool._events as events
+    import interrupt_pool._executor as executor
     import interrupt_pool._exceptions as exceptions
     import interrupt_pool._models as models
     import interrupt_pool._pool as pool_module
@@ -91,6 +92,7 @@ def test_public_names_match_all():
 
     internal = {"FlagArray", "CheckpointInfo"}  # shared's own plumbing, not the user's
     defined = set(events.__all__) | set(exceptions.__all__) | set(models.__all__) | set(pool_module.__all__)
+    defined |= set(executor.__all__)
     defined |= {"ChildExecution"} & set(children.__all__)  # the handle ctx.submit returns (Tree is the worker's)
     defined |= set(shared.__all__) - internal
     assert defined == set(interrupt_pool.__all__)

@@ -1255,10 +1255,8 @@ class Supervisor:
             w.runs += 1
             limit = self.cfg.max_tasks_per_child
             if limit and w.runs >= limit and not w.inflight and w.state != "stopping":
-                w.state = "stopping"  # recycled (max_tasks_per_child): its replacement starts now
+                w.state = "stopping"  # recycled (max_tasks_per_child): its replacement starts below
                 self._send_worker(w, P.Exit())
-                if not self.stopping:
-                    self._spawn()
             if w.state != "stopping":
                 if w.inflight:
                     self._start(w.inflight[0])
@@ -1268,6 +1266,9 @@ class Supervisor:
             self._end(ex, ExecutionStatus.from_code(msg.status), value=msg.value, error=msg.error, stage=stage,
                       checkpoint=msg.checkpoint, resumed_from=msg.resumed_from, own=msg.own_interrupt,
                       items_done=msg.items_done)  # fmt: skip
+            if w.state == "stopping":  # it exits next (SIGTERM stop, recycled): its replacement starts now
+                self._flush()  # its client hears of the end first
+                self._replace_early()
         elif kind is P.Observed:
             ex = w.exec
             if ex is not None and ex.id == msg.id and not ex.observed_ns:
@@ -1543,6 +1544,14 @@ class Supervisor:
         self._kill_worker(w)  # its descendants re-parent to us as it dies; _sweep_orphans kills them
         late = (now - ex.sigkill_deadline_ns) / 1e6 if ex is not None and ex.sigkill_deadline_ns else None
         self._event("sigkill", ex, w, now, pid=w.pid, late_ms=late)
+        self._flush()
+        self._replace_early()
+
+    def _replace_early(self) -> None:
+        """Fork the replacement of a worker on its way out now, not once it has been reaped: the
+        pool is ready again while the old one dies (its reaping then starts no other)."""
+        if not self.stopping and not self.fork_failures and self._active_workers() < self.cfg.workers + self.lent:
+            self._spawn()
 
     # -- reaping -----------------------------------------------------------
 
