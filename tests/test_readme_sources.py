@@ -67,7 +67,12 @@ def _check_priority(lines):
     assert lines == ["answer to q", "40 1"]
 
 
-@pytest.mark.parametrize("name", ["budget", "stall", "tree", "shield", "hooks", "signals", "checker", "priority"])
+def _check_executor(lines):
+    assert lines == ["True True", "[1, 2, 3]"]
+
+
+@pytest.mark.parametrize("name", ["budget", "stall", "tree", "shield", "hooks", "signals", "checker", "priority",
+                                  "executor"])
 def test_each_readme_interrupt_source_example_runs_as_written(name, tmp_path):
     """Each documented source example exits 0 and prints what its comments promise."""
     globals()[f"_check_{name}"](_run(name, tmp_path))
