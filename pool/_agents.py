@@ -12,7 +12,7 @@ import importlib.util
 import math
 import pickle
 import sys
-from typing import Any
+from typing import Any, overload
 
 from .shared import _protocol as P
 
@@ -85,8 +85,17 @@ def check_id(id: Any) -> str:
     return id
 
 
+@overload
+def check_timeout(name: str, value: None) -> None: ...
+@overload
+def check_timeout(name: str, value: float) -> float: ...
+@overload
+def check_timeout(name: str, value: Any) -> float | None: ...
+
+
 def check_timeout(name: str, value: Any) -> float | None:
-    """Validate a timeout argument: None or a positive, finite number of seconds."""
+    """Validate a timeout argument: None or a positive, finite number of seconds
+    (a number in, a float out, so callers that refused None keep a float)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
