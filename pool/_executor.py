@@ -49,6 +49,7 @@ class _Future(cf.Future):
         super().__init__()
         self._executor = executor
         self._execution = None
+        self._cancel_asked = False  # cancel() sent a stop: an interrupted end then reads as cancelled
 
     def cancel(self) -> bool:
         """Cancel: a pending one never runs; a running one is stopped through the pool's
@@ -59,10 +60,16 @@ class _Future(cf.Future):
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
+            self._cancel_asked = True
         ex = self._execution
         if ex is not None and not ex.done():
             ex._pool.cancel(ex.id, self._executor.cancel_mode, InterruptReason.USER_CANCELLED,
                             "future.cancel() was called")  # fmt: skip
+        return self._mark_cancelled()
+
+    def _mark_cancelled(self) -> bool:
+        """CANCELLED, as Future.cancel() does, plus what the executor's worker loop does for a
+        cancelled future (notify wait() and as_completed()); False if it had finished."""
         with self._condition:
             if self._state == FINISHED:
                 return False  # it finished before the stop reached it
@@ -70,7 +77,7 @@ class _Future(cf.Future):
                 return True
             self._state = CANCELLED
             self._condition.notify_all()
-        self.set_running_or_notify_cancel()  # tells wait() and as_completed() (a CANCELLED future is done)
+        self.set_running_or_notify_cancel()
         self._invoke_callbacks()
         return True
 
@@ -88,6 +95,9 @@ class _Future(cf.Future):
         with self._condition:
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED):
                 return
+        if self._cancel_asked and ex._status is ExecutionStatus.INTERRUPTED:
+            self._mark_cancelled()  # the stop cancel() asked for (its Ended may beat cancel()'s own return)
+            return
         try:
             if ex._status is ExecutionStatus.COMPLETED:
                 self.set_result(ex._value)
