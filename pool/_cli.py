@@ -4,25 +4,35 @@ Owns: argument parsing, exit codes and terminal output. Every command is a
 thin layer over the public API and the control socket. Data (result lines,
 ``--json``) goes to stdout; progress, events and tables go to stderr, so
 ``pool run ... > results.jsonl`` works. Errors are one line, exit code 2,
-with a traceback only under ``--debug``.
+with a traceback only under ``--debug`` (before or after the command).
+Output that is not a terminal is never hard-wrapped. JSON output is strict
+JSON: NaN and +/-Infinity, which JSON lacks, are written as null.
 
 Exit codes: 0 every execution completed; 1 some failed, crashed or were
 interrupted (or ``wait`` of one that did not complete); 2 bad input or no
-such pool/execution; 130 after Ctrl+C.
+such pool/execution; 124 ``wait --timeout`` expired first; 130 after Ctrl+C;
+141 the reader of ``pool run``'s results went away (``pool run ... | head``);
+143 ``pool run`` drained after SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import math
 import os
 import queue
 import re
+import select
+import shlex
 import signal
+import stat
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 from rich.console import Console
@@ -40,6 +50,10 @@ from .shared import ExecutionStatus, InterruptMode, InterruptReason
 __all__ = ("main",)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_TIMEOUT = 124  # 'pool wait --timeout' expired (as timeout(1) exits)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it: the reader of our stdout went away
+
+_CHECKPOINT_DIR = ".pool/checkpoints"  # Pool's default checkpoint_dir
 
 _STATUS_STYLE = {
     "queued": "dim", "running": "cyan", "cancelling": "yellow", "completed": "green",
@@ -51,15 +65,45 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+def _key_error_text(exc: KeyError) -> str:
+    """A KeyError's message as written: str(KeyError) would wrap it in another pair of quotes."""
+    return exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+
+
+def _finite(obj):
+    """``obj`` with every NaN and +/-Infinity replaced by None, in containers too (dict keys that
+    are such floats become their text): JSON has no such numbers, and a strict parser refuses the
+    ``NaN`` / ``Infinity`` tokens ``json.dumps`` would write. Tuples come back as lists, as JSON has them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {(repr(k) if isinstance(k, float) and not math.isfinite(k) else k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kw) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats as null); what every JSON output of the CLI uses."""
+    return json.dumps(_finite(obj), allow_nan=False, **kw)
+
+
 def result_line(out) -> dict:
-    """An ExecutionResult as one JSON-ready dict (a value JSON cannot carry becomes its repr)."""
-    d = out.model_dump(mode="json", exclude={"value"})
+    """An ExecutionResult as one JSON-ready dict (a value JSON cannot carry becomes its repr;
+    NaN and +/-Infinity become null)."""
+    d = _finite(out.model_dump(mode="json", exclude={"value"}))
     try:
-        json.dumps(out.value)
-        d["value"] = out.value
-    except (TypeError, ValueError):
+        value = _finite(out.value)
+        json.dumps(value, allow_nan=False)
+        d["value"] = value
+    except (TypeError, ValueError, RecursionError):
         d["value"] = repr(out.value)
     return d
+
+
+def plural(n: int, singular: str, plural_form: str | None = None) -> str:
+    """``n`` and the word that goes with it: 1 worker, 2 workers (``plural_form`` when not just +s)."""
+    return f"{n} {singular if n == 1 else plural_form or singular + 's'}"
 
 
 def _connect(name: str | None) -> Pool:
@@ -96,18 +140,78 @@ def _pool_with(exec_id: str, name: str | None) -> Pool:
                    f"({', '.join(p.name for p in having)}); choose one with --name")  # fmt: skip
 
 
+_SOCK_SUFFIX = ".sock"  # a pool's socket is <socket dir>/<name>.sock (see _naming.claim)
+
+
+def _name_room() -> int:
+    """How many bytes a pool name may have here: the socket path must fit a Unix socket address."""
+    used = len(os.fsencode(_naming.socket_dir())) + 1 + len(_SOCK_SUFFIX)
+    return min(64, _naming.MAX_SOCKET_PATH - used)  # 64: _naming.check_name's limit
+
+
+def _socket_dir_too_long(room: int) -> CliError:
+    d = _naming.socket_dir()
+    return CliError(f"the socket directory {str(d)!r} is {len(os.fsencode(d))} bytes long, which leaves "
+                    f"{plural(max(room, 0), 'byte')} for a pool name in a Unix socket path (at most "
+                    f"{_naming.MAX_SOCKET_PATH} bytes); set POOL_SOCKET_DIR to a shorter directory, e.g. "
+                    "POOL_SOCKET_DIR=/tmp/pool-$(id -u)")  # fmt: skip
+
+
+def _check_name_fits(name: str) -> str:
+    """``--name`` NAME, checked before anything starts: a valid name whose socket path fits."""
+    _naming.check_name(name)
+    room = _name_room()
+    if len(name) > room:
+        if room < 8:
+            raise _socket_dir_too_long(room)
+        sock = _naming.socket_dir() / f"{name}{_SOCK_SUFFIX}"
+        raise CliError(f"pool name {name!r} makes the socket path {str(sock)!r} {len(os.fsencode(sock))} bytes long, "
+                       f"more than the {_naming.MAX_SOCKET_PATH} a Unix socket allows: give a --name of at most "
+                       f"{plural(room, 'character')}, or set POOL_SOCKET_DIR to a shorter directory")  # fmt: skip
+    return name
+
+
+def _fit(text: str, room: int) -> str:
+    """``text`` if it has at most ``room`` characters, else a prefix and a short hash of the whole."""
+    if len(text) <= room:
+        return text
+    if room < 8:  # no room for a hash
+        return text[: max(room, 1)]
+    digest = hashlib.sha1(text.encode()).hexdigest()[:6]
+    return f"{text[: room - 7].rstrip('._-')}-{digest}"
+
+
 def _default_name(agent: str) -> str:
-    """The pool name 'pool run' uses when none is given: the function's name made valid,
-    with the pid appended if a pool of that name is already running."""
+    """The pool name 'pool run' uses when none is given: the function's name made valid (other
+    characters become '-'; it starts with a letter or digit) and short enough for the socket
+    path (a prefix and a short hash of the whole), with the pid appended if a pool of that name
+    is already running."""
     func = agent.partition(":")[2].replace(".", "-")
-    base = re.sub(r"[^A-Za-z0-9_.-]", "-", func).lstrip("._-")[:40] or "run"
-    if any(p.name == base for p in _naming.list_pools()):
-        return f"{base}-{os.getpid()}"
-    return base
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", func).lstrip("._-") or "run"
+    room = _name_room()
+    if room < 8:  # not even a short name fits: the directory is the problem
+        raise _socket_dir_too_long(room)
+    name = _fit(base, room)
+    if any(p.name == name for p in _naming.list_pools()):
+        name = _fit(f"{base}-{os.getpid()}", room)
+    return _naming.check_name(name)
+
+
+# Wide enough that nothing is folded: a pipe or a file gets each line whole, as printed.
+_UNWRAPPED_WIDTH = 1 << 15
+
+
+def _console(stderr: bool = False) -> Console:
+    """A rich Console that hard-wraps only on a terminal (or at an explicit $COLUMNS): piped or
+    redirected output keeps every line, table row and error whole."""
+    console = Console(stderr=stderr, highlight=False)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(stderr=stderr, highlight=False, width=_UNWRAPPED_WIDTH, soft_wrap=True)
 
 
 def _err_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return _console(stderr=True)
 
 
 # -- shared pieces -------------------------------------------------------------------
@@ -121,8 +225,20 @@ def resolve_agent(spec: str) -> str:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and missing and not (module + ".").startswith(missing + "."):
+            raise CliError(f"module {module!r} cannot be imported: it needs {missing!r}, which is not installed "
+                           f"({exc})") from exc  # fmt: skip
         raise CliError(f"cannot import module {module!r} ({exc}); run from the directory that contains it "
                        "or install it") from exc  # fmt: skip
+    except SyntaxError as exc:
+        raise CliError(f"module {module!r} has a syntax error: {exc.msg} ({exc.filename!r}, line {exc.lineno}); "
+                       "fix it and retry") from exc  # fmt: skip
+    except (Exception, SystemExit) as exc:  # the module's own code failed as it ran
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {frames[-1].filename!r} line {frames[-1].lineno}" if frames else ""
+        raise CliError(f"importing module {module!r} raised {type(exc).__name__}: {exc}{where}; fix the module "
+                       "(--debug shows the traceback)") from exc  # fmt: skip
     obj = mod
     for part in func.split("."):
         if not hasattr(obj, part):
@@ -153,7 +269,7 @@ def read_inputs(path: str) -> list[tuple[str, object]]:
         except json.JSONDecodeError as exc:
             raise CliError(f"{name} line {n} is not valid JSON ({exc.msg} at column {exc.colno}); "
                            "inputs must be JSON Lines: one JSON value per line") from None  # fmt: skip
-        ident = str(obj["id"]) if isinstance(obj, dict) and "id" in obj else str(n)
+        ident = _input_id(obj["id"], name, n) if isinstance(obj, dict) and "id" in obj else str(n)
         if ident in seen:
             raise CliError(f"{name} line {n}: id {ident!r} is used twice; ids must be unique")
         seen.add(ident)
@@ -161,6 +277,15 @@ def read_inputs(path: str) -> list[tuple[str, object]]:
     if not items:
         raise CliError(f"{name} has no inputs")
     return items
+
+
+def _input_id(value, where: str, n: int) -> str:
+    """The execution id an input line's "id" field gives: a string, or a number as its text."""
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and math.isfinite(value)):  # fmt: skip
+        return str(value)
+    raise CliError(f"{where} line {n}: the id {json.dumps(value)[:60]} is not a string or a number; give each "
+                   'input an "id" that is a string (or a number), or none to use the line number')  # fmt: skip
 
 
 def _seconds(name: str):
@@ -261,8 +386,12 @@ class EventPrinter:
             EventKind.WORKER_STARTED: lambda: f"worker {ev.worker_id} started (pid {ev.pid})",
             EventKind.WORKER_EXITED: lambda: f"worker {ev.worker_id} exited (pid {ev.pid}, {ev.message})",
         }[k]()
-        who = ev.execution_id or f"worker {ev.worker_id}"
-        self.console.print(f"{(ev.mono_ns - self.t0) / 1e9:7.3f}s  {who:<16} {what}")
+        when = f"{(ev.mono_ns - self.t0) / 1e9:7.3f}s"
+        if ev.execution_id is None and k in (EventKind.WORKER_STARTED, EventKind.WORKER_EXITED):
+            self.console.print(f"{when}  {what}")  # the text names the worker: "worker 3 started (pid 12345)"
+        else:
+            who = ev.execution_id or f"worker {ev.worker_id}"
+            self.console.print(f"{when}  {who:<16} {what}")
         if k is EventKind.ENDED:
             self.requested.pop(ev.execution_id, None)
 
@@ -308,9 +437,58 @@ def _completed_ids(out_path: str) -> set[str]:
     return {i for i, st in status.items() if st == "completed"}
 
 
+def _check_out(path: str) -> None:
+    """--out FILE names a file we can create: refused before anything starts, not after the batch ran."""
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"--out {path!r} is a directory; give a file in it, e.g. --out "
+                       f"{os.path.join(path, 'results.jsonl')!r}")  # fmt: skip
+    parent = p.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise CliError(f"--out {path!r}: the directory {str(parent)!r} {what}; create it first (mkdir -p) "
+                       "or write elsewhere")  # fmt: skip
+
+
+def _open_out(path: str, mode: str):
+    try:
+        return open(path, mode)  # noqa: SIM115 - closed by cmd_run's finally
+    except OSError as exc:
+        raise CliError(f"cannot write --out {path!r}: {exc.strerror}") from None
+
+
+def _pipe_watch(stream):
+    """A poll object that reports when the reader of ``stream`` (a pipe or socket) goes away
+    (POLLERR/POLLHUP), or None for a terminal, a file or a stream without a descriptor."""
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return None
+    watch = select.poll()
+    watch.register(fd, 0)  # no events asked: POLLERR and POLLHUP are always reported
+    return watch
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and the interpreter's final flush must not
+    print 'BrokenPipeError' at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # no real stdout to replace: nothing will be flushed to a broken pipe either
+
+
 def cmd_run(args) -> int:
     agent = resolve_agent(args.agent)
     items = read_inputs(args.inputs)
+    name = _check_name_fits(args.name) if args.name else _default_name(agent)
+    if args.out:
+        _check_out(args.out)
     skipped = 0
     if args.resume:
         if not args.out:
@@ -326,14 +504,19 @@ def cmd_run(args) -> int:
         from .shared._checkpoint import CheckpointStore
 
         saved = sum(1 for i, _ in items if CheckpointStore(args.checkpoint_dir, i).sequence_numbers())
-        console.print(f"resuming: {skipped} completed (skipped), {saved} resume from checkpoints, "
-                      f"{len(items) - saved} start fresh")  # fmt: skip
+        fresh = len(items) - saved
+        console.print(f"resuming: {skipped} completed (skipped), {plural(saved, 'resumes', 'resume')} from "
+                      f"{'a checkpoint' if saved == 1 else 'checkpoints'}, "
+                      f"{plural(fresh, 'starts', 'start')} fresh")  # fmt: skip
         if not items:
             return EXIT_OK
-    out_file = open(args.out, "a" if args.resume else "w") if args.out else None  # noqa: SIM115
+    out_file = _open_out(args.out, "a" if args.resume else "w") if args.out else None
+    # Results on stdout: notice at once when its reader goes away ('pool run ... | head -1'),
+    # not only at the next write, which may be a long execution away.
+    watch = _pipe_watch(sys.stdout) if out_file is None else None
+    reader_gone = False
     ladder = None
     t0 = time.monotonic_ns()
-    name = args.name or _default_name(agent)
     printer = EventPrinter(console, t0, show_output=True, show_events=args.events)
     try:
         with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer,
@@ -350,39 +533,52 @@ def cmd_run(args) -> int:
                 TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                 console=console, transient=False, disable=args.no_progress,
             )  # fmt: skip
-            with progress:
-                task = progress.add_task("run", total=len(execs), counts="", rate="")
-                while len(outcomes) < len(execs):
-                    try:
-                        ex = done.get(timeout=0.1)  # a UI refresh tick, not supervisor polling
-                    except queue.Empty:
-                        ex = None
-                    while ex is not None:
-                        out = ex.outcome()
-                        outcomes.append(out)
-                        # sys.stdout looked up each time: on a terminal the progress display redirects it
-                        # above the bar, so a redraw never erases the start of a result line.
-                        stream = out_file or sys.stdout
-                        stream.write(json.dumps(result_line(out)) + "\n")
-                        stream.flush()
+            try:
+                with progress:
+                    task = progress.add_task("run", total=len(execs), counts="", rate="")
+                    while len(outcomes) < len(execs):
                         try:
-                            ex = done.get_nowait()
+                            ex = done.get(timeout=0.1)  # a UI refresh tick, not supervisor polling
                         except queue.Empty:
                             ex = None
-                    counts: dict[str, int] = {}
-                    for e in execs:
-                        counts[e.status.value] = counts.get(e.status.value, 0) + 1
-                    elapsed = (time.monotonic_ns() - t0) / 1e9
-                    progress.update(
-                        task, completed=len(outcomes),
-                        counts=" ".join(f"[{_STATUS_STYLE[k]}]{k} {v}[/]" for k, v in counts.items()),
-                        rate=f"{len(outcomes) / elapsed:.1f}/s" if elapsed > 0 else "",
-                    )  # fmt: skip
+                        while ex is not None:
+                            out = ex.outcome()
+                            outcomes.append(out)
+                            # sys.stdout looked up each time: on a terminal the progress display redirects it
+                            # above the bar, so a redraw never erases the start of a result line.
+                            stream = out_file or sys.stdout
+                            stream.write(dumps(result_line(out)) + "\n")
+                            stream.flush()
+                            try:
+                                ex = done.get_nowait()
+                            except queue.Empty:
+                                ex = None
+                        if watch is not None and watch.poll(0):
+                            raise BrokenPipeError("the reader of the result lines went away")
+                        counts: dict[str, int] = {}
+                        for e in execs:
+                            counts[e.status.value] = counts.get(e.status.value, 0) + 1
+                        elapsed = (time.monotonic_ns() - t0) / 1e9
+                        progress.update(
+                            task, completed=len(outcomes),
+                            counts=" ".join(f"[{_STATUS_STYLE[k]}]{k} {v}[/]" for k, v in counts.items()),
+                            rate=f"{len(outcomes) / elapsed:.1f}/s" if elapsed > 0 else "",
+                        )  # fmt: skip
+            except BrokenPipeError:
+                # Nobody reads the results any more: stop the rest now (their SIGTERM stage lets them
+                # checkpoint) instead of running the whole batch for nothing, and leave quietly.
+                reader_gone = True
+                _quiet_stdout()
+                pool.cancel_all(InterruptMode.IMMEDIATE, InterruptReason.SHUTDOWN,
+                                "the reader of pool run's results went away (broken pipe)",
+                                source="system")  # fmt: skip
     finally:
         if ladder is not None:
             ladder.__exit__(None, None, None)
         if out_file is not None:
             out_file.close()
+    if reader_gone:
+        return EXIT_BROKEN_PIPE
     console.print(summary_table(outcomes))
     if ladder.signals and ladder.signals[0] == signal.SIGTERM:
         return EXIT_TERMINATED
@@ -402,9 +598,9 @@ def cmd_status(args) -> int:
             if args.name:
                 raise CliError(str(exc)) from None
     if args.json:
-        print(json.dumps(statuses, indent=2))
+        print(dumps(statuses, indent=2))
         return EXIT_OK
-    console = Console(highlight=False)
+    console = _console()
     if not statuses:
         console.print("no pool is running")
         return EXIT_OK
@@ -447,7 +643,7 @@ def cmd_status(args) -> int:
                            str(g["submitted"]))  # fmt: skip
             console.print(gt)
         if len(shown) < len(rows):
-            console.print(f"({len(rows) - len(shown)} more ended executions; --json lists all)")
+            console.print(f"({plural(len(rows) - len(shown), 'more ended execution')}; --json lists all)")
     return EXIT_OK
 
 
@@ -480,7 +676,7 @@ def _reason_fields(text: str | None) -> dict:
     if text is None:
         return {}
     try:
-        return {"reason": InterruptReason(text.lower()).value}
+        return {"reason": InterruptReason(text.strip().lower().replace("-", "_")).value}  # any case
     except ValueError:
         return {"reason": InterruptReason.CUSTOM.value, "message": text}
 
@@ -496,7 +692,7 @@ def cmd_cancel(args) -> int:
             except ValueError as exc:
                 raise CliError(str(exc)) from None
         if n:
-            print(f"stopping {n} execution{'s' if n != 1 else ''} of group {args.group!r} in {pool.name} ({args.mode})")
+            print(f"stopping {plural(n, 'execution')} of group {args.group!r} in {pool.name} ({args.mode})")
             return EXIT_OK
         print(f"group {args.group!r} of {pool.name} has nothing queued or running", file=sys.stderr)
         return EXIT_FAILED
@@ -541,46 +737,122 @@ def cmd_group(args) -> int:
     return EXIT_OK
 
 
+class _ServeSignals:
+    """How 'pool serve' ends. SIGTERM and SIGHUP drain the pool: it takes no new work and exits
+    once what is queued or running has finished. Each Ctrl+C (SIGINT) steps up the ladder of
+    'pool run' (and of Pool.handle_signals): stop everything gracefully, then immediately, then
+    kill; and drains too. The signals are blocked in every thread and taken here with sigwait,
+    on a thread of their own: a Python handler could miss one the kernel hands to another
+    thread, and the main thread is busy waiting for the drain."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    _LADDER = (InterruptMode.GRACEFUL, InterruptMode.IMMEDIATE, InterruptMode.KILL)
+
+    def __init__(self, pool: Pool, console: Console):
+        self.pool, self.console = pool, console
+        self.drain = threading.Event()  # set by the first signal: the main thread then drains the pool
+        self.interrupts = 0  # Ctrl+Cs so far; owned by the signal thread
+        self._announce = _announcer(console)
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="pool-serve-signals", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """End the signal thread (a SIGHUP sent to it alone wakes its sigwait)."""
+        if self._thread.ident is None:
+            return  # never started
+        self._closing = True
+        try:
+            signal.pthread_kill(self._thread.ident, signal.SIGHUP)
+        except ProcessLookupError:
+            pass  # it has already ended
+        self._thread.join(timeout=5.0)
+
+    def _loop(self) -> None:
+        while True:
+            signum = signal.sigwait(self.SIGNALS)
+            if self._closing:
+                return
+            try:
+                self._on(signum)
+            except Exception:  # noqa: S110 - e.g. stderr closed: the stop and the drain must still happen
+                pass
+            finally:
+                self.drain.set()
+
+    def _on(self, signum: int) -> None:
+        if signum == signal.SIGINT:
+            mode = self._LADDER[min(self.interrupts, len(self._LADDER) - 1)]
+            self.interrupts += 1
+            self._announce("SIGINT", mode)
+            self.pool.cancel_all(mode, InterruptReason.SHUTDOWN, f"pool serve: Ctrl+C ({mode.value})", source="signal")
+        elif not self.drain.is_set():
+            self.console.print(f"{signal.Signals(signum).name}: draining: no new work; what is queued or running "
+                               "finishes, then the pool exits (Ctrl+C stops it)")  # fmt: skip
+        else:
+            self.console.print(f"{signal.Signals(signum).name}: already draining; Ctrl+C stops what still runs")
+
+
 def cmd_serve(args) -> int:
+    _check_name_fits(args.name)
     console = _err_console()
     escalation = Escalation(grace=args.grace, term_grace=args.term_grace)
     printer = EventPrinter(console, time.monotonic_ns()) if args.events else None
-    # Block SIGTERM/SIGINT before the pool starts its threads (they inherit the mask), then
-    # wait for them here: a handler plus signal.pause() can miss a signal the kernel
-    # delivers to another thread.
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    # Block the signals before the pool starts its threads (they inherit the mask): only the
+    # signal thread of _ServeSignals takes them.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ServeSignals.SIGNALS)
     try:
-        pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer, log_dir=args.log_dir)
-        console.print(f"serving pool {args.name!r} (supervisor pid {pool.supervisor_pid}, {args.workers} "
-                      f"worker{'s' if args.workers != 1 else ''}) on {pool.socket_path}")  # fmt: skip
-        signum = None
+        pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer,
+                    checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir)  # fmt: skip
+        signals = _ServeSignals(pool, console)
         try:
-            signum = signal.sigwait(stop_signals)
+            console.print(f"serving pool {args.name!r} (supervisor pid {pool.supervisor_pid}, "
+                          f"{plural(args.workers, 'worker')}) on {pool.socket_path}; SIGTERM or SIGHUP drains it, "
+                          "Ctrl+C stops everything")  # fmt: skip
+            signals.start()
+            signals.drain.wait()
         finally:
-            why = signal.Signals(signum).name if signum else "exiting"
-            console.print(f"{why}: draining (graceful stop of everything, bounded by grace {args.grace:g} s "
-                          f"+ term grace {args.term_grace:g} s)")  # fmt: skip
-            pool.cancel_all(InterruptMode.GRACEFUL, InterruptReason.SHUTDOWN, "pool serve is shutting down",
-                            source="signal")  # fmt: skip
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True)  # no new work; returns once every execution has ended
+            signals.close()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    return EXIT_OK  # a drain is the normal end of 'pool serve'
+    console.print(f"pool {args.name!r} drained; exiting")
+    return EXIT_INTERRUPTED if signals.interrupts else EXIT_OK  # a drain is the normal end of 'pool serve'
+
+
+def _read_input(arg: str):
+    """--input's value: inline JSON, @FILE (JSON read from FILE) or - (JSON read from stdin)."""
+    if arg == "-":
+        text, what = sys.stdin.read(), "--input - (stdin)"
+    elif arg.startswith("@"):
+        path = arg[1:]
+        what = f"--input file {path!r}"
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise CliError(f"{what} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read {what}: {getattr(exc, 'strerror', None) or exc}") from None
+    else:
+        text, what = arg, "--input"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}" if what != "--input" else f"column {exc.colno}"
+        raise CliError(f"{what} is not valid JSON ({exc.msg} at {where})") from None
 
 
 def cmd_submit(args) -> int:
-    try:
-        value = json.loads(args.input)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"--input is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    value = _read_input(args.input)
     if args.timeout is not None and args.timeout <= 0:
         raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     with _connect(args.name) as pool:
         try:
             ex = pool.submit(args.agent, value, id=args.id, timeout=args.timeout, budget=args.budget,
                              stall_timeout=args.stall_timeout, group=args.group, priority=args.priority,
-                             preemptible=args.preemptible)  # fmt: skip
+                             preemptible=args.preemptible, resume=args.resume)  # fmt: skip
         except (ValueError, TypeError, PoolError) as exc:
             raise CliError(str(exc)) from None
         print(ex.id)
@@ -591,12 +863,18 @@ def cmd_submit(args) -> int:
 def cmd_wait(args) -> int:
     pool = _pool_with(args.id, args.name)
     with pool:
+        if args.name is not None and not pool.has(args.id):  # (_pool_with checked it otherwise)
+            raise CliError(f"pool {pool.name} has no execution {args.id!r}; 'pool status' lists them")
         print(f"waiting for execution {args.id!r} in pool {pool.name}", file=sys.stderr, flush=True)
         try:
             out = pool.outcome(args.id, args.timeout)
         except KeyError as exc:
-            raise CliError(str(exc).strip("'\"")) from None
-    print(json.dumps(result_line(out)))
+            raise CliError(_key_error_text(exc)) from None
+        except TimeoutError:
+            print(f"execution {args.id!r} in pool {pool.name} has not ended after --timeout {args.timeout:g} s; "
+                  f"it goes on (exit code {EXIT_TIMEOUT})", file=sys.stderr)  # fmt: skip
+            return EXIT_TIMEOUT
+    print(dumps(result_line(out)))
     return EXIT_OK if out.status is ExecutionStatus.COMPLETED else EXIT_FAILED
 
 
@@ -641,31 +919,65 @@ def _is_live(pool: Pool, exec_id: str) -> bool:
     return any(r[0] == exec_id for r in pool._live_rows())
 
 
+def _damage(path) -> str | None:
+    """What is wrong with the checkpoint file at ``path`` (its envelope: header, length, CRC32),
+    or None if it is complete. The payload is not decoded."""
+    from .shared._checkpoint import CheckpointError, check_envelope
+
+    try:
+        check_envelope(Path(path))
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_checkpoints(args) -> int:
     from .shared._checkpoint import CheckpointError, CheckpointStore, list_ids, read_file
 
     root = Path(args.dir)
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise CliError(f"checkpoint directory {str(root)!r} {what}; pass the --checkpoint-dir the pool used as "
+                       "--dir (the default, .pool/checkpoints, is relative to where the pool ran)")  # fmt: skip
     if args.action == "list":
         ids = [args.id] if args.id else list_ids(root)
         rows = []
         for i in ids:
-            for info in CheckpointStore(root, i).list():
-                rows.append({"id": i, "seq": info.seq, "size": info.size, "time": info.time, "path": info.path})
-                if not args.id:
-                    break  # the newest of each id; 'list ID' shows all of one
+            infos = CheckpointStore(root, i).list()
+            for info in infos:
+                damage = _damage(info.path)
+                row = {"id": i, "seq": info.seq, "size": info.size, "time": info.time, "path": info.path,
+                       "damaged": damage}  # fmt: skip
+                rows.append(row)
+                if not args.id:  # the newest of each id ('list ID' shows all of one), and its newest good one
+                    if damage:
+                        good = next((x.seq for x in infos if x.seq < info.seq and not _damage(x.path)), None)
+                        row["newest_good_seq"] = good
+                    break
         if args.id and not rows:
             raise CliError(f"execution {args.id!r} has no checkpoints in {root}")
         if args.json:
-            print(json.dumps(rows, indent=2))
+            print(dumps(rows, indent=2))
             return EXIT_OK
         if not rows:
             print(f"no checkpoints in {root}")
             return EXIT_OK
-        t = Table("execution", "seq", "size", "saved", "path", title=f"checkpoints in {root}", title_justify="left")
+        t = Table("execution", "seq", "size", "saved", "check", "path", title=f"checkpoints in {root}",
+                  title_justify="left")  # fmt: skip
         for r in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-            t.add_row(r["id"], str(r["seq"]), f"{r['size']} B", when, r["path"])
-        Console(highlight=False).print(t)
+            check = "ok"
+            if r["damaged"]:
+                check = "[red]DAMAGED[/]"
+                if "newest_good_seq" in r:
+                    good = r["newest_good_seq"]
+                    check += f" (newest good: --seq {good})" if good is not None else " (none good)"
+            t.add_row(r["id"], str(r["seq"]), f"{r['size']} B", when, check, r["path"])
+        c = _console()
+        c.print(t)
+        for r in rows:
+            if r["damaged"]:
+                c.print(f"damaged: {r['damaged']}", markup=False)
         return EXIT_OK
     store = CheckpointStore(root, args.id)
     seqs = store.sequence_numbers()
@@ -674,42 +986,41 @@ def cmd_checkpoints(args) -> int:
     seq = args.seq if args.seq is not None else seqs[0]
     if seq not in seqs:
         raise CliError(f"execution {args.id!r} has no checkpoint {seq}; it has {', '.join(map(str, seqs))}")
+    damage = _damage(store.path(seq))
+    if damage:
+        good = next((s for s in seqs if s < seq and not _damage(store.path(s))), None)
+        which = "the newest checkpoint" if args.seq is None else "checkpoint"
+        again = f"pool checkpoints show {shlex.quote(args.id)} --seq {good}" + (
+            f" --dir {shlex.quote(args.dir)}" if args.dir != _CHECKPOINT_DIR else "")  # fmt: skip
+        hint = f"the previous good one is --seq {good}: {again}" if good is not None else "no older one is intact"
+        raise CliError(f"{which} {seq} of execution {args.id!r} is damaged ({damage}); {hint}")
     try:
         seq, exec_id, wall, state = read_file(store.path(seq))
     except CheckpointError as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        print(json.dumps({"id": exec_id, "seq": seq, "time": wall, "state": state}, indent=2, default=_json_default))
+        print(dumps({"id": exec_id, "seq": seq, "time": wall, "state": state}, indent=2, default=_json_default))
         return EXIT_OK
     from rich.pretty import Pretty
 
-    c = Console(highlight=False)
+    c = _console()
     c.print(f"[bold]{exec_id}[/] checkpoint {seq}, saved {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(wall))}")
-    c.print(Pretty(state))
+    c.print(Pretty(state), width=None if c.is_terminal else 80)  # laid out for 80 columns, as before, off a terminal
     return EXIT_OK
 
 
 def _json_default(obj):
     """Checkpoint types JSON lacks: bytes as text if they are, else hex; the rest as str."""
     if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
+        return _finite(list(obj))
     if isinstance(obj, (bytes, bytearray)):
         try:
             return obj.decode()
         except UnicodeDecodeError:
             return obj.hex()
     if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
+        return _finite(obj.model_dump(mode="json"))
     return str(obj)
-
-
-def cmd_bench(args) -> int:
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError:
-        raise CliError("the benchmarks live in the interrupt-pool repository (benchmarks/): run 'pool bench' "
-                       "from the root of a checkout") from None  # fmt: skip
-    return bench_main((["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []))
 
 
 def cmd_demo(args) -> int:
@@ -717,7 +1028,7 @@ def cmd_demo(args) -> int:
 
     console = _err_console()
     jobs = _demo.batch()
-    console.print(f"[bold]pool demo[/]: {len(jobs)} simulated agents on {args.workers} workers "
+    console.print(f"[bold]pool demo[/]: {plural(len(jobs), 'simulated agent')} on {plural(args.workers, 'worker')} "
                   f"(grace 0.5 s, term grace 0.5 s); stopping {', '.join(_demo.CANCELS)} while they run")  # fmt: skip
     t0 = time.monotonic_ns()
     printer = EventPrinter(console, t0, only_stops=True)
@@ -749,123 +1060,206 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, for options that take a value and have one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+_EPILOG = (f"Exit codes: {EXIT_OK} every execution completed; {EXIT_FAILED} some failed, crashed or were interrupted "
+           f"(wait: it did not complete); {EXIT_USAGE} bad input, or no such pool or execution (one line on stderr; "
+           f"--debug, before or after the command, shows the traceback); {EXIT_TIMEOUT} wait --timeout expired; "
+           f"{EXIT_INTERRUPTED} after Ctrl+C; {EXIT_BROKEN_PIPE} the reader of the results went away (pool run ... | "
+           f"head); {EXIT_TERMINATED} pool run drained after SIGTERM. JSON output is strict: NaN and +/-Infinity are "
+           "written as null.")  # fmt: skip
+
+
+def _reason_names() -> str:
+    return ", ".join(r.value for r in InterruptReason)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pool", description="Run many AI agents at once and stop any one of them on demand.")
+    p = _Parser(prog="pool", description="Run many AI agents at once and stop any one of them on demand.",
+                epilog=_EPILOG, formatter_class=_HelpFormatter)  # fmt: skip
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     from . import __version__
 
-    p.add_argument("--version", action="version", version=f"interrupt-pool {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"interrupt-pool {__version__}",
+                   help="print the version and exit")  # fmt: skip
+    # --debug after the command too; SUPPRESS: absent there unless given, so 'pool --debug CMD' stays on.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser,
+                           help="pool COMMAND --help shows its options")  # fmt: skip
+
+    def command(parent, name: str, text: str, **kw) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=text, description=text, parents=[debug], formatter_class=_HelpFormatter,
+                                 **kw)  # fmt: skip
 
     def escalation_args(sp):
-        sp.add_argument("--grace", type=_seconds("--grace"), default=5.0, help="seconds from flag to SIGTERM (5)")
-        sp.add_argument("--term-grace", type=_seconds("--term-grace"), default=2.0,
-                        help="seconds from SIGTERM to SIGKILL (2)")  # fmt: skip
-        sp.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+        sp.add_argument("--grace", type=_seconds("--grace"), default=5.0, metavar="S",
+                        help="seconds from the stop flag to SIGTERM")  # fmt: skip
+        sp.add_argument("--term-grace", type=_seconds("--term-grace"), default=2.0, metavar="S",
+                        help="seconds from SIGTERM to SIGKILL")  # fmt: skip
+        sp.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+                        help="worker processes; the default is the number of CPUs here")  # fmt: skip
 
-    run = sub.add_parser("run", help="run a batch: one execution per JSON line of --inputs")
-    run.add_argument("agent", metavar="MODULE:FUNC")
-    run.add_argument("--inputs", required=True, metavar="FILE", help="JSON Lines, one input per line; - for stdin")
-    run.add_argument("--timeout", type=_seconds("--timeout"), default=None, help="seconds each execution may run")
-    run.add_argument("--out", metavar="FILE", help="write result lines here (default: stdout)")
-    run.add_argument("--name", help="pool name for 'pool status/cancel' (default: the function name)")
+    agent_help = "the agent: function FUNC(ctx, input) of module MODULE (the current directory is on the path)"
+
+    run = command(sub, "run", "run a batch: one execution per JSON line of --inputs")
+    run.add_argument("agent", metavar="MODULE:FUNC", help=agent_help)
+    run.add_argument("--inputs", required=True, metavar="FILE",
+                     help='JSON Lines, one input per line, its execution id from an "id" field (a string or a '
+                          "number), else the line number; - reads stdin")  # fmt: skip
+    run.add_argument("--timeout", type=_seconds("--timeout"), default=None, metavar="S",
+                     help="seconds each execution may run (default: no limit)")  # fmt: skip
+    run.add_argument("--out", metavar="FILE", help="write result lines (JSON Lines) here (default: stdout)")
+    run.add_argument("--name", help="pool name for 'pool status/cancel' (default: the function's name, made valid "
+                                    "and short enough for the socket path)")  # fmt: skip
     run.add_argument("--events", action="store_true", help="print every event as it happens")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
     run.add_argument("--resume", action="store_true",
                      help="skip what --out records as completed; resume the rest from their checkpoints")  # fmt: skip
-    run.add_argument("--checkpoint-dir", default=".pool/checkpoints", help="where checkpoints live (.pool/checkpoints)")
-    run.add_argument("--log-dir", default=".pool/logs", help="where each execution's output is logged (.pool/logs)")
+    run.add_argument("--checkpoint-dir", default=_CHECKPOINT_DIR, metavar="DIR", help="where checkpoints live")
+    run.add_argument("--log-dir", default=".pool/logs", metavar="DIR", help="where each execution's output is logged")
     escalation_args(run)
     run.set_defaults(func=cmd_run)
 
-    st = sub.add_parser("status", help="show running pools, their workers and executions")
-    st.add_argument("--name", help="only this pool")
+    st = command(sub, "status", "show running pools, their workers and executions")
+    st.add_argument("--name", help="only this pool (default: every running pool)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
 
-    ca = sub.add_parser("cancel", help="stop one execution (or what a worker runs)")
-    ca.add_argument("id", nargs="?", metavar="ID")
+    ca = command(sub, "cancel", "stop one execution (or what a worker runs, or a group)")
+    ca.add_argument("id", nargs="?", metavar="ID", help="the execution to stop (with its descendants)")
     ca.add_argument("--worker", type=int, metavar="W", help="stop whatever worker W runs")
     ca.add_argument("--group", metavar="NAME", help="stop every queued and running execution of group NAME")
-    ca.add_argument("--mode", choices=[m.value for m in InterruptMode], default="graceful")
-    ca.add_argument("--reason", metavar="TEXT", help="a reason name (e.g. budget_exceeded) or free text")
+    ca.add_argument("--mode", type=str.lower, choices=[m.value for m in InterruptMode], default="graceful",
+                    help="how hard to stop (any case)")  # fmt: skip
+    ca.add_argument("--reason", metavar="TEXT",
+                    help=f"a reason name ({_reason_names()}; any case) or free text "
+                         "(default: user_cancelled)")  # fmt: skip
     ca.add_argument("--name", help="the pool; needed only when ambiguous")
     ca.set_defaults(func=cmd_cancel)
 
-    gr = sub.add_parser("group", help="create or show a group of executions in a running pool (--budget sets it)")
-    gr.add_argument("group", metavar="GROUP")
-    gr.add_argument("--budget", type=float, default=None, help="what the group's executions may spend together")
+    gr = command(sub, "group", "create or show a group of executions in a running pool (--budget sets it)")
+    gr.add_argument("group", metavar="GROUP", help="the group's name")
+    gr.add_argument("--budget", type=float, default=None,
+                    help="what the group's executions may spend together (default: leave it as it is)")  # fmt: skip
     gr.add_argument("--name", help="the pool; needed only when several run")
     gr.set_defaults(func=cmd_group)
 
-    se = sub.add_parser("serve", help="a long-lived pool that takes work from 'pool submit'")
-    se.add_argument("--name", required=True)
+    se = command(sub, "serve", "a long-lived pool that takes work from 'pool submit'; SIGTERM or SIGHUP drains it "
+                               "(no new work, what runs finishes, exit 0), Ctrl+C stops everything (again: "
+                               "immediately, a third time: kill; exit 130)")  # fmt: skip
+    se.add_argument("--name", required=True, help="the pool's name, for submit, wait, status and cancel")
     se.add_argument("--events", action="store_true", help="print every event as it happens")
-    se.add_argument("--log-dir", default=".pool/logs", help="where each execution's output is logged (.pool/logs)")
+    se.add_argument("--checkpoint-dir", default=_CHECKPOINT_DIR, metavar="DIR", help="where checkpoints live")
+    se.add_argument("--log-dir", default=".pool/logs", metavar="DIR", help="where each execution's output is logged")
     escalation_args(se)
     se.set_defaults(func=cmd_serve)
 
-    su = sub.add_parser("submit", help="submit one execution to a 'pool serve' pool; prints its id")
-    su.add_argument("name", metavar="NAME")
-    su.add_argument("agent", metavar="MODULE:FUNC")
-    su.add_argument("--input", required=True, metavar="JSON")
-    su.add_argument("--id")
-    su.add_argument("--timeout", type=_seconds("--timeout"), default=None)
-    su.add_argument("--budget", type=float, default=None, help="what it (and its children) may spend")
-    su.add_argument("--stall-timeout", type=_seconds("--stall-timeout"), default=None,
-                    help="seconds without progress before it is stopped as stalled")  # fmt: skip
-    su.add_argument("--group", help="a group made with 'pool group'")
-    su.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    su = command(sub, "submit", "submit one execution to a 'pool serve' pool; prints its id")
+    su.add_argument("name", metavar="NAME", help="the pool")
+    su.add_argument("agent", metavar="MODULE:FUNC", help=agent_help)
+    su.add_argument("--input", required=True, metavar="JSON",
+                    help="the input: JSON text, @FILE to read it from FILE, or - to read it from stdin")  # fmt: skip
+    su.add_argument("--id", help="the execution id (default: a new unique one)")
+    su.add_argument("--timeout", type=_seconds("--timeout"), default=None, metavar="S",
+                    help="seconds it may run (default: no limit)")  # fmt: skip
+    su.add_argument("--budget", type=float, default=None,
+                    help="what it (and its children) may spend (default: no budget)")  # fmt: skip
+    su.add_argument("--stall-timeout", type=_seconds("--stall-timeout"), default=None, metavar="S",
+                    help="seconds without progress before it is stopped as stalled (default: never)")  # fmt: skip
+    su.add_argument("--group", help="a group made with 'pool group' (default: none)")
+    su.add_argument("--priority", type=int, default=0, help="higher runs first")
     su.add_argument("--preemptible", action="store_true", help="higher-priority work may preempt it (it resumes)")
+    su.add_argument("--resume", action="store_true",
+                    help="start from the newest checkpoint an execution of this --id saved "
+                         "(ctx.restore() returns it)")  # fmt: skip
     su.set_defaults(func=cmd_submit)
 
-    wa = sub.add_parser("wait", help="block until an execution ends; print its result line")
-    wa.add_argument("id", metavar="ID")
+    wa = command(sub, "wait", "block until an execution ends; print its result line")
+    wa.add_argument("id", metavar="ID", help="the execution")
     wa.add_argument("--name", help="the pool; needed only when ambiguous")
-    wa.add_argument("--timeout", type=_seconds("--timeout"), default=None)
+    wa.add_argument("--timeout", type=_seconds("--timeout"), default=None, metavar="S",
+                    help=f"give up after S seconds with exit code {EXIT_TIMEOUT} (the execution goes on) "
+                         "(default: wait as long as it takes)")  # fmt: skip
     wa.set_defaults(func=cmd_wait)
 
-    lg = sub.add_parser("logs", help="what an execution printed (stdout and stderr, its tools' included)")
-    lg.add_argument("id", metavar="ID")
+    lg = command(sub, "logs", "what an execution printed (stdout and stderr, its tools' included)")
+    lg.add_argument("id", metavar="ID", help="the execution")
     lg.add_argument("--name", help="the pool; needed only when ambiguous")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing until the execution ends")
     lg.set_defaults(func=cmd_logs)
 
-    ck = sub.add_parser("checkpoints", help="list or show saved checkpoints")
-    ck_sub = ck.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
-    ck_list = ck_sub.add_parser("list", help="every execution with checkpoints (or every checkpoint of ID)")
-    ck_list.add_argument("id", nargs="?", metavar="ID")
-    ck_show = ck_sub.add_parser("show", help="the saved state of ID's newest checkpoint (or --seq N)")
-    ck_show.add_argument("id", metavar="ID")
-    ck_show.add_argument("--seq", type=int)
+    ck = command(sub, "checkpoints", "list or show saved checkpoints")
+    ck_sub = ck.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser,
+                               help="list or show")  # fmt: skip
+    ck_list = command(ck_sub, "list", "every execution with checkpoints (or every checkpoint of ID); damaged files "
+                                      "are marked")  # fmt: skip
+    ck_list.add_argument("id", nargs="?", metavar="ID", help="list every checkpoint of this execution")
+    ck_show = command(ck_sub, "show", "the saved state of ID's newest checkpoint (or --seq N)")
+    ck_show.add_argument("id", metavar="ID", help="the execution")
+    ck_show.add_argument("--seq", type=int, help="this checkpoint (default: the newest)")
     for sp in (ck_list, ck_show):
-        sp.add_argument("--dir", default=".pool/checkpoints", help="the checkpoint directory (.pool/checkpoints)")
-        sp.add_argument("--json", action="store_true")
+        sp.add_argument("--dir", default=_CHECKPOINT_DIR, help="the checkpoint directory")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
     ck.set_defaults(func=cmd_checkpoints)
 
-    be = sub.add_parser("bench", help="run the benchmark suite (from a checkout); same as python -m benchmarks")
-    be.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
-    be.add_argument("--only", nargs="*", metavar="SECTION",
-                    help="check latency stages stuck throughput resources checkpoint")  # fmt: skip
-    be.set_defaults(func=cmd_bench)
-
-    demo = sub.add_parser("demo", help="the built-in batch of simulated agents, stopped through every stage")
-    demo.add_argument("--workers", type=_positive_int, default=6)
+    demo = command(sub, "demo", "the built-in batch of simulated agents, stopped through every stage")
+    demo.add_argument("--workers", type=_positive_int, default=6, metavar="N", help="worker processes")
     demo.set_defaults(func=cmd_demo)
     return p
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: the message of the errors we raise on purpose; the type too for others."""
+    if isinstance(exc, KeyError):
+        text = _key_error_text(exc)
+    elif isinstance(exc, (CliError, _naming.NameError_, PoolError, ValueError, TypeError)):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}" + (f": {exc.filename!r}" if exc.filename else "")
+    else:
+        text = f"{type(exc).__name__}: {exc} (--debug shows the traceback)"
+    return re.sub(r"\s*\n\s*", "; ", text.strip()) or type(exc).__name__
+
+
+_GONE = {"bench": "'pool bench' is gone: the benchmarks live in the interrupt-pool repository; run "
+                  "'python -m benchmarks' from the root of a checkout"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like 'python -m': agents in the current directory import
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # pool's own options take no value
+    if command in _GONE:
+        print(f"pool: error: {_GONE[command]}", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, _naming.NameError_, PoolError, ValueError, TypeError) as exc:
-        if args.debug:
-            raise
-        print(f"pool: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # our reader went away ('pool status | head -1'): leave quietly
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()  # the whole story, still exit code 2
+            return EXIT_USAGE
+        try:
+            print(f"pool: error: {_one_line(exc)}", file=sys.stderr)
+        except OSError:
+            pass  # stderr is gone too: the exit code still says it
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # python -m interrupt_pool._cli
+    sys.exit(main())
