@@ -2009,7 +2009,7 @@ class Supervisor:
         self._requeue_preempted(ex, None, delay)
         self._event("requeued", ex, None, message=f"{status.value}; attempt {len(ex.attempts) + 1} in {delay:g} s")
 
-    def _requeue_preempted(self, ex: _Exec, checkpoint: list | None, delay: float = 0.0) -> None:
+    def _requeue_preempted(self, ex: _Exec, checkpoint: list | None, delay: float | None = None) -> None:
         """A preempted execution (its worker and slot already let go) waits again at the head
         of its priority, to resume from the checkpoint its stop saved (``resume``; without
         one it starts over, as it would have: never from an older execution's checkpoint)."""
@@ -2034,9 +2034,12 @@ class Supervisor:
         ex.resume = ex.resume or checkpoint is not None
         ex.saved = checkpoint or ex.saved
         self.n_queued += 1
-        if delay:  # a retry's backoff: queued meanwhile (a stop ends it at stage queued), in the queue after
+        if delay is not None:  # a retry: queued during its backoff (a stop ends it at stage queued), then in the queue
             self._send(ex.client, P.Requeued(ex.id, 0))
-            ex.timers.append(self._at(delay, self._back_in_queue, ex))
+            if delay:
+                ex.timers.append(self._at(delay, self._back_in_queue, ex))
+            else:
+                self.queue.append(ex)
             return
         self.queue.appendleft(ex)
         self._send(ex.client, P.Requeued(ex.id, len(ex.preemptions)))

@@ -1,0 +1,80 @@
+"""Agents for tests/test_pool_features.py: module-level, so workers find them by name."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+MODEL: dict = {}  # what the initializer sets up, once per worker
+
+
+def init_model(name: str, log: str) -> None:
+    """An initializer: one 'model client' per worker; each run is logged with its pid."""
+    MODEL["name"] = name
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def failing_init(log: str) -> None:
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {time.monotonic()}\n")
+    raise ValueError("no API key for the model")
+
+
+def model_and_pid(ctx, _):
+    return MODEL.get("name"), os.getpid()
+
+
+def pid(ctx, _):
+    return os.getpid()
+
+
+def crash_until(ctx, arg):
+    """Kills its own worker until it has run ``times`` times (counted in a file), then returns."""
+    path, times = arg
+    with open(path, "a") as f:
+        f.write("x")
+    if os.path.getsize(path) <= times:
+        os._exit(7)
+    return "ok"
+
+
+def fail_until(ctx, arg):
+    path, times = arg
+    with open(path, "a") as f:
+        f.write("x")
+    if os.path.getsize(path) <= times:
+        raise RuntimeError(f"attempt {os.path.getsize(path)} fails")
+    return "ok"
+
+
+def count_and_sleep(ctx, arg):
+    """Counts its runs in a file, then sleeps cooperatively for ``seconds``."""
+    path, seconds = arg
+    with open(path, "a") as f:
+        f.write("x")
+    ctx.sleep(seconds)
+    return os.path.getsize(path)
+
+
+def sleeps(ctx, seconds):
+    ctx.sleep(seconds)
+    return seconds
+
+
+def fails(ctx, _):
+    raise KeyError("missing")
+
+
+async def awaits_children(ctx, n):
+    """An async agent that awaits child executions."""
+    children = [ctx.submit(sleeps, 0.01 * i) for i in range(n)]
+    values = [await c for c in children]
+    await asyncio.sleep(0)
+    return values
+
+
+def ignores_flag(ctx, seconds):
+    time.sleep(seconds)
+    return seconds
