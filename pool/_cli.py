@@ -788,7 +788,9 @@ class _ServeSignals:
             self.interrupts += 1
             self._announce("SIGINT", mode)
             self.pool.cancel_all(mode, InterruptReason.SHUTDOWN, f"pool serve: Ctrl+C ({mode.value})", source="signal")
+            self.pool.shutdown(wait=False)  # and no new work (the main thread waits for the end)
         elif not self.drain.is_set():
+            self.pool.shutdown(wait=False)  # no new work from here on, before we say so
             self.console.print(f"{signal.Signals(signum).name}: draining: no new work; what is queued or running "
                                "finishes, then the pool exits (Ctrl+C stops it)")  # fmt: skip
         else:
@@ -814,7 +816,7 @@ def cmd_serve(args) -> int:
             signals.start()
             signals.drain.wait()
         finally:
-            pool.shutdown(wait=True)  # no new work; returns once every execution has ended
+            pool.shutdown(wait=True)  # (no new work, if no signal said so yet); returns once every execution ended
             signals.close()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

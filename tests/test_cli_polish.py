@@ -29,7 +29,7 @@ import pytest
 from interrupt_pool import __version__
 from interrupt_pool._cli import build_parser
 from interrupt_pool.shared._checkpoint import CheckpointStore
-from tests.procs import wait_until
+from tests.procs import gone, wait_until
 from tests.test_cli import AGENT, ROOT, cli, env, finish, results, start, write_inputs  # noqa: F401 - env is a fixture
 from tests.test_core import wait_for_file
 
@@ -49,6 +49,12 @@ def strict_json(text: str):
         raise ValueError(f"not JSON: {token}")
 
     return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(autouse=True)
+def _unset_columns(env):
+    """Off a terminal the CLI does not wrap lines, unless $COLUMNS asks it to: these tests read whole lines."""
+    env.pop("COLUMNS", None)
 
 
 @pytest.fixture
@@ -71,6 +77,7 @@ class Watched:
 
     def __init__(self, proc: subprocess.Popen):
         self.proc, self.lines, self.eof = proc, [], False
+        self.supervisor_pid: int | None = None  # read from 'pool serve's banner
         self._cv = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -94,7 +101,8 @@ class Watched:
         assert line, f"{text!r} not on stderr within {timeout} s:\n" + "".join(self.lines)
         return line
 
-    def finish(self, timeout: float = 30.0) -> tuple[int, str, str]:
+    def finish(self, timeout: float = 30.0, cleanup: bool = False) -> tuple[int, str, str]:
+        """Wait for its end (and its pool's supervisor's, unless this is a failed test's ``cleanup``)."""
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -106,12 +114,17 @@ class Watched:
             out = self.proc.stdout.read()
             self.proc.stdout.close()
             self.proc.stderr.close()
+        if self.supervisor_pid is not None and not cleanup:
+            # Its supervisor ends right after it (it only reaps its workers and removes its files):
+            # bounded here more generously than the leak check's 5 s, for a loaded 2-core machine.
+            assert not gone([self.supervisor_pid], timeout=20), "the pool's supervisor outlived 'pool serve'"
         return code, out, "".join(self.lines)
 
 
 def serve(env, name: str, *args: str) -> Watched:
     w = Watched(start(env, "serve", "--name", name, *args))
-    w.wait_for("serving pool")  # a fresh interpreter plus the supervisor's: seconds on a loaded CI machine
+    banner = w.wait_for("serving pool")  # a fresh interpreter plus the supervisor's: seconds on a loaded CI machine
+    w.supervisor_pid = int(re.search(r"supervisor pid (\d+)", banner)[1])
     return w
 
 
@@ -252,7 +265,7 @@ def test_pool_serve_escalates_on_a_second_and_third_ctrl_c_and_exits_130(env, tm
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()
-            srv.finish()
+            srv.finish(cleanup=True)
 
 
 GATE = """
@@ -297,7 +310,7 @@ def test_pool_serve_drains_on_sigterm_and_sighup(env, mods, tmp_path, sig):
         (tmp_path / "release").write_text("go")
         if srv.proc.poll() is None:
             srv.proc.send_signal(signal.SIGINT)
-            srv.finish()
+            srv.finish(cleanup=True)
         for w in waiters:
             if w.returncode is None:
                 finish(w)
@@ -480,7 +493,6 @@ def test_a_worker_start_line_reads_well(env, tmp_path):
 
 def test_output_to_a_pipe_is_not_wrapped_at_80_columns(env, tmp_path):
     """A status row and an event line with a 150-character id stay on one line when stdout/stderr are pipes."""
-    env.pop("COLUMNS", None)  # an explicit $COLUMNS is honoured; this checks the default
     long_id = "a-very-long-execution-id-" + "x" * 125
     marker = tmp_path / "m"
     items = [{"id": long_id, "marker": str(marker), "wait": 60}]
