@@ -179,10 +179,10 @@ def test_an_agent_module_that_fails_at_import_is_one_line_and_debug_works_on_eit
 def test_a_socket_path_too_long_says_what_to_do(env, tmp_path, short_dir):
     """A --name, or a socket directory, that makes the Unix socket path exceed 107 bytes: one line naming the fix."""
     env["POOL_SOCKET_DIR"] = socket_dir_of_length(short_dir, 90)  # room for 107 - 90 - 1 - len(".sock") = 11 characters
-    r = cli(env, "serve", "--name", "a-name-of-16-chrs", "--workers", "1")
+    r = cli(env, "serve", "--name", "seventeen-letters", "--workers", "1")
     one_line_error(r, "give a --name of at most 11 characters", "POOL_SOCKET_DIR")
     inputs = write_inputs(tmp_path / "in.jsonl", [{"value": 1}])
-    r = cli(env, "run", AGENT, "--inputs", inputs, "--name", "a-name-of-16-chrs")
+    r = cli(env, "run", AGENT, "--inputs", inputs, "--name", "seventeen-letters")
     one_line_error(r, "give a --name of at most 11 characters")
     env["POOL_SOCKET_DIR"] = socket_dir_of_length(short_dir, 100)  # no room even for a short default name
     r = cli(env, "run", AGENT, "--inputs", inputs)
