@@ -20,6 +20,7 @@ What differs from ``ProcessPoolExecutor`` (and why), also in README.md:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Iterable, Iterator
@@ -77,9 +78,20 @@ class _Future(cf.Future):
                 return True
             self._state = CANCELLED
             self._condition.notify_all()
+        self._executor._futures.discard(self)
         self.set_running_or_notify_cancel()
         self._invoke_callbacks()
         return True
+
+    def _invoke_callbacks(self) -> None:
+        # Done callbacks may call any method of the pool (cancel another future, say), which
+        # waits for frames only the reader thread reads: from there, they go to the pool's
+        # callback thread, as Execution.add_done_callback's do.
+        pool = self._executor._pool
+        if threading.current_thread() is pool._reader:
+            pool._calls.put((_invoke_callbacks, self))
+        else:
+            _invoke_callbacks(self)
 
     def _started(self) -> None:
         with self._condition:
@@ -98,6 +110,7 @@ class _Future(cf.Future):
         if self._cancel_asked and ex._status is ExecutionStatus.INTERRUPTED:
             self._mark_cancelled()  # the stop cancel() asked for (its Ended may beat cancel()'s own return)
             return
+        self._executor._futures.discard(self)
         try:
             if ex._status is ExecutionStatus.COMPLETED:
                 self.set_result(ex._value)
@@ -105,6 +118,9 @@ class _Future(cf.Future):
                 self.set_exception(_exception(ex))
         except cf.InvalidStateError:
             pass  # cancelled in between: the cancel stands
+
+
+_invoke_callbacks = cf.Future._invoke_callbacks
 
 
 def _exception(ex) -> BaseException:
@@ -169,14 +185,13 @@ class Executor(cf.Executor):
         fut = _Future(self)
         task, defs = pool._task(fn, (args, kwargs), None, self._timeout, None, call=1)
         pool._reserve(1, True, None)
+        self._futures.add(fut)  # until it settles (the reader thread takes it out)
         try:
-            ex = pool._submit_linked(task, defs, fut)
+            fut._execution = pool._submit_linked(task, defs, fut)
         except BaseException:
+            self._futures.discard(fut)
             pool._unreserve(1)
             raise
-        fut._execution = ex
-        self._futures.add(fut)
-        fut.add_done_callback(self._futures.discard)
         return fut
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,

@@ -292,6 +292,11 @@ class Pool:
     ``max_queued`` bounds the executions this pool has submitted that have not
     started: ``submit`` then blocks (or raises :class:`QueueFull`). ``history`` is how
     many ended executions the supervisor keeps for ``status`` and :meth:`outcome`.
+    ``initializer(*initargs)`` runs once in each worker before its first execution;
+    ``max_tasks_per_child`` replaces a worker after that many executions.
+    ``spare_worker`` keeps one more worker forked and idle, outside ``workers``: when a
+    worker is stopped by a signal or recycled, the spare takes its place at once and a new
+    spare is forked in the background (one more process, a few MiB).
     """
 
     def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None,
@@ -303,7 +308,7 @@ class Pool:
                  before_interrupt: Callable[[StopRequest], Any] | None = None,
                  after_interrupt: Callable[[ExecutionResult], Any] | None = None,
                  initializer: Callable[..., Any] | str | None = None, initargs: tuple = (),
-                 max_tasks_per_child: int | None = None):  # fmt: skip
+                 max_tasks_per_child: int | None = None, spare_worker: bool = True):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
         _whole("workers", workers, 1)
@@ -352,7 +357,7 @@ class Pool:
         start = P.Start(os.getpid(), workers, capacity, escalation.grace, escalation.term_grace, checkpoint_dir,
                         keep_checkpoints, name, [p for p in sys.path if isinstance(p, str)], max_frame, history,
                         max_queued, bool(keep_tools), log_dir, max_log_bytes, memory_limit,
-                        before_interrupt is not None, *init, max_tasks_per_child)  # fmt: skip
+                        before_interrupt is not None, *init, max_tasks_per_child, bool(spare_worker))  # fmt: skip
         sock, self._proc, welcome, chan = _launch(start)
         self._supervisor_ticks = start_ticks(self._proc.pid)
         self.escalation = escalation
@@ -665,13 +670,13 @@ class Pool:
              window: int | None = None, chunksize: int = 1) -> Iterator[Any]:  # fmt: skip
         """Like :meth:`map`, as an iterator: inputs are read and submitted lazily, at most
         ``window`` executions in flight (default: enough to keep every worker busy)."""
-        return self._imap(fn, inputs, timeout, window, chunksize, 0, lambda ex: ex.result())
-
-    def _imap(self, fn, inputs, timeout, window, chunksize: int, call: int, value: Callable[[Execution], Any]):
         _whole("chunksize", chunksize, 1)
         if window is None:
             window = max(256, 16 * self._workers, 4 * chunksize * self._workers)
         _whole("window", window, 1)
+        return self._imap(fn, inputs, timeout, window, chunksize, 0, lambda ex: ex.result())
+
+    def _imap(self, fn, inputs, timeout, window: int, chunksize: int, call: int, value: Callable[[Execution], Any]):
         if self._max_queued is not None:
             window = min(window, self._max_queued)
         it = iter(inputs)

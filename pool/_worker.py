@@ -38,6 +38,7 @@ import contextlib
 import importlib
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -117,6 +118,9 @@ class _State:
     chunk_id: str | None = None  # the chunk running now: its item results not sent yet, from chunk_sent on
     chunk_results: list = []
     chunk_sent = 0
+    chunk_marks = 0  # items of the chunk whose end of output is marked
+    flush_lock = threading.Lock()  # the chunk's results: sent by the main thread or the flusher
+    flusher: "_Flusher | None" = None
 
 
 S = _State()
@@ -312,9 +316,27 @@ def _stop_tools(keep: bool) -> None:
         found = descendants(me)  # the whole tree, killed at once
         kill_pids(found)
         _reap()  # what died is reaped; grandchildren re-parent to us as their parents go
-        if any(direct_children_alive(me)):
-            time.sleep(0.001)  # bounded by the deadline: SIGKILL lands within a scheduler tick
+        alive = direct_children_alive(me)
+        if alive:
+            _wait_for_exit(alive, deadline)
     _reap()
+
+
+def _wait_for_exit(pids: list[int], deadline: float) -> None:
+    """Block until one of ``pids`` has exited (their pidfds turn readable), 50 ms or the
+    deadline at most: a SIGKILLed process is gone within a scheduler tick, no polling."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except OSError:
+            pass  # exited (and reaped) since it was listed
+    try:
+        if fds:
+            select.select(fds, [], [], max(0.0, min(0.05, deadline - time.monotonic())))
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def direct_children_alive(pid: int) -> list[int]:
@@ -396,6 +418,17 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
                 msg = chan.recv()
         if msg is None or type(msg) is P.Exit:
             _exit(0)
+        if type(msg) is P.Warm:  # a spare: import what the pool runs now, before it takes over
+            for spec, blob in msg.agents:
+                if spec.startswith("blob:"):
+                    held.touch(spec)  # as the supervisor did when it sent this
+                    if blob is not None:
+                        blobs[spec] = blob
+                try:
+                    resolve(spec, cache, blobs)
+                except Exception:
+                    pass  # the execution that needs it reports why it cannot load
+            continue
         if type(msg) is not P.Run:
             continue  # a late Interrupt for an execution that already ended
         for spec, blob in ((msg.agent, msg.agent_blob), (msg.hook, msg.hook_blob)):
@@ -432,7 +465,11 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
             _set_signal(signal.SIGTERM, _on_sigterm)  # the agent replaced it: ours again, before the send
         _stop_tools(keep_tools)
-        _end_of_output()
+        if msg.items is None:
+            _end_of_output()
+        else:  # one mark per item (each had its own): the ones it never began, now
+            for _ in range(len(msg.items) - S.chunk_marks):
+                _end_of_output()
         if not _send_result(ctx, status, value, error, stage, own):
             _exit(0)  # the watchdog sent it and is ending the process
         pending.extend(ctx._pending)
@@ -558,8 +595,7 @@ def _exception_value(exc: BaseException) -> bytes | None:
     """The exception itself, pickled, for callers that re-raise it (an Executor's future
     raises the function's own exception, as ProcessPoolExecutor's does); None if it cannot
     travel (the error triple still describes it)."""
-    try:
-        exc.__traceback__ = None  # frames do not pickle; the traceback text travels in the error
+    try:  # (its traceback does not travel in the pickle: the error's text carries it)
         value = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(value)  # some exceptions pickle but cannot be rebuilt (required arguments)
         return value if len(value) <= S.max_value else None
@@ -572,12 +608,30 @@ _FLUSH_NS = 2_000_000  # a chunk reports its items' ends at least this often (a 
 
 def _flush_items() -> int:
     """Send the chunk's item results not sent yet (one frame); return how many items it took."""
-    results, first = S.chunk_results, S.chunk_sent
-    if len(results) > first:
-        S.chunk_sent = len(results)
-        with critical():
-            S.chan.send(P.ItemsDone(S.chunk_id, first, results[first:]))
-    return len(results)
+    with S.flush_lock:
+        results, first = S.chunk_results, S.chunk_sent
+        if len(results) > first and S.chunk_id is not None:
+            S.chunk_sent = len(results)
+            with critical():
+                S.chan.send(P.ItemsDone(S.chunk_id, first, results[first:]))
+        return len(results)
+
+
+class _Flusher:
+    """Sends a chunk's finished items' results within _FLUSH_NS even while the next item runs
+    for long (so a kill then loses at most that window); one thread per worker, started on
+    the first chunk, idle between them."""
+
+    def __init__(self) -> None:
+        self.armed = threading.Event()
+        threading.Thread(target=self._loop, name="chunk-results", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self.armed.wait()
+            time.sleep(_FLUSH_NS / 1e9)  # the window itself: results gather, then go in one frame
+            self.armed.clear()  # before the send: a result added from now on arms the next round
+            _flush_items()
 
 
 def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
@@ -591,21 +645,30 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
     items = msg.items
     n = len(items)
     skip = set(msg.skip) if msg.skip else ()
-    S.chunk_id, S.chunk_results, S.chunk_sent = msg.id, [], 0
+    S.chunk_id, S.chunk_results, S.chunk_sent, S.chunk_marks = msg.id, [], 0, 0
     results = S.chunk_results
+    if S.flusher is None:
+        S.flusher = _Flusher()
+    armed = S.flusher.armed
     failed = ExecutionStatus.FAILED.code
     try:
         fn = resolve(msg.agent, cache, blobs)
-        inputs = pickle.loads(msg.input)
+        inputs = pickle.loads(msg.input) if msg.inputs is None else msg.inputs  # merged: pickled one by one
     except Exception as exc:
         what = msg.agent if not msg.agent.startswith("blob:") else "(shipped by value)"
         err = _error(exc, f"could not load agent {what} or its input: ")
         results.extend(None if k in skip else [failed, None, err, None, 0, None] for k in range(n))
         return ExecutionStatus.COMPLETED, None, None, None, None
-    call, first = msg.call, msg.first
-    flush_at = time.monotonic_ns() + _FLUSH_NS
+    call, first, merged = msg.call, msg.first, msg.inputs is not None
+    capture = S.capture
     stopped = None
     for k in range(n):
+        if k:
+            if capture:
+                _end_of_output()  # the previous item's output ends here
+                S.chunk_marks = k
+            if not armed.is_set() and len(results) > S.chunk_sent:
+                armed.set()
         if k in skip:
             results.append(None)
             continue
@@ -619,6 +682,12 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
             break
         ctx.execution_id, ctx.state = items[k], None
         inp = inputs[first + k]
+        if merged:
+            try:
+                inp = pickle.loads(inp)
+            except Exception as exc:
+                results.append([failed, None, _error(exc, "could not load its input: "), None, 0, None])
+                continue
         try:
             S.armed = True
             try:
@@ -640,9 +709,9 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
         else:
             status, value, error, _, _ = _value(ctx, result)
             results.append([status.code, value, error, None, 0, None])
-        if now >= flush_at:
-            _flush_items()
-            flush_at = time.monotonic_ns() + _FLUSH_NS
+    if stopped is None and capture and n:
+        _end_of_output()  # the last item's (a stopped chunk's are written by its caller, from chunk_marks on)
+        S.chunk_marks = n
     if stopped is not None:
         return ExecutionStatus.INTERRUPTED, None, None, stopped.code, None
     return ExecutionStatus.COMPLETED, None, None, None, None

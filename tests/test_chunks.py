@@ -203,10 +203,6 @@ def always_prefetch(monkeypatch):
     monkeypatch.setenv("_INTERRUPT_POOL_PREFETCH_BELOW_NS", str(10**15))
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_supervisor/core.py _stop_item: a chunk prefetched to a busy worker has "
-                   "status QUEUED with its worker set, so it takes neither the 'not sent yet' branch (worker is None) "
-                   "nor the live one (`ex.status not in _LIVE` returns False): cancel() returns False and the item "
-                   "runs; _escalate accepts QUEUED there, _stop_item should too")  # fmt: skip
 @pytest.mark.parametrize("blocker_ends", ["cancelled", "its worker killed"])
 def test_cancelling_an_item_of_a_prefetched_chunk_ends_only_it(always_prefetch, tmp_path, blocker_ends):
     """An item of a chunk prefetched behind a running execution, cancelled, ends at stage queued and never
@@ -232,11 +228,6 @@ def test_cancelling_an_item_of_a_prefetched_chunk_ends_only_it(always_prefetch, 
         assert ran(log) == {h.id: 1 for k, h in enumerate(handles) if k != 1}
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_supervisor/core.py _stop_item: an item the worker has finished but not "
-                   "reported yet (its result waits for the next flush) has k < the slot's current item, yet it takes "
-                   "the 'running now' branch: limit(k + 1) and _escalate set the chunk's flag, which interrupts the "
-                   "item running now; _on_items_done then requeues that one ('a stop meant for the item before it'), "
-                   "so it runs twice. For k < current it should do nothing (the report is on its way)")  # fmt: skip
 def test_cancelling_a_finished_but_unreported_item_leaves_the_running_item_alone(pool, tmp_path):
     """Cancelling an item that has finished in the worker (its report not sent yet) does not interrupt
     or re-run the item running after it."""
@@ -305,14 +296,6 @@ def test_timeout_counts_per_item(pool, tmp_path):
     assert ran(log) == {h.id: 1 for h in handles}
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_supervisor/core.py _escalate sends the doorbell P.Interrupt(ex.id, ...) "
-                   "with the chunk's id ('chunk:...'), but shared/_context.py Context._read_locked only takes an "
-                   "Interrupt whose id is ctx.execution_id (the item's id): the frame goes to _pending, _details stays "
-                   "None and the wake pipe is not written. So an item never sees its stop's details (ctx.interrupt "
-                   ".message is None), and ctx.sleep wakes only if the flag word is already set when it reads the "
-                   "frame (it is written just after): otherwise it sleeps on until SIGTERM (stage sigterm after the "
-                   "grace instead of flag within 1 ms). Fix: send the current item's id, or accept the chunk's "
-                   "id")  # fmt: skip
 def test_a_stopped_item_wakes_from_ctx_sleep_and_sees_its_stops_details(pool, tmp_path):
     """An item sleeping in ctx.sleep, cancelled with a message, wakes at the flag stage and reads that
     message from ctx.interrupt, as an ordinary execution does."""
@@ -363,11 +346,6 @@ def test_an_item_that_kills_its_worker_crashes_alone_and_the_items_after_it_comp
     assert pool.map(A.job, range(5), chunksize=2) == list(range(5))
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_worker.py _run_chunk: results are flushed only after an item that "
-                   "*began* 2 ms or more after the last flush (`if now >= flush_at`, now being the item's start), so "
-                   "quick items followed by a long one stay unsent for as long as it runs; when it kills the worker "
-                   "they end CRASHED ('died before it could report'), though _FLUSH_NS promises a report at least "
-                   "every 2 ms")  # fmt: skip
 def test_an_item_that_completed_long_before_a_crash_in_its_chunk_keeps_its_result(pool, tmp_path):
     """An item that completed 0.5 s before a later item of its chunk killed the worker ends COMPLETED
     with its value (a chunk reports its results at least every 2 ms)."""
@@ -377,10 +355,6 @@ def test_an_item_that_completed_long_before_a_crash_in_its_chunk_keeps_its_resul
     assert [outs[0].value, outs[2].value] == [0, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_supervisor/core.py _chunk_ended/_end_item: the item whose worker died "
-                   "gets the chunk's error text, which names the internal chunk id ('chunk:<first id>') instead of "
-                   "the item's id, and _end_item's info has no exit_code/signal, so outcome().exit_code is None "
-                   "(an ordinary execution's is the exit code)")  # fmt: skip
 def test_a_crashed_items_outcome_names_it_and_carries_the_exit_code(pool):
     """An item that os._exit(5)s its worker has exit_code 5 in its outcome and its error names its own id."""
     handles = batch(pool, [0, {"exit": 5}, 2], chunksize=3)
@@ -450,9 +424,6 @@ def test_an_invalid_chunksize_raises_value_error(pool, bad):
     assert pool.status()["queued"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_pool.py Pool.imap: _imap is a generator function, so its "
-                   "_whole('chunksize', ...) check runs at the first next(), not when imap() is called (map() "
-                   "and Executor.map raise at once); validate before creating the generator")  # fmt: skip
 def test_imap_rejects_an_invalid_chunksize_when_called(pool):
     """pool.imap(..., chunksize=0) raises ValueError at the call, before any iteration."""
     with pytest.raises(ValueError, match="chunksize"):

@@ -126,10 +126,6 @@ def test_a_functions_exception_comes_back_as_itself_with_the_remote_traceback_as
     assert fut._execution.outcome().status is ExecutionStatus.FAILED
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_worker.py _run (and _run_chunk): for call=1 the worker calls "
-                   "_exception_value(exc), which sets exc.__traceback__ = None, BEFORE _error(exc) formats the "
-                   "traceback (left-to-right evaluation of the returned tuple), so the remote traceback is only "
-                   "'ValueError: ...' with no frame")  # fmt: skip
 def test_the_remote_traceback_names_the_frames_the_exception_came_through(executor):
     """The __cause__'s remote traceback text names the functions the exception passed through."""
     with pytest.raises(ValueError) as info:
@@ -253,10 +249,6 @@ def test_add_done_callback_runs_once_with_the_future(executor):
     assert calls.empty()
 
 
-@pytest.mark.xfail(strict=True, reason="pool/_executor.py _Future._settle runs on the pool's reader thread, and "
-                   "set_result/set_exception run the future's done callbacks right there; a callback that calls "
-                   "another future's cancel() (Pool.cancel waits for the supervisor's Reply, which only the reader "
-                   "thread reads) blocks the reader forever: the pool deadlocks")  # fmt: skip
 def test_a_done_callback_may_cancel_another_running_future():
     """A done callback that cancels another running future returns, and the other call is stopped."""
     ex = Executor(workers=2, escalation=FAST)

@@ -56,6 +56,7 @@ from .._worker import AgentCache, worker_main  # imported here, before any fork:
 from .._proc import (
     cgroup_create,
     cgroup_kill,
+    cgroup_populated,
     cgroup_remove,
     descendants,
     direct_children,
@@ -92,6 +93,11 @@ OWNER_GONE_TERM_GRACE = 1.0  # when the creator died: SIGTERM at once, SIGKILL a
 _MAX_ID = 256
 _MAX_CHUNK = 10_000  # items in one chunk
 _MAX_RETRIES = 100
+_MERGE_BELOW_NS = 1_000_000  # executions this short on average may be merged into chunks at dispatch
+_MERGE_MAX = 64  # executions in one merged chunk
+_CGROUP_KILL_DELAY_S = 0.02  # after a worker's reaping: what is still in its cgroup is killed then
+_SPARE_DELAY_S = 0.1
+_WARM_AGENTS = 8  # agents a new spare imports ahead (the most recently dispatched)  # a new spare is forked this long after the last one took a worker's place
 # Executions a busy worker holds while executions are short, the running one included (1: no prefetch).
 _PREFETCH_DEPTH = int(os.environ.get("_INTERRUPT_POOL_PREFETCH_DEPTH", 4))  # as Celery's default prefetch
 _RETRIED_REASONS = (InterruptReason.TIMEOUT.code, InterruptReason.STALLED.code)  # "interrupted" retries only these
@@ -132,7 +138,7 @@ class _Exec:
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
         "limited", "rank", "saved", "plain", "child_seq", "call", "items", "first", "skip", "item_stops", "whole",
-        "next_item", "retries", "retry_on", "backoff", "attempts",
+        "next_item", "retries", "retry_on", "backoff", "attempts", "inputs",
     )  # fmt: skip
 
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
@@ -187,8 +193,18 @@ class _Exec:
         self.item_stops: dict[int, tuple] | None = None  # index -> (mode, reason, source, message, requested_ns)
         self.whole = False  # a stop of the chunk itself (shutdown, cancel_all, ...): every item not done ends
         self.next_item = 0  # items before this index have been reported (or skipped)
+        self.inputs: list[bytes] | None = None  # a merged chunk: its items' own pickled inputs (see _merge)
         self.retries, self.retry_on, self.backoff = task.retries, task.retry_on, task.backoff  # runs left, on what
         self.attempts: list[dict] | None = None  # the runs before this one (retried)
+
+
+class _ItemOut:
+    """Where the output of one item of a chunk goes (its worker marks each item's end)."""
+
+    __slots__ = ("id", "out")
+
+    def __init__(self, id: str):
+        self.id, self.out = id, None
 
 
 class _Worker:
@@ -275,10 +291,19 @@ class Supervisor:
         self.run_ema_ns = 1e9  # average run time; starts high: no prefetch until tasks prove short
         self.stopping = False  # no replacement workers; exit once everything ended
         self.cgroup = cgroup_create(f"interrupt-pool-{self.pid}")  # None where the host allows none
-        self.dead_cgroups: list[str] = []  # of reaped workers, removed once their killed tools are reaped
+        self.dead_cgroups: list[str] = []  # of reaped workers, until the last of their killed tools is gone
+        # Empty cgroups of reaped workers, given to new ones: creating and removing a cgroup each wait on
+        # the kernel's cgroup lock (about 10 ms here) just when a replacement is due. Removed at exit.
+        self.free_cgroups: list[str] = []
         self.fork_failures = 0
         self.init_failures = 0  # initializer failures in a row (reset by a worker that got through it)
         self.init_error: list | None = None  # the last one's [type, message, traceback]
+        self.merges = 0  # chunks merged at dispatch so far (their ids: merged:<n>)
+        self.spare: _Worker | None = None  # forked and ready, runs nothing: takes a stopped worker's place
+        self.want_spare = cfg.spare  # fork a (new) spare once this loop turn's messages are out
+        self.spare_made = False  # the first spare is forked with the workers; later ones after _SPARE_DELAY_S
+        self.spare_warm: set[str] = set()  # agents the spare has been told to import
+        self.recent_agents: OrderedDict[str, None] = OrderedDict()  # the last few agents dispatched
         self.memory_watch = False  # the memory-limit timer is armed
         self.agents: dict[str, bytes] = {}  # by-value agents: digest -> cloudpickle bytes (opaque here)
         self.agent_uses: dict[str, int] = {}  # digest -> live executions naming it
@@ -336,7 +361,12 @@ class Supervisor:
     def _send_started(self, ex: _Exec) -> None:
         if self.unsent_started.pop(ex.id, None) is not None:
             w = ex.worker
-            self._send(ex.client, P.Started(ex.id, w.id, w.pid, ex.wall_started_ns))
+            if ex.inputs is None:
+                self._send(ex.client, P.Started(ex.id, w.id, w.pid, ex.wall_started_ns))
+            else:  # merged: its client knows only the items
+                for i in ex.items:
+                    if self.item_chunk.get(i) is ex:
+                        self._send(ex.client, P.Started(i, w.id, w.pid, ex.wall_started_ns))
 
     def _flush(self) -> None:
         if self.unsent_started:
@@ -414,6 +444,12 @@ class Supervisor:
             self._dispatch()
             self._maybe_retire_idle()
             self._flush()
+            if self.want_spare:
+                self.want_spare = False
+                # Not at once: a new worker joining its cgroup holds the kernel's cgroup lock for an RCU
+                # grace period (about 10 ms here), which would stall this loop's own cgroup work (the
+                # kill and reaping of the worker it replaces) just when the next execution is due.
+                self._at(_SPARE_DELAY_S if self.spare_made else 0.0, self._spawn_spare)
         for c in list(self.clients.values()):
             self._send(c, P.Gone())
         self._flush()
@@ -586,6 +622,8 @@ class Supervisor:
             return f"execution id {t.id!r} must be a non-empty string of at most {_MAX_ID} characters without NUL"
         if t.id in self.execs or t.id in self.item_chunk:
             return f"execution id {t.id!r} is already in use by a live execution; pick another id"
+        if t.id.startswith("merged:"):
+            return f"execution id {t.id!r}: ids starting with 'merged:' are the pool's own; pick another id"
         if t.call not in (0, 1):
             return f"call must be 0 (fn(ctx, input)) or 1 (fn(*args, **kwargs)), got {t.call!r}"
         if t.retries or t.retry_on is not None:
@@ -829,8 +867,7 @@ class Supervisor:
     def _on_query(self, c: Client, msg: P.Query) -> None:
         what = msg.what
         if what == "workers":
-            value = [[w.id, w.pid, w.state, w.exec.id if w.exec and w.exec.started_ns else None]
-                     for w in self.workers.values()]  # fmt: skip
+            value = [[w.id, w.pid, w.state, self._shown(w.exec)] for w in self.workers.values() if w is not self.spare]
         elif what == "executions":
             value = self._live_rows()
         elif what == "status":
@@ -875,10 +912,29 @@ class Supervisor:
     }  # fmt: skip
 
     def _live_rows(self) -> list[list]:
+        """[id, status, worker, elapsed, stage] of every live execution; a chunk's live items each
+        have a row (the chunk itself is the pool's business)."""
         now = time.monotonic_ns()
-        return [[ex.id, ex.status.code, ex.worker.id if ex.worker and ex.started_ns else None,
-                 (now - ex.started_ns) / 1e9 if ex.started_ns else None, self._live_stage(ex)]
-                for ex in self.execs.values()]  # fmt: skip
+        rows = []
+        for ex in self.execs.values():
+            row = [ex.id, ex.status.code, ex.worker.id if ex.worker and ex.started_ns else None,
+                   (now - ex.started_ns) / 1e9 if ex.started_ns else None, self._live_stage(ex)]  # fmt: skip
+            if ex.items is None:
+                rows.append(row)
+                continue
+            for i in ex.items:
+                if self.item_chunk.get(i) is ex:
+                    rows.append([i, *row[1:]])
+        return rows
+
+    def _shown(self, ex: _Exec | None) -> str | None:
+        """The id a worker runs, as clients know it (a chunk: the item it is in)."""
+        if ex is None or not ex.started_ns:
+            return None
+        if ex.items is None:
+            return ex.id
+        k = self.flags.item(ex.slot)[0] if self._begun(ex) else -1
+        return ex.items[k] if 0 <= k < len(ex.items) else None
 
     def _status(self) -> dict:
         rows = self._live_rows()
@@ -915,9 +971,9 @@ class Supervisor:
         doc = {
             "name": self.cfg.name, "supervisor_pid": self.pid, "owner_pid": self.cfg.creator_pid,
             "escalation": {"grace": self.grace, "term_grace": self.term_grace},
-            "workers": [{"id": w.id, "pid": w.pid, "state": w.state,
-                         "execution_id": w.exec.id if w.exec and w.exec.started_ns else None}
-                        for w in self.workers.values()],
+            "workers": [{"id": w.id, "pid": w.pid, "state": w.state, "execution_id": self._shown(w.exec)}
+                        for w in self.workers.values() if w is not self.spare],
+            "spare_pid": self.spare.pid if self.spare is not None else None,
             "executions": executions, "counts": counts, "queued": self.n_queued, "clients": len(self.clients),
             "history_limit": self.cfg.history, "at": time.time(),
             # what the supervisor holds: each bounded by live work, workers or configuration
@@ -951,6 +1007,9 @@ class Supervisor:
 
     def _maybe_retire_idle(self) -> None:
         if self.stopping and not self.execs:
+            if self.spare is not None and self.spare.state == "spare":
+                self.idle.append(self.spare)
+                self.spare = None
             for w in self.idle:
                 w.state = "stopping"
                 self._send_worker(w, P.Exit())
@@ -971,7 +1030,10 @@ class Supervisor:
     def _spawn(self) -> None:
         wid = self.next_worker_id
         self.next_worker_id += 1
-        cgroup = cgroup_create(f"{os.path.basename(self.cgroup)}/w{wid}") if self.cgroup else None
+        cgroup = None
+        if self.cgroup:
+            cgroup = self.free_cgroups.pop() if self.free_cgroups else cgroup_create(
+                f"{os.path.basename(self.cgroup)}/w{wid}")  # fmt: skip
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         out_r = out_w = -1
         if self.cfg.log_dir:
@@ -1077,7 +1139,8 @@ class Supervisor:
     def _replace_missing(self) -> None:
         if self.stopping and not self.execs:
             return
-        while len(self.workers) < self.cfg.workers and self.fork_failures == 0 or not self.workers:
+        while len(self.workers) - (self.spare is not None) < self.cfg.workers and self.fork_failures == 0 \
+                or not self.workers:  # fmt: skip
             before = len(self.workers)
             self._spawn()
             if len(self.workers) == before:
@@ -1209,15 +1272,14 @@ class Supervisor:
             self._kill_worker(w)
 
     def _kill_worker(self, w: _Worker) -> None:
-        """SIGKILL the worker and everything it started, by every handle we have: its pidfd
-        (it may have left its group), its process group and its cgroup."""
+        """SIGKILL the worker and everything it started: its pidfd (it may have left its group)
+        and its process group now; what escaped the group is re-parented to us as it dies and
+        killed at its reaping, and whatever is still in its cgroup then is killed there."""
         try:
             signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
         except (ProcessLookupError, OSError):
             pass  # already dead (a zombie waiting to be reaped) or its pidfd closed at reaping
         killpg(w.pid)  # unreaped, so its pid (= its group's id) cannot have been reused
-        if w.cgroup:
-            cgroup_kill(w.cgroup)
         w.killed = True
         w.state = "stopping"
 
@@ -1240,8 +1302,9 @@ class Supervisor:
             stage = Stage.from_code(msg.stage) if msg.stage is not None else None
             if stage is Stage.QUEUED and ex.reported:
                 stage = Stage.FLAG  # seen at the flag before its first line ran, but its client saw it start
-            if ex.started_ns:
-                self.run_ema_ns += 0.2 * ((time.monotonic_ns() - ex.started_ns) - self.run_ema_ns)
+            if ex.started_ns:  # a chunk counts as its items' average
+                took = (time.monotonic_ns() - ex.started_ns) / max(1, msg.items_done or 1)
+                self.run_ema_ns += 0.2 * (took - self.run_ema_ns)
             if w.retained:
                 self.free_slots.extend(w.retained)  # it has run Python since: any late SIGTERM was handled
                 w.retained = []
@@ -1290,7 +1353,9 @@ class Supervisor:
                 ex.announced = ex.announced[-1:] + [[msg.seq, msg.path, msg.size, msg.time]]
         elif kind is P.WorkerReady:
             self.init_failures = 0
-            if w.state == "starting":
+            if w is self.spare and w.state == "starting":
+                w.state = "spare"
+            elif w.state == "starting":
                 w.state = "idle"
                 self.idle.append(w)
         else:
@@ -1366,20 +1431,74 @@ class Supervisor:
                 return
             queue.drop_head()
             self.n_queued -= 1
+            if self.run_ema_ns < _MERGE_BELOW_NS and self.n_queued >= 4 * self.cfg.workers and self._mergeable(ex):
+                ex = self._merge(ex, w)
             slot = self.free_slots.pop()
             ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
             ex.worker = w
             w.inflight.append(ex)
             if w.out_r >= 0:
-                w.out_execs.append(ex)
+                if ex.items is None:
+                    w.out_execs.append(ex)
+                else:  # its worker marks the end of each item's output, run or not
+                    w.out_execs.extend(_ItemOut(i) for i in ex.items)
             self._send_worker(w, P.Run(ex.id, self.flags.base(slot), ex.armed, ex.agent, self._blob_for(w, ex.agent),
                                        ex.payload, ex.resume, ex.hook, self._blob_for(w, ex.hook), ex.term_grace,
                                        self.budgets.allowance(ex) if ex.limited else None,
                                        ex.child_seq, ex.call, ex.items, sorted(ex.skip) if ex.skip else None,
-                                       ex.first))  # fmt: skip
+                                       ex.first, ex.inputs))  # fmt: skip
             if len(w.inflight) == 1:
                 w.state = "busy"
                 self._start(ex)
+            if ex.agent not in self.spare_warm and self.spare is not None:
+                self._warm_spare([ex.agent])
+
+    def _mergeable(self, ex: _Exec) -> bool:
+        """Whether ``ex`` may run in a chunk with its neighbours: a plain, short execution that
+        needs nothing of its own from the supervisor (no hook, resume, memory limit, retries)."""
+        return (ex.plain and ex.items is None and ex.hook is None and not ex.resume and ex.memory_limit is None
+                and not ex.retries and not ex.mode)  # fmt: skip
+
+    def _merge(self, head: _Exec, w: _Worker) -> _Exec:
+        """Many short executions queued (``map`` without a chunksize, ``Executor.submit`` in a
+        loop): ``head`` and the like executions right behind it leave as one chunk, so they
+        share one Run, one slot and one Result (measured: per-task cost about halved). Each
+        stays its own execution: its own Started and Ended, result and cancel (see the chunks
+        section). A batch is at most a 1/(2·workers) share of the queue, so every worker gets some."""
+        limit = min(_MERGE_MAX, self.n_queued // (2 * self.cfg.workers) + 1)
+        members = [head]
+        queue = self.queue
+        key = (head.agent, head.call, head.client, head.timeout, head.grace, head.term_grace, head.rank)
+        while len(members) < limit:
+            nxt = queue.head()
+            if nxt is None:
+                break
+            if nxt.status is not ExecutionStatus.QUEUED or nxt.worker is not None:
+                queue.drop_head()  # cancelled while queued
+                continue
+            if (nxt.agent, nxt.call, nxt.client, nxt.timeout, nxt.grace, nxt.term_grace, nxt.rank) != key \
+                    or not self._mergeable(nxt):  # fmt: skip
+                break
+            queue.drop_head()
+            self.n_queued -= 1
+            members.append(nxt)
+        if len(members) == 1:
+            return head
+        self.merges += 1
+        task = P.Task(f"merged:{self.merges}", head.agent, b"", head.timeout, head.grace, head.term_grace,
+                      priority=head.priority, call=head.call, items=[m.id for m in members])  # fmt: skip
+        chunk = _Exec(task, head.grace, head.term_grace, head.client)
+        chunk.inputs = [m.payload for m in members]
+        self.execs[chunk.id] = chunk
+        self._use_agent(chunk, +1)
+        for m in members:
+            del self.execs[m.id]
+            self._use_agent(m, -1)
+            self.item_chunk[m.id] = chunk
+            if m.waiters:
+                self.item_waiters[m.id] = m.waiters
+            m.payload = None
+        return chunk
 
     def _blob_for(self, w: _Worker, spec: str | None) -> bytes | None:
         """The by-value agent's bytes unless this worker still has them. Both sides keep the same
@@ -1457,11 +1576,14 @@ class Supervisor:
             for hook in self.hooks["escalated"]:
                 hook(ex, mode, source)
         if mode == InterruptMode.KILL.code and ex.started_ns:
+            if not self._begun(ex):  # not taken yet: the flag makes its worker skip it (it never runs)
+                self.flags.request(ex.slot, ex.armed, mode, ex.reason, ex.source, ex.requested_ns)
             self._arm_escalation(ex, mode, now)  # SIGKILL now (once acknowledged); a flag would only race it
             return True
         # Details (and the doorbell for ctx.sleep) go out before the flag, so an
         # agent that sees the flag finds them already in its socket.
-        self._send_worker(w, P.Interrupt(ex.id, ex.armed, mode, ex.reason, ex.source, ex.message, ex.requested_ns),
+        doorbell = ex.id if ex.items is None else self._shown(ex) or ex.id  # a chunk: the item it is in
+        self._send_worker(w, P.Interrupt(doorbell, ex.armed, mode, ex.reason, ex.source, ex.message, ex.requested_ns),
                           now=True)  # fmt: skip
         self.flags.request(ex.slot, ex.armed, mode, ex.reason, ex.source, ex.requested_ns)
         if ex.started_ns:  # a prefetched one is skipped by its worker; its clock starts if it starts
@@ -1554,10 +1676,43 @@ class Supervisor:
         self._flush()
         self._replace_early()
 
+    def _spawn_spare(self) -> None:
+        if self.spare is None and not self.stopping and not self.fork_failures:
+            self._spawn()
+            self.spare = self.workers.get(self.next_worker_id - 1)  # None if the fork failed
+            self.spare_made = True
+            self.spare_warm = set()
+            if self.spare is not None and self.recent_agents:
+                self._warm_spare(list(self.recent_agents))
+
+    def _warm_spare(self, specs: list[str]) -> None:
+        """Have the spare import these agents while it waits (a by-value one with its bytes)."""
+        recent = self.recent_agents
+        for spec in specs:
+            self.spare_warm.add(spec)
+            recent[spec] = None
+            recent.move_to_end(spec)
+            if len(recent) > _WARM_AGENTS:
+                recent.popitem(last=False)
+        spare = self.spare
+        self._send_worker(spare, P.Warm([[spec, self._blob_for(spare, spec)] for spec in specs]))
+
     def _replace_early(self) -> None:
-        """Fork the replacement of a worker on its way out now, not once it has been reaped: the
-        pool is ready again while the old one dies (its reaping then starts no other)."""
+        """Replace a worker on its way out now, not once it has been reaped: the pool is ready
+        again while the old one dies (its reaping then starts no other)."""
         if not self.stopping and not self.fork_failures and self._active_workers() < self.cfg.workers + self.lent:
+            self._replacement()
+
+    def _replacement(self) -> None:
+        """The ready spare takes the place at once (a new spare is forked after this turn's
+        messages are out); without one, a new worker is forked now."""
+        spare = self.spare
+        if spare is not None and spare.state == "spare":
+            self.spare = None
+            spare.state = "idle"
+            self.idle.append(spare)
+            self.want_spare = True
+        else:
             self._spawn()
 
     # -- reaping -----------------------------------------------------------
@@ -1641,7 +1796,11 @@ class Supervisor:
         w.out_execs.clear()
         killpg(w.pid)  # tools it left in its group; its zombie still pins the pgid
         if w.cgroup:
-            cgroup_kill(w.cgroup)  # and every other process it started, wherever it moved
+            # Every other process it started, wherever it moved: cgroup.kill costs this loop a wait
+            # on the kernel's cgroup lock (about 10 ms), so only if something is left, and a moment
+            # later (what killpg just hit is gone by then; orphans re-parented to us die below).
+            if cgroup_populated(w.cgroup):
+                self._at(_CGROUP_KILL_DELAY_S, self._kill_cgroup, w.cgroup)
             self.dead_cgroups.append(w.cgroup)
         os.waitpid(w.pid, 0)
         exit_code = info.si_status if info.si_code == os.CLD_EXITED else None
@@ -1671,19 +1830,29 @@ class Supervisor:
                 error = ["WorkerCrashed", f"worker {w.id} (pid {w.pid}) running execution {ex.id!r} died with {how}", None]
                 self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
         self._flush()  # its client hears of the end now, not after the fork below
-        if w.init_failed:
+        if w is self.spare:  # the spare itself died: another, unless its initializer is what fails
+            self.spare = None
+            self.want_spare = self.cfg.spare and not w.init_failed
+            if w.init_failed:
+                self._after_init_failure()
+        elif w.init_failed:
             self._after_init_failure()
         elif (not self.stopping or self.n_queued) and self._active_workers() < self.cfg.workers + self.lent:
-            self._spawn()  # its replacement (while draining, only for queued work); a retired stand-in has none
+            self._replacement()  # (while draining, only for queued work); a retired stand-in has none
         self._sweep_orphans()
+
+    @staticmethod
+    def _kill_cgroup(path: str) -> None:
+        if cgroup_populated(path):
+            cgroup_kill(path)
 
     def _running_unlent(self) -> int:
         """Workers running an execution that is not waiting on its children."""
         return sum(1 for w in self.workers.values() if w.inflight and not w.lent and w.state != "starting")
 
     def _active_workers(self) -> int:
-        """Workers that run, or will run, executions (not those on their way out)."""
-        return sum(1 for w in self.workers.values() if w.state != "stopping")
+        """Workers that run, or will run, executions (not those on their way out, nor the spare)."""
+        return sum(1 for w in self.workers.values() if w.state != "stopping" and w is not self.spare)
 
     def _requeue(self, w: _Worker) -> None:
         """Executions prefetched to a dead worker never started: back to the head of the
@@ -1724,7 +1893,12 @@ class Supervisor:
                 kill_descendants(pid)
                 kill_pids((pid,))
         if self.dead_cgroups:
-            self.dead_cgroups = [cg for cg in self.dead_cgroups if not cgroup_remove(cg)]
+            for cg in self.dead_cgroups:
+                if not cgroup_populated(cg):
+                    self.free_cgroups.append(cg)
+            self.dead_cgroups = [cg for cg in self.dead_cgroups if cg not in self.free_cgroups]
+            while len(self.free_cgroups) > self.cfg.workers + 2:  # more than replacements need: let go
+                cgroup_remove(self.free_cgroups.pop(0))
 
     # -- ending ------------------------------------------------------------
 
@@ -1819,8 +1993,11 @@ class Supervisor:
                 self.n_queued -= 1
                 self._drop_chunk(ex)
             return True
-        if ex.status not in _LIVE or k < ex.next_item:
-            return False
+        if (ex.status not in _LIVE and ex.status is not ExecutionStatus.QUEUED) or k < ex.next_item:
+            return False  # (QUEUED with a worker: prefetched behind a busy one, sent but not begun)
+        current = self.flags.item(ex.slot)[0] if self._begun(ex) else -1
+        if k < current:
+            return True  # it has ended in the worker; its report is on its way (the stop came too late)
         stops = ex.item_stops if ex.item_stops is not None else {}
         ex.item_stops = stops
         if k in stops and stops[k][0] >= mode:
@@ -1828,7 +2005,6 @@ class Supervisor:
         stops[k] = (mode, reason, source, message, stops[k][4] if k in stops else now)
         self._send(ex.client, P.Cancelling(item_id))
         self._event("requested", ex, ex.worker, now, mode=mode, reason=reason, message=message, item=item_id)
-        current = self.flags.item(ex.slot)[0] if self._begun(ex) else -1
         if k > current:
             self.flags.limit(ex.slot, k)  # not begun: the worker stops before it (or reports it, if it raced ahead)
             return True
@@ -1905,11 +2081,11 @@ class Supervisor:
             ex.timers = []
 
     def _end_item(self, ex: _Exec, k: int, status: int, value, error, stage, observed_ns: int, w,
-                  stop: tuple | None) -> None:  # fmt: skip
+                  stop: tuple | None, exit_code: int | None = None, signo: int | None = None) -> None:  # fmt: skip
         item_id = ex.items[k]
         info = {"id": item_id, "status": status, "error": error, "worker_id": w.id if w else None,
                 "pid": w.pid if w else None, "started_ns": ex.wall_started_ns if w else None,
-                "ended_wall_ns": time.time_ns(), "chunk": ex.id}  # fmt: skip
+                "ended_wall_ns": time.time_ns(), "chunk": ex.id, "exit_code": exit_code, "signal": signo}  # fmt: skip
         if status == ExecutionStatus.INTERRUPTED.code and stop is not None:
             mode, reason, source, message, requested_ns = stop
             info["interrupt"] = {"mode": mode, "reason": reason, "source": source, "message": message,
@@ -1958,10 +2134,12 @@ class Supervisor:
                     "WorkerCrashed", f"execution {ex.items[k]!r} ran in a chunk whose worker (pid {w.pid}) died "
                     "before it could report this item's result", None], None, 0, w, None)  # fmt: skip
             elif k == cut and status is ExecutionStatus.CRASHED:
-                self._end_item(ex, k, status.code, None, error, None, 0, w, None)
+                if error and error[0] == "WorkerCrashed":  # its own words, not the chunk's id
+                    error = [error[0], error[1].replace(f"execution {ex.id!r}", f"execution {ex.items[k]!r}"), error[2]]
+                self._end_item(ex, k, status.code, None, error, None, 0, w, None, exit_code, signo)
             elif k == cut and stop is not None:
                 self._end_item(ex, k, ExecutionStatus.INTERRUPTED.code, None, None, stage.code if stage else None, 0,
-                               w, stop)  # fmt: skip
+                               w, stop, exit_code, signo)  # fmt: skip
             elif k != cut and stop is not None:  # never begun, and a stop was meant for it
                 self._end_item(ex, k, ExecutionStatus.INTERRUPTED.code, None, None, Stage.QUEUED.code, 0, None, stop)
             else:  # never begun, or stopped for the item before it: it runs (again) in a new chunk
@@ -1976,9 +2154,10 @@ class Supervisor:
         lo = min(ks)
         keep = set(ks)
         items = ex.items[lo:]
-        task = P.Task(f"{ex.id}#{lo}", ex.agent, ex.payload, ex.timeout, ex.grace, ex.term_grace,
+        task = P.Task(f"{ex.id}#{lo}", ex.agent, ex.payload or b"", ex.timeout, ex.grace, ex.term_grace,
                       priority=ex.priority, call=ex.call, items=items)  # fmt: skip
         nx = _Exec(task, ex.grace, ex.term_grace, ex.client)
+        nx.inputs = ex.inputs
         nx.first = ex.first + lo
         nx.skip = {j for j in range(len(items)) if lo + j not in keep}
         for k in ks:
