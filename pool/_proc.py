@@ -13,7 +13,8 @@ import os
 import signal
 
 __all__ = ("direct_children", "descendants", "kill_descendants", "set_pdeathsig", "set_child_subreaper", "set_name",
-           "kill_pids", "killpg", "pids_with_env", "rss_bytes", "start_ticks", "cgroup_create", "cgroup_kill", "cgroup_remove", "cgroup_join")
+           "kill_pids", "killpg", "pids_with_env", "rss_bytes", "start_ticks", "cgroup_create", "cgroup_kill",
+    "cgroup_populated", "cgroup_remove", "cgroup_join")
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -199,6 +200,16 @@ def cgroup_kill(path: str) -> None:
             f.write("1")
     except OSError:
         pass  # removed already, or never created: nothing to kill
+
+
+def cgroup_populated(path: str) -> bool:
+    """True while a live process is in cgroup ``path`` or below it (a cheap read; writing
+    ``cgroup.kill`` waits for the kernel's cgroup lock, about an RCU grace period)."""
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            return "populated 1" in f.read()
+    except OSError:
+        return False  # removed: nothing is in it
 
 
 def cgroup_remove(path: str) -> bool:

@@ -35,7 +35,7 @@ __all__ = (
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
     "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Resumed",
     "DefineGroup", "CancelGroup", "VetoAsk", "VetoAnswer", "Requeued", "Spend", "SubmitChild", "Waiting",
-    "CancelChild", "ChildEnded", "Allowance", "ItemsDone", "InitFailed",
+    "CancelChild", "ChildEnded", "Allowance", "ItemsDone", "InitFailed", "Warm",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 3
@@ -271,6 +271,7 @@ class Start(NamedTuple):
     initializer_blob: bytes | None = None  # its cloudpickle bytes when it travels by value
     initargs: bytes | None = None  # pickled tuple of its arguments
     max_tasks_per_child: int | None = None  # a worker is replaced after running this many executions
+    spare: bool = False  # keep one extra worker forked and ready, to take a stopped worker's place at once
 
 
 # -- client → supervisor -------------------------------------------------------------------
@@ -506,6 +507,7 @@ class Run(NamedTuple):
     items: list[str] | None = None  # a chunk's item ids (Task.items), from ``first`` on
     skip: list[int] | None = None  # indexes into ``items`` cancelled before the chunk was sent: not run
     first: int = 0  # index in the pickled input list of items[0] (a requeued tail starts further in)
+    inputs: list[bytes] | None = None  # a chunk the supervisor merged from separate executions: their inputs
 
 
 @message(51)
@@ -544,6 +546,14 @@ class Result(NamedTuple):
     own_interrupt: str | None = None  # the message of an Interrupted the agent raised itself
     shield_ns: int = 0  # how long a shield held the stop back
     items_done: int | None = None  # a chunk: how many of its items (from Run.items[0]) it took; the rest never began
+
+
+@message(55)
+class Warm(NamedTuple):
+    """S→W: import these agents now (``[spec, blob or None]`` pairs), while idle: sent to the
+    spare worker, so that the execution it takes over first does not wait for imports."""
+
+    agents: list
 
 
 @message(71)
