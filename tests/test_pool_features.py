@@ -286,3 +286,32 @@ def test_no_replacement_worker_is_started_while_the_pool_shuts_down_with_a_stop(
     pool.shutdown(wait=True, cancel=True)
     assert all(ex.status is ExecutionStatus.INTERRUPTED for ex in execs)
     assert started_after == []
+
+
+# -- the stop timeline --------------------------------------------------------------------------
+
+
+def test_the_stop_timeline_is_monotonic_from_request_to_end(tmp_path):
+    """An agent that ignores its flag and SIGTERM goes through every stage; the outcome's stamps
+    and the events, in the order they arrive, read requested <= sigterm <= sigkill <= ended (each
+    signal is stamped before it is sent, so its worker's exit can never read earlier)."""
+    from . import agents
+
+    events = []
+    with _pool(workers=1, escalation=Escalation(grace=0.1, term_grace=0.1), on_event=events.append) as pool:
+        marker = tmp_path / "pid"
+        ex = pool.submit(agents.ignore_term_sleep, str(marker))
+        wait_until(marker.exists, 20, "the agent to start")
+        assert ex.cancel()
+        out = ex.outcome(timeout=20)
+        wait_until(lambda: any(e.kind is EventKind.ENDED and e.execution_id == ex.id for e in events), 20,
+                   "the ended event")  # fmt: skip
+    i = out.interrupt
+    assert out.status is ExecutionStatus.INTERRUPTED and i.stage is Stage.SIGKILL
+    assert i.requested_ns <= i.sigterm_ns <= i.sigkill_ns <= i.ended_ns
+    wanted = (EventKind.REQUESTED, EventKind.SIGTERM, EventKind.SIGKILL, EventKind.WORKER_EXITED, EventKind.ENDED)
+    timeline = [e for e in events if e.kind in wanted and (e.execution_id == ex.id or (
+        e.kind is EventKind.WORKER_EXITED and e.worker_id == out.worker_id))]  # fmt: skip
+    assert [e.kind for e in timeline] == list(wanted)
+    stamps = [e.mono_ns for e in timeline]
+    assert stamps == sorted(stamps), [(e.kind.value, e.mono_ns - stamps[0]) for e in timeline]
