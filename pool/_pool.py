@@ -1036,7 +1036,8 @@ class Pool:
                 pass  # already gone: the reader thread has settled everything
         else:
             if mode:
-                self.cancel_all(mode, InterruptReason.SHUTDOWN, "the client is shutting down", mine_only=True)
+                self.cancel_all(InterruptMode.from_code(mode), InterruptReason.SHUTDOWN, "the client is shutting down",
+                                mine_only=True)  # fmt: skip
             if wait:
                 with self._changed:
                     self._changed.wait_for(lambda: not self._live or self._reader_done)

@@ -13,7 +13,7 @@ import tracemalloc
 import psutil
 import pytest
 
-from interrupt_pool import Escalation, EventKind, ExecutionStatus, Pool, PoolClosed, QueueFull, Stage
+from interrupt_pool import Escalation, EventKind, ExecutionStatus, InterruptReason, Pool, PoolClosed, QueueFull, Stage
 from tests import agents
 from tests.test_core import wait_for_file
 
@@ -65,6 +65,26 @@ def test_a_clients_executions_go_on_after_it_disconnects_and_are_found_by_id():
         assert again.outcome("detached", timeout=10).value == 0.3
         again.close()
         assert owner.has("detached")
+
+
+def test_a_clients_shutdown_with_cancel_stops_its_own_running_execution_only(tmp_path):
+    """shutdown(cancel=True) on a connected client returns without error once its own running
+    execution has been stopped (reason shutdown); another client's execution goes on."""
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    with Pool(workers=2, name="svc", escalation=Escalation(grace=5, term_grace=1)) as owner:
+        other = owner.submit(agents.check_forever, str(theirs), id="owned")
+        wait_for_file(theirs)
+        client = Pool.connect("svc")
+        mine = client.submit(agents.check_forever, str(ours), id="mine")
+        wait_for_file(ours)
+        client.shutdown(cancel=True)  # raised ValueError (an integer mode code passed to cancel_all)
+        assert mine.done()
+        out = mine.outcome()
+        assert out.status is ExecutionStatus.INTERRUPTED and out.interrupt.stage is Stage.FLAG
+        assert out.interrupt.reason is InterruptReason.SHUTDOWN
+        assert not other.done()
+        assert owner.cancel("owned") is True
+        assert other.outcome(timeout=10).status is ExecutionStatus.INTERRUPTED
 
 
 def test_a_live_pool_name_is_refused_with_its_pid_and_freed_when_the_pool_ends():
