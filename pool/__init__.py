@@ -69,44 +69,44 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if typing.TYPE_CHECKING:  # what type checkers and IDEs see
-    from ._events import Event, EventKind
-    from ._children import ChildExecution
+if typing.TYPE_CHECKING:  # what type checkers and IDEs see; "X as X" re-exports X explicitly (mypy --strict)
+    from ._events import Event as Event, EventKind as EventKind
+    from ._children import ChildExecution as ChildExecution
     from ._exceptions import (
-        BudgetExceeded,
-        ExecutionError,
-        ExecutionFailed,
-        ExecutionInterrupted,
-        PoolBroken,
-        PoolClosed,
-        PoolError,
-        QueueFull,
-        WorkerCrashed,
+        BudgetExceeded as BudgetExceeded,
+        ExecutionError as ExecutionError,
+        ExecutionFailed as ExecutionFailed,
+        ExecutionInterrupted as ExecutionInterrupted,
+        PoolBroken as PoolBroken,
+        PoolClosed as PoolClosed,
+        PoolError as PoolError,
+        QueueFull as QueueFull,
+        WorkerCrashed as WorkerCrashed,
     )
     from ._models import (
-        Attempt,
-        CheckpointRef,
-        ErrorInfo,
-        Escalation,
-        ExecutionInfo,
-        ExecutionResult,
-        Group,
-        InterruptInfo,
-        Preemption,
-        StopRequest,
-        WorkerInfo,
+        Attempt as Attempt,
+        CheckpointRef as CheckpointRef,
+        ErrorInfo as ErrorInfo,
+        Escalation as Escalation,
+        ExecutionInfo as ExecutionInfo,
+        ExecutionResult as ExecutionResult,
+        Group as Group,
+        InterruptInfo as InterruptInfo,
+        Preemption as Preemption,
+        StopRequest as StopRequest,
+        WorkerInfo as WorkerInfo,
     )
-    from ._pool import Execution, Pool
+    from ._pool import Execution as Execution, Pool as Pool
     from .shared import (
-        CheckpointError,
-        Context,
-        ExecutionStatus,
-        InterruptMode,
-        InterruptReason,
-        InterruptRequest,
-        InterruptSource,
-        Interrupted,
-        Stage,
-        current,
+        CheckpointError as CheckpointError,
+        Context as Context,
+        ExecutionStatus as ExecutionStatus,
+        InterruptMode as InterruptMode,
+        InterruptReason as InterruptReason,
+        InterruptRequest as InterruptRequest,
+        InterruptSource as InterruptSource,
+        Interrupted as Interrupted,
+        Stage as Stage,
+        current as current,
     )
-    from ._executor import Executor
+    from ._executor import Executor as Executor

@@ -34,6 +34,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,8 +44,8 @@ from rich.text import Text
 from . import _naming
 from ._events import Event, EventKind
 from ._exceptions import PoolError
-from ._models import Escalation
-from ._pool import Pool
+from ._models import Escalation, ExecutionResult
+from ._pool import Execution, Pool
 from .shared import ExecutionStatus, InterruptMode, InterruptReason
 
 __all__ = ("main",)
@@ -137,7 +138,7 @@ def _pool_with(exec_id: str, name: str | None) -> Pool:
     if not having:
         raise CliError(f"no running pool has an execution {exec_id!r}; 'pool status' lists them")
     raise CliError(f"execution id {exec_id!r} exists in {len(having)} pools "
-                   f"({', '.join(p.name for p in having)}); choose one with --name")  # fmt: skip
+                   f"({', '.join(p.name or '?' for p in having)}); choose one with --name")  # fmt: skip
 
 
 _SOCK_SUFFIX = ".sock"  # a pool's socket is <socket dir>/<name>.sock (see _naming.claim)
@@ -372,6 +373,7 @@ class EventPrinter:
         if self.only_stops and base is None:
             return
         rel = f" +{(ev.mono_ns - base) / 1e6:.1f} ms" if base is not None and k is not EventKind.REQUESTED else ""
+        status = ev.status.value if ev.status is not None else "-"  # (an ended event has one)
         what = {
             EventKind.REQUESTED: lambda: f"[yellow]requested[/] ({ev.reason.value if ev.reason else '-'}, {ev.mode.value if ev.mode else '-'})",
             EventKind.ESCALATED: lambda: f"[yellow]escalated[/] to {ev.mode.value if ev.mode else '-'}{rel}",
@@ -379,7 +381,7 @@ class EventPrinter:
             EventKind.SIGTERM: lambda: f"[red]SIGTERM[/]{rel} ({ev.late_ms:.1f} ms after its deadline)",
             EventKind.SIGKILL: lambda: f"[bold red]SIGKILL[/] process group{rel}"
             + (f" ({ev.late_ms:.1f} ms after its deadline)" if ev.late_ms is not None else ""),
-            EventKind.ENDED: lambda: f"[{_STATUS_STYLE[ev.status.value]}]ended {ev.status.value}[/]{rel}"
+            EventKind.ENDED: lambda: f"[{_STATUS_STYLE.get(status, 'bold')}]ended {status}[/]{rel}"
             + (f" at stage {ev.stage.value}" if ev.stage else ""),
             EventKind.STARTED: lambda: "[cyan]started[/]",
             EventKind.SUBMITTED: lambda: "submitted",
@@ -392,7 +394,7 @@ class EventPrinter:
         else:
             who = ev.execution_id or f"worker {ev.worker_id}"
             self.console.print(f"{when}  {who:<16} {what}")
-        if k is EventKind.ENDED:
+        if k is EventKind.ENDED and ev.execution_id is not None:
             self.requested.pop(ev.execution_id, None)
 
 
@@ -493,9 +495,9 @@ def cmd_run(args) -> int:
     if args.resume:
         if not args.out:
             raise CliError("--resume needs --out FILE: it skips the executions that file records as completed")
-        done = _completed_ids(args.out)
-        skipped = sum(1 for i, _ in items if i in done)
-        items = [(i, x) for i, x in items if i not in done]
+        completed = _completed_ids(args.out)
+        skipped = sum(1 for i, _ in items if i in completed)
+        items = [(i, x) for i, x in items if i not in completed]
     escalation = Escalation(grace=args.grace, term_grace=args.term_grace)
     if args.timeout is not None and args.timeout <= 0:
         raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
@@ -527,7 +529,7 @@ def cmd_run(args) -> int:
             execs = pool._submit_batch(agent, items, args.timeout, resume=args.resume)
             for ex in execs:
                 ex.add_done_callback(done.put)
-            outcomes = []
+            outcomes: list[ExecutionResult] = []
             progress = Progress(
                 TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -537,12 +539,13 @@ def cmd_run(args) -> int:
                 with progress:
                     task = progress.add_task("run", total=len(execs), counts="", rate="")
                     while len(outcomes) < len(execs):
+                        ended: Execution | None
                         try:
-                            ex = done.get(timeout=0.1)  # a UI refresh tick, not supervisor polling
+                            ended = done.get(timeout=0.1)  # a UI refresh tick, not supervisor polling
                         except queue.Empty:
-                            ex = None
-                        while ex is not None:
-                            out = ex.outcome()
+                            ended = None
+                        while ended is not None:
+                            out = ended.outcome()
                             outcomes.append(out)
                             # sys.stdout looked up each time: on a terminal the progress display redirects it
                             # above the bar, so a redraw never erases the start of a result line.
@@ -550,9 +553,9 @@ def cmd_run(args) -> int:
                             stream.write(dumps(result_line(out)) + "\n")
                             stream.flush()
                             try:
-                                ex = done.get_nowait()
+                                ended = done.get_nowait()
                             except queue.Empty:
-                                ex = None
+                                ended = None
                         if watch is not None and watch.poll(0):
                             raise BrokenPipeError("the reader of the result lines went away")
                         counts: dict[str, int] = {}
@@ -655,7 +658,7 @@ def _as_tree(rows: list[dict]) -> list[tuple[int, dict]]:
     roots = []
     for r in rows:
         parent = r.get("parent")
-        if parent in by_id and parent != r["id"]:
+        if parent is not None and parent in by_id and parent != r["id"]:
             kids.setdefault(parent, []).append(r)
         else:
             roots.append(r)
@@ -943,7 +946,7 @@ def cmd_checkpoints(args) -> int:
                        "--dir (the default, .pool/checkpoints, is relative to where the pool ran)")  # fmt: skip
     if args.action == "list":
         ids = [args.id] if args.id else list_ids(root)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i in ids:
             infos = CheckpointStore(root, i).list()
             for info in infos:

@@ -23,10 +23,13 @@ import concurrent.futures as cf
 import threading
 import time
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ._exceptions import error_for
 from .shared import ExecutionStatus, InterruptMode, InterruptReason
+
+if TYPE_CHECKING:
+    from ._pool import Execution, Pool
 
 __all__ = ("Executor",)
 
@@ -49,7 +52,7 @@ class _Future(cf.Future):
     def __init__(self, executor: "Executor"):
         super().__init__()
         self._executor = executor
-        self._execution = None
+        self._execution: Execution | None = None
         self._cancel_asked = False  # cancel() sent a stop: an interrupted end then reads as cancelled
 
     def cancel(self) -> bool:
@@ -120,7 +123,7 @@ class _Future(cf.Future):
             pass  # cancelled in between: the cancel stands
 
 
-_invoke_callbacks = cf.Future._invoke_callbacks
+_invoke_callbacks = cf.Future._invoke_callbacks  # type: ignore[attr-defined]  # (CPython's; typeshed lacks it)
 
 
 def _exception(ex) -> BaseException:
@@ -147,9 +150,9 @@ class Executor(cf.Executor):
     ``timeout`` (seconds of running, per call) stops calls that run too long.
     """
 
-    def __init__(self, workers: int | None = None, *, max_workers: int | None = None, pool=None,
+    def __init__(self, workers: int | None = None, *, max_workers: int | None = None, pool: Pool | None = None,
                  cancel_mode: InterruptMode | str = InterruptMode.GRACEFUL, timeout: float | None = None,
-                 mp_context=None, **pool_kwargs):  # fmt: skip
+                 mp_context: object = None, **pool_kwargs: Any) -> None:  # fmt: skip
         from ._pool import Pool, _parse
 
         if workers is not None and max_workers is not None and workers != max_workers:
@@ -174,11 +177,11 @@ class Executor(cf.Executor):
         self._shutdown = False
 
     @property
-    def pool(self):
+    def pool(self) -> Pool:
         """The :class:`~interrupt_pool.Pool` it runs on."""
         return self._pool
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         pool = self._pool

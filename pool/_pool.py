@@ -38,7 +38,8 @@ import time
 import traceback
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator
+from types import EllipsisType, TracebackType
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
 
 from . import _naming
 from ._agents import build_task, check_budget, check_id, check_timeout
@@ -101,9 +102,11 @@ class Execution:
     def done(self) -> bool:
         return self._ended is not None
 
-    def cancel(self, mode: InterruptMode | str = InterruptMode.GRACEFUL, **kw) -> bool:
+    def cancel(self, mode: InterruptMode | str = InterruptMode.GRACEFUL,
+               reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
+               source: InterruptSource | str = InterruptSource.USER) -> bool:  # fmt: skip
         """Stop this execution; see :meth:`Pool.cancel`."""
-        return self._pool.cancel(self.id, mode, **kw)
+        return self._pool.cancel(self.id, mode, reason, message, source=source)
 
     def _wait(self, timeout: float | None) -> None:
         if self._ended is None:
@@ -117,6 +120,7 @@ class Execution:
         own failure; raises ``TimeoutError`` if it is still live after ``timeout``."""
         self._wait(timeout)
         if self._outcome is None:
+            assert self._ended is not None  # (waited for)
             self._outcome = ExecutionResult.from_wire(self._ended, self._value)  # built twice at worst: same value
         return self._outcome
 
@@ -168,7 +172,7 @@ class Execution:
 
             def ended(_ex) -> None:  # the reader thread: hand over to the loop, never block
                 try:
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                    loop.call_soon_threadsafe(lambda: None if done.done() else done.set_result(None))
                 except RuntimeError:
                     pass  # the loop has closed: nobody is waiting any more
 
@@ -299,6 +303,10 @@ class Pool:
     spare is forked in the background (one more process, a few MiB).
     """
 
+    _proc: subprocess.Popen[bytes] | None  # the supervisor, if this client created it
+    _before_interrupt: Callable[[StopRequest], Any] | None
+    _after_interrupt: Callable[[ExecutionResult], Any] | None
+
     def __init__(self, workers: int | None = None, escalation: Escalation | None = None, capacity: int | None = None,
                  *, name: str | None = None, on_event: Callable[[Event], Any] | None = None,
                  checkpoint_dir: str | os.PathLike | None = ".pool/checkpoints", keep_checkpoints: int = 3,
@@ -337,7 +345,7 @@ class Pool:
             _whole("memory_limit", memory_limit, 1 << 20)
         if max_tasks_per_child is not None:
             _whole("max_tasks_per_child", max_tasks_per_child, 1)
-        init = (None, None, None)
+        init: tuple[str | None, bytes | None, bytes | None] = (None, None, None)
         if initializer is not None:
             from ._agents import agent_spec
 
@@ -446,7 +454,8 @@ class Pool:
     def __enter__(self) -> "Pool":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
         interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
         self.shutdown(wait=True, cancel=interrupted)
 
@@ -642,7 +651,7 @@ class Pool:
             self._unreserve(1)
             raise
 
-    def _submit_batch(self, fn: Callable | str, items: list[tuple[str | None, Any]], timeout: float | None = None,
+    def _submit_batch(self, fn: Callable | str, items: Sequence[tuple[str | None, Any]], timeout: float | None = None,
                       resume: bool = False, chunksize: int = 1, call: int = 0) -> list[Execution]:  # fmt: skip
         """Submit (id, input) pairs in as few frames as possible; all or none. With ``chunksize``
         above 1, every ``chunksize`` of them travel and run as one chunk (one input pickle, one
@@ -836,7 +845,7 @@ class Pool:
         except (PoolBroken, PoolClosed):
             pass  # nothing left to stop: the reader thread settles every execution
 
-    def group(self, name: str, budget: float | None = ...) -> Group:
+    def group(self, name: str, budget: float | None | EllipsisType = ...) -> Group:
         """Create group ``name`` and return it (its budget, spend, members); ``budget=`` sets or
         changes its budget (None: no budget); without it, an existing group is left as it is.
         Executions submitted with ``group=name`` (and their children) share its budget: once
@@ -845,9 +854,9 @@ class Pool:
         if not isinstance(name, str) or not name or len(name) > 256 or "\x00" in name:
             raise ValueError(f"group name must be a string of 1 to 256 characters without NUL, got {name!r}")
         keep = budget is ...
-        budget = None if keep else check_budget("budget", budget)
+        value = None if keep else check_budget("budget", budget)
         self._check_usable()
-        return Group(**self._call(lambda req: P.DefineGroup(req, name, budget, keep)))
+        return Group(**self._call(lambda req: P.DefineGroup(req, name, value, keep)))
 
     def cancel_group(self, name: str, mode: InterruptMode | str = InterruptMode.GRACEFUL,
                      reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,
@@ -926,7 +935,8 @@ class Pool:
                 execution_id=msg.id, mode=InterruptMode.from_code(msg.mode),
                 reason=InterruptReason.from_code(msg.reason), source=InterruptSource.from_code(msg.source),
                 message=msg.message)  # fmt: skip
-            allow = self._before_interrupt(request) is not False
+            hook = self._before_interrupt
+            allow = hook is None or hook(request) is not False
         except Exception as exc:  # a broken hook must not block stops: it allows, and says so
             self._source_error(f"before_interrupt raised {type(exc).__name__}: {exc}; the stop goes ahead", msg.id)
         try:
@@ -935,8 +945,11 @@ class Pool:
             pass  # the pool is gone: nothing to stop any more
 
     def _run_after_interrupt(self, ex: Execution) -> None:
+        hook = self._after_interrupt
+        if hook is None:
+            return
         try:
-            self._after_interrupt(ex.outcome())
+            hook(ex.outcome())
         except Exception as exc:
             self._source_error(f"after_interrupt raised {type(exc).__name__}: {exc}", ex.id)
 

@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import TYPE_CHECKING, Any
 
 from ._children import Tree
 from ._proc import (
@@ -63,12 +64,15 @@ from .shared import _context
 from .shared._flags import BEGUN, ITEM, ITEM_NS, LIMIT, PENDING, SIGNALLED
 from .shared._protocol import OUTPUT_END
 
+if TYPE_CHECKING:
+    import asyncio  # (imported only when an async agent runs)
+
 __all__ = ("AgentCache", "worker_main")
 
 # Signals whose disposition a clean slate resets (SIGKILL and SIGSTOP cannot be changed).
 _RESETTABLE = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
-_OURS = {signal.SIGTERM: None, signal.SIGINT: signal.SIG_IGN, signal.SIGPIPE: signal.SIG_IGN,
-         signal.SIGXFSZ: signal.SIG_IGN}  # None: _on_sigterm; the rest as CPython starts them
+_OURS: dict[int, Any] = {signal.SIGTERM: None, signal.SIGINT: signal.SIG_IGN, signal.SIGPIPE: signal.SIG_IGN,
+                         signal.SIGXFSZ: signal.SIG_IGN}  # None: _on_sigterm; the rest as CPython starts them
 _UNWIND_BOUND_S = 1.0  # at most this long (and at most half the term grace) for a stuck unwinding
 
 
@@ -103,8 +107,8 @@ class _State:
     current: tuple[int, int] | None = None  # (control index, armed) of the execution taken, from its Run on
     ctx: Context | None = None  # the execution running now
     finished: tuple[int, int] | None = None  # (control index, armed) of the one that ended last
-    words = None
-    chan: "_Chan | None" = None
+    words: memoryview  # the flag array's words (set at the worker's start, before any use)
+    chan: _Chan  # the supervisor's channel (set at the worker's start, before any use)
     result_lock = threading.Lock()  # serialises the one Result of the running execution
     result_for: Context | None = None  # the execution whose Result has been sent
     hook = None  # the running execution's on_interrupt hook, for the watchdog
@@ -112,7 +116,8 @@ class _State:
     bound = _UNWIND_BOUND_S
     pid = 0
     capture = False  # fds 1 and 2 are the supervisor's output pipe
-    task = loop = None  # an async agent's task and event loop while it runs
+    task: asyncio.Task[Any] | None = None  # an async agent's task and event loop while it runs
+    loop: Any = None  # (an asyncio event loop: only read while task is set)
     task_stage = Stage.FLAG
     max_value = P.DEFAULT_MAX_FRAME
     chunk_id: str | None = None  # the chunk running now: its item results not sent yet, from chunk_sent on
@@ -353,7 +358,7 @@ def direct_children_alive(pid: int) -> list[int]:
     return alive
 
 
-def _main_thread_children(pid: int) -> list[str]:
+def _main_thread_children(pid: int) -> list[bytes]:
     """Our children (zombies included) forked by the main thread: three syscalls."""
     fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -395,7 +400,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     S.words, S.chan, S.max_value = words, chan, max_frame - 64 * 1024  # room for the rest of the Result
     signal.set_wakeup_fd(-1)
     try:
-        sys.stdout.reconfigure(line_buffering=True)  # what agents print reaches their log as they print it
+        # What agents print reaches their log as they print it (TextIO lacks reconfigure: typeshed's view).
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except (AttributeError, ValueError):
         pass
     slate = _Slate()
@@ -642,7 +648,7 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
     begun are the supervisor's to requeue or end. An item's own stop at the flag ends that
     item and then the chunk; an item that raises ``Interrupted`` itself ends only itself."""
     words, base = S.words, msg.control_index
-    items = msg.items
+    items = msg.items or []  # (a chunk's Run has them)
     n = len(items)
     skip = set(msg.skip) if msg.skip else ()
     S.chunk_id, S.chunk_results, S.chunk_sent, S.chunk_marks = msg.id, [], 0, 0
@@ -681,7 +687,7 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
             stopped = Stage.SIGTERM if S.term_seen else Stage.FLAG
             break
         ctx.execution_id, ctx.state = items[k], None
-        inp = inputs[first + k]
+        inp: Any = inputs[first + k]
         if merged:
             try:
                 inp = pickle.loads(inp)

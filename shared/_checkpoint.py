@@ -253,6 +253,7 @@ def check_envelope(path: Path, keep_payload: bool = False) -> tuple[int, bytes |
 def read_file(path: Path) -> tuple[int, str, float, Any]:
     """(seq, execution id, time, state) of one checkpoint file; CheckpointError if it is not complete and valid."""
     seq, payload = check_envelope(path, keep_payload=True)
+    assert payload is not None  # (keep_payload=True: it is kept)
     try:
         exec_id, _seq, wall, state = decode(payload)
     except CheckpointError:
@@ -323,6 +324,7 @@ class CheckpointStore:
                 os.close(dfd)
         self._next_seq = seq + 1
         on_disk = self._on_disk
+        assert on_disk is not None  # (next_seq() above listed the directory)
         on_disk.append(seq)
         while len(on_disk) > self.keep:  # this worker is the only writer: no need to list the directory
             try:

@@ -24,12 +24,17 @@ import select
 import struct
 import threading
 import time
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._checkpoint import CheckpointInfo, CheckpointStore
 from ._flags import COST, OBSERVED_NS, PENDING, PROGRESS, REASON, REQUESTED_NS, SHIELD
 from ._types import InterruptMode, InterruptReason, InterruptSource, Interrupted, Stage
 from . import _protocol as P
+
+if TYPE_CHECKING:  # types only: this package never imports the rest of interrupt_pool at run time
+    from .._children import ChildExecution
 
 __all__ = ("Context", "InterruptRequest", "current")
 
@@ -106,9 +111,10 @@ class Context:
                  "_lock", "_shield_depth", "_shield_since", "shield_ns", "_held", "_tree", "_cond", "_waiting",
                  "_child_ended", "_verdicts")  # fmt: skip
 
-    def __init__(self, words, control_index: int, armed: int, chan, execution_id: str, worker_id: int,
-                 checkpoints: ExecutionCheckpoints | None = None, wake: tuple[int, int] | None = None,
-                 critical=contextlib.nullcontext, allowance: float | None = None, tree=None):  # fmt: skip
+    def __init__(self, words: memoryview, control_index: int, armed: int, chan: P.Channel, execution_id: str,
+                 worker_id: int, checkpoints: ExecutionCheckpoints | None = None, wake: tuple[int, int] | None = None,
+                 critical: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+                 allowance: float | None = None, tree: Any = None) -> None:  # fmt: skip
         self._words = words
         self._ctl = control_index
         # A one-word view of the slot's pending word (0 until a stop is requested): the
@@ -122,7 +128,7 @@ class Context:
         self._pending: list = []  # frames read off the channel that are not ours to handle
         self._ckpt = checkpoints
         self._in_hook = False
-        self.state = None
+        self.state: Any = None
         self._wake = wake  # (read fd, write fd) of the worker's wake pipe: readable once a stop arrived
         self._critical = critical  # context manager: SIGTERM waits for its end
         self._read_lock = getattr(chan, "read_lock", None) or threading.Lock()  # the worker's, shared with its loop
@@ -264,7 +270,7 @@ class Context:
         return self._spent
 
     @contextlib.contextmanager
-    def shield(self):
+    def shield(self) -> Iterator[Context]:
         """A critical section (a payment, a commit) that a stop waits for: inside it,
         ``check()`` does not raise and a SIGTERM is held; the stop is delivered as the
         outermost shield ends. The stop's SIGKILL deadline still applies, so a shield
@@ -295,7 +301,7 @@ class Context:
 
     # -- child executions ----------------------------------------------------
 
-    def submit(self, fn, input=None, **options):
+    def submit(self, fn: Callable[..., Any] | str, input: Any = None, **options: Any) -> ChildExecution:
         """Start a child execution of ``fn(ctx, input)`` in the same pool and return its
         handle (``result()``, ``outcome()``, ``cancel()``). Stopping this execution stops
         its children; its budget covers their spend. Options as ``Pool.submit``:
@@ -307,7 +313,7 @@ class Context:
             raise RuntimeError(f"execution {self.execution_id!r} has ended; it cannot start children")
         return self._tree.submit(self, fn, input, options)
 
-    def map(self, fn, inputs, **options) -> list:
+    def map(self, fn: Callable[..., Any] | str, inputs: Iterable[Any], **options: Any) -> list[Any]:
         """Run ``fn`` over ``inputs`` as child executions and return their values in order;
         the first that does not complete raises, after the others were cancelled."""
         children = [self.submit(fn, x, **options) for x in inputs]
@@ -320,7 +326,7 @@ class Context:
 
     # -- checkpoints -----------------------------------------------------
 
-    def checkpoint(self, state, *, durable: bool = True) -> CheckpointInfo:
+    def checkpoint(self, state: Any, *, durable: bool = True) -> CheckpointInfo:
         """Save ``state`` (msgpack-able, plus tuples, sets, datetimes, UUIDs, Decimals,
         pydantic models) as this execution's newest checkpoint, then check for a stop
         request: a natural stopping point. ``durable=False`` skips the fsyncs (the
@@ -335,7 +341,7 @@ class Context:
             self.check()
         return info
 
-    def restore(self):
+    def restore(self) -> Any:
         """The state of this execution's newest complete checkpoint, or None. A
         resumed execution starts with the checkpoints its id saved before."""
         if self._ckpt is None:

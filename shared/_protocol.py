@@ -50,7 +50,7 @@ class ProtocolError(Exception):
     """A frame that is not a valid message of this protocol version."""
 
 
-_BY_KIND: dict[int, type] = {}
+_BY_KIND: dict[int, Any] = {}  # kind -> message class (a NamedTuple: _fields, _make)
 _CHECKS: dict[type, tuple] = {}
 _NESTED: dict[type, tuple] = {}  # message -> ((field index, nested message), ...): built even when not validated
 
@@ -181,7 +181,7 @@ def encode(msg) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def decode(body: bytes, validate: bool = True):
+def decode(body: bytes | bytearray | memoryview, validate: bool = True) -> Any:
     """The message in one frame body; ProtocolError if it is not one."""
     try:
         raw = _unpackb(body)
@@ -791,8 +791,8 @@ class Channel:
         out = self._out
         while out:
             if len(out) > 1 and self._out_bytes <= _COALESCE:
-                head = memoryview(out.popleft())[self._offset :]
-                data = b"".join([head, *out])
+                first = memoryview(out.popleft())[self._offset :]
+                data = b"".join([first, *out])
                 out.clear()
                 out.append(data)
                 self._offset = 0

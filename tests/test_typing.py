@@ -36,22 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 USAGE = Path(__file__).resolve().parent / "typing_usage.py"
 MYPY_TIMEOUT = 180  # seconds for one mypy run: a bound for a hung run, not the expected time
 
-# Public callables that still lack annotations, in modules this change could not edit; each
-# is a temporary exception, to be removed (the test says so) once the annotation is there.
-PENDING_ANNOTATIONS = {
-    "Context.__init__",
-    "Context.checkpoint",
-    "Context.map",
-    "Context.restore",
-    "Context.shield",
-    "Context.submit",
-    "Execution.cancel",
-    "Executor.__init__",
-    "Executor.pool",
-    "Pool.__exit__",
-}
-
-
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the package as it installs (symlinks into the checkout), and the usage file."""
@@ -143,7 +127,4 @@ def test_public_api_is_annotated() -> None:
             gaps = _unannotated(fn)
             if gaps:
                 missing[qualname] = gaps
-    new = {k: v for k, v in missing.items() if k not in PENDING_ANNOTATIONS}
-    assert not new, f"public callables without annotations (name: what lacks one): {new}"
-    done = PENDING_ANNOTATIONS - set(missing)
-    assert not done, f"now annotated: remove {sorted(done)} from PENDING_ANNOTATIONS in {Path(__file__).name}"
+    assert not missing, f"public callables without annotations (name: what lacks one): {missing}"

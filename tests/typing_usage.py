@@ -7,10 +7,6 @@ tests/test_typing.py runs mypy over this file with the flags ``mypy --strict`` t
 (listed above: ``strict`` itself cannot be set inline; ``warn_redundant_casts``, global
 only, is on in pyproject.toml). Each ``assert_type`` pins a return type a caller relies
 on, so a public method that loses its annotation (and returns ``Any``) fails the test.
-
-A line marked ``PENDING`` silences an error that an annotation in a module this change
-could not edit will fix; once it is fixed the ignore is unused, mypy says so
-(``warn-unused-ignores``) and the test fails until the marker goes.
 """
 
 from __future__ import annotations
@@ -80,15 +76,15 @@ def research(ctx: Context, topic: str) -> dict[str, Any]:
         assert_type(request.requested_ns, int)
     assert_type(ctx.spend(0.25, note="tokens"), float)
     assert_type(ctx.cost, float)
-    ctx.state = {"topic": topic, "done": 0}  # type: ignore[assignment]  # PENDING: Context.state typed Any
+    ctx.state = {"topic": topic, "done": 0}
     with ctx.shield() as shielded:
-        assert_type(shielded, Context)  # type: ignore[assert-type]  # PENDING: Context.shield annotated
+        assert_type(shielded, Context)
     saved = ctx.checkpoint({"topic": topic}, durable=False)
     assert_type(saved.seq, int)
     assert_type(saved.path, str)
-    restored = ctx.restore()  # type: ignore[no-untyped-call]  # PENDING: Context.restore annotated
-    child = ctx.submit(summarise, topic, timeout=5.0)  # type: ignore[no-untyped-call]  # PENDING: Context.submit
-    assert_type(child, ChildExecution)  # type: ignore[assert-type]  # PENDING: Context.submit annotated
+    restored = ctx.restore()
+    child = ctx.submit(summarise, topic, timeout=5.0)
+    assert_type(child, ChildExecution)
     handle: ChildExecution = child
     assert_type(handle.id, str)
     assert_type(handle.done(), bool)

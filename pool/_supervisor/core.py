@@ -47,6 +47,7 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from pathlib import Path
+from typing import Any, Callable
 
 from ..shared import ExecutionStatus, FlagArray, InterruptMode, InterruptReason, InterruptSource, Stage
 from ..shared import _protocol as P
@@ -72,7 +73,7 @@ from ..shared._protocol import OUTPUT_END, Channel
 from .clients import MAX_CLIENTS, MAX_OUTPUT, Client, Listener, log
 from .output import OutputLog, log_path
 from .runqueue import RunQueue
-from .sources import SOURCES
+from .sources import SOURCES, Source
 
 _MARK_HEAD = OUTPUT_END[:1]
 
@@ -141,6 +142,21 @@ class _Exec:
         "next_item", "retries", "retry_on", "backoff", "attempts", "inputs",
     )  # fmt: skip
 
+    # The fields __init__ sets to None, typed (each is set as the execution gets that far):
+    # Its flag slot and the slot's generation tag: read only while a worker has it (from its Run until it
+    # ends or is requeued), None otherwise (where None is assigned, the type checker is told so).
+    slot: int
+    armed: int
+    started_ns: int | None
+    wall_started_ns: int | None
+    message: str | None
+    requested_ns: int | None
+    observed_ns: int | None
+    sigterm_ns: int | None
+    sigterm_deadline_ns: int | None
+    sigkill_ns: int | None
+    sigkill_deadline_ns: int | None
+
     def __init__(self, task: P.Task, grace: float, term_grace: float, client: Client | None, parent=None):
         self.id, self.agent, self.payload = task.id, task.agent, task.input
         self.timeout, self.resume, self.hook = task.timeout, task.resume, task.hook
@@ -150,7 +166,7 @@ class _Exec:
         self.reported = False  # its client was told it started
         self.status = ExecutionStatus.QUEUED
         self.worker: _Worker | None = None
-        self.slot = self.armed = None
+        self.slot = self.armed = None  # type: ignore[assignment]  # (no slot yet)
         self.started_ns = self.wall_started_ns = None
         self.mode = 0  # strongest InterruptMode code requested so far; 0: none
         self.reason = self.source = 0
@@ -204,7 +220,8 @@ class _ItemOut:
     __slots__ = ("id", "out")
 
     def __init__(self, id: str):
-        self.id, self.out = id, None
+        self.id = id
+        self.out: OutputLog | None = None
 
 
 class _Worker:
@@ -226,7 +243,8 @@ class _Worker:
         self.known_agents = AgentCache()  # by-value agents it has, as the worker's own cache has them
         self.out_r = -1  # read end of its output pipe (fds 1 and 2 of it and its tools), -1 if not captured
         self.idle_out: OutputLog | None = None  # what it prints while it runs no execution
-        self.out_execs: deque[_Exec] = deque()  # executions sent to it whose end-of-output mark is still to come
+        # executions (a chunk's items) sent to it whose end-of-output mark is still to come
+        self.out_execs: deque[_Exec | _ItemOut] = deque()
         self.out_tail = b""  # bytes that may be the start of an end-of-output mark
         self.lent = False  # its execution waits on children: a stand-in may run in its place
         self.runs = 0  # executions it has ended (max_tasks_per_child)
@@ -314,17 +332,19 @@ class Supervisor:
         self.history_bytes = 0
         self.lent = 0  # workers whose execution waits on its children (tree)
         self.standins = False  # stand-in workers were started for them: retire the idle extras
-        self.vetoes: dict[int, tuple] = {}  # VetoAsk req -> (execution id, request, then, timer)
+        # VetoAsk req -> (execution id, request, then, timer)
+        self.vetoes: dict[int, tuple[_Exec, tuple[int, int, int, str | None], Any, _Timer]] = {}
         self.next_veto = 1
-        self.sources = [cls(self) for cls in SOURCES]
-        self.budgets, self.stalls, self.tree, self.priority = self.sources
+        budgets, stalls, tree, priority = SOURCES
+        self.budgets, self.stalls, self.tree, self.priority = budgets(self), stalls(self), tree(self), priority(self)
+        self.sources: list[Source] = [self.budgets, self.stalls, self.tree, self.priority]
         hooks = {}
         for name in ("check", "submitted", "started", "escalated", "blocked", "intercept", "ended", "settled", "row",
                      "status"):  # fmt: skip
             hooks[name] = [getattr(src, name) for src in self.sources if hasattr(src, name)]
         self.hooks = hooks
-        self._worker_handlers = {}
-        self._source_client_handlers = {}
+        self._worker_handlers: dict[type, Callable[[_Worker, Any], None]] = {}
+        self._source_client_handlers: dict[type, Callable[[Client, Any], None]] = {}
         self._worker_handlers[P.ItemsDone] = self._on_items_done
         self._worker_handlers[P.InitFailed] = self._on_init_failed
         for src in self.sources:
@@ -343,7 +363,8 @@ class Supervisor:
         if not client.owner and client.chan.pending_bytes > max(MAX_OUTPUT, 2 * self.cfg.max_frame):
             self._drop(client, f"it does not read its messages ({client.chan.pending_bytes} bytes queued)")
 
-    def _event(self, kind: str, ex: "_Exec | None", w: "_Worker | None", mono_ns: int | None = None, **data) -> None:
+    def _event(self, kind: str, ex: "_Exec | _ItemOut | None", w: "_Worker | None", mono_ns: int | None = None,
+               **data) -> None:  # fmt: skip
         subs = self.subscribers
         if not subs:
             return  # the per-task started/ended events cost nothing while nobody listens
@@ -361,10 +382,11 @@ class Supervisor:
     def _send_started(self, ex: _Exec) -> None:
         if self.unsent_started.pop(ex.id, None) is not None:
             w = ex.worker
+            assert w is not None and ex.wall_started_ns is not None  # (it started on w)
             if ex.inputs is None:
                 self._send(ex.client, P.Started(ex.id, w.id, w.pid, ex.wall_started_ns))
             else:  # merged: its client knows only the items
-                for i in ex.items:
+                for i in ex.items or ():
                     if self.item_chunk.get(i) is ex:
                         self._send(ex.client, P.Started(i, w.id, w.pid, ex.wall_started_ns))
 
@@ -465,8 +487,8 @@ class Supervisor:
             self._begin_shutdown(InterruptMode.GRACEFUL.code, InterruptSource.SIGNAL.code)
 
     def _on_creator_exit(self, key, mask) -> None:
-        self.sel.unregister(self.creator_fd)
-        os.close(self.creator_fd)
+        self.sel.unregister(key.fd)  # (the creator's pidfd)
+        os.close(key.fd)
         self.creator_fd = None
         self._owner_gone("the process that created the pool exited")
 
@@ -490,6 +512,8 @@ class Supervisor:
     # -- clients -------------------------------------------------------------
 
     def _on_accept(self, key, mask) -> None:
+        if self.listener is None:
+            return  # (registered only with a listener)
         for conn, pid, uid in self.listener.accept():
             if uid != os.getuid():
                 self._refuse(conn, f"refused: process {pid} of uid {uid} may not control a pool of uid {os.getuid()}")
@@ -670,7 +694,7 @@ class Supervisor:
     def _chunk_problem(self, t: P.Task) -> str | None:
         items = t.items
         if not items or len(items) > _MAX_CHUNK:
-            return f"a chunk holds 1 to {_MAX_CHUNK} items, got {len(items)}"
+            return f"a chunk holds 1 to {_MAX_CHUNK} items, got {len(items or ())}"
         if t.budget is not None or t.stall_timeout is not None or t.group is not None or t.preemptible or t.resume \
                 or t.hook is not None or t.memory_limit is not None or t.retries:  # fmt: skip
             return ("items of a map with a chunksize take no budget, stall_timeout, group, preemptible, resume, "
@@ -866,6 +890,7 @@ class Supervisor:
 
     def _on_query(self, c: Client, msg: P.Query) -> None:
         what = msg.what
+        value: Any
         if what == "workers":
             value = [[w.id, w.pid, w.state, self._shown(w.exec)] for w in self.workers.values() if w is not self.spare]
         elif what == "executions":
@@ -905,7 +930,7 @@ class Supervisor:
             return self._drop(c, "only the process that created the pool may shut it down")
         self._begin_shutdown(msg.mode or None, msg.source, msg.reason)
 
-    _client_handlers = {
+    _client_handlers: dict[type, Callable[..., None]] = {
         P.Submit: _on_submit, P.DefineAgent: _on_define_agent, P.Cancel: _on_cancel,
         P.CancelWorker: _on_cancel_worker, P.CancelAll: _on_cancel_all, P.Query: _on_query, P.Wait: _on_wait,
         P.Subscribe: _on_subscribe, P.Shutdown: _on_shutdown, P.VetoAnswer: _on_veto_answer,
@@ -1124,6 +1149,7 @@ class Supervisor:
         to 30 s; never a tight loop); while no worker got through its initializer, the queued
         executions cannot run: they end as failed with the initializer's error."""
         if not any(x.state in ("idle", "busy") for x in self.workers.values()):
+            assert self.init_error is not None  # (set by the failure that called this)
             etype, text, tb = self.init_error
             for ex in list(self.execs.values()):
                 if ex.status is ExecutionStatus.QUEUED and ex.worker is None:
@@ -1209,14 +1235,16 @@ class Supervisor:
 
     def _route_output(self, w: _Worker, data: bytes) -> None:
         ex = w.out_execs[0] if w.out_execs else None
+        log_dir = self.cfg.log_dir
+        assert log_dir is not None  # (workers' output is captured only with a log_dir)
         try:
             if ex is not None:
                 if ex.out is None:
-                    ex.out = OutputLog(log_path(self.cfg.log_dir, ex.id), self.cfg.max_log_bytes)
+                    ex.out = OutputLog(log_path(log_dir, ex.id), self.cfg.max_log_bytes)
                 lines = ex.out.write(data)
             else:
                 if w.idle_out is None:  # a leading dot: no execution id maps to this name
-                    w.idle_out = OutputLog(os.path.join(self.cfg.log_dir, f".worker-{w.id}.log"),
+                    w.idle_out = OutputLog(os.path.join(log_dir, f".worker-{w.id}.log"),
                                            self.cfg.max_log_bytes)  # fmt: skip
                 lines = w.idle_out.write(data)
         except OSError as exc:
@@ -1224,11 +1252,11 @@ class Supervisor:
             return
         self._output_event(ex, w, lines)
 
-    def _output_event(self, ex: _Exec | None, w: _Worker, lines: list[str]) -> None:
+    def _output_event(self, ex: _Exec | _ItemOut | None, w: _Worker, lines: list[str]) -> None:
         if lines:
             self._event("output", ex, w, text="\n".join(lines))
 
-    def _close_output(self, ex: _Exec, w: _Worker | None) -> None:
+    def _close_output(self, ex: _Exec | _ItemOut, w: _Worker | None) -> None:
         if ex.out is not None:
             lines = ex.out.close()
             if w is not None:
@@ -1403,16 +1431,15 @@ class Supervisor:
         if self.run_ema_ns >= PREFETCH_BELOW_NS or ex.parent is not None:
             return None
         oldest = time.monotonic_ns() - max(2 * self.run_ema_ns, 1_000_000)
-        best = None
+        best, best_key = None, (0, 0)
         for w in self.workers.values():
             if w.state == "busy" and len(w.inflight) < _PREFETCH_DEPTH and not w.lent and not (
                     self.cfg.max_tasks_per_child and w.runs + len(w.inflight) >= self.cfg.max_tasks_per_child):  # fmt: skip
                 running = w.inflight[0]
-                started = running.started_ns
+                started = running.started_ns or 0  # (0: it has not started: no candidate)
                 if (started > oldest and running.priority >= ex.priority
-                        and (best is None or (len(w.inflight), started) < (len(best.inflight),
-                                                                            best.inflight[0].started_ns))):  # fmt: skip
-                    best = w
+                        and (best is None or (len(w.inflight), started) < best_key)):  # fmt: skip
+                    best, best_key = w, (len(w.inflight), started)
         return best
 
     def _dispatch(self) -> None:
@@ -1497,7 +1524,7 @@ class Supervisor:
             self.item_chunk[m.id] = chunk
             if m.waiters:
                 self.item_waiters[m.id] = m.waiters
-            m.payload = None
+            m.payload = b""  # released
         return chunk
 
     def _blob_for(self, w: _Worker, spec: str | None) -> bytes | None:
@@ -1512,6 +1539,7 @@ class Supervisor:
         it was prefetched) start now."""
         ex.started_ns, ex.wall_started_ns = time.monotonic_ns(), time.time_ns()
         w = ex.worker
+        assert w is not None  # (it was sent to w)
         if ex.mode:
             # Stopped while prefetched: its worker will see the flag and not start it, so
             # its client keeps seeing it as cancelled-while-queued. The clock runs anyway.
@@ -1582,6 +1610,7 @@ class Supervisor:
             return True
         # Details (and the doorbell for ctx.sleep) go out before the flag, so an
         # agent that sees the flag finds them already in its socket.
+        assert w is not None and ex.requested_ns is not None  # (not queued: sent to w; requested above)
         doorbell = ex.id if ex.items is None else self._shown(ex) or ex.id  # a chunk: the item it is in
         self._send_worker(w, P.Interrupt(doorbell, ex.armed, mode, ex.reason, ex.source, ex.message, ex.requested_ns),
                           now=True)  # fmt: skip
@@ -1645,19 +1674,19 @@ class Supervisor:
 
     def _sigterm(self, ex: _Exec) -> None:
         w = ex.worker
-        if ex.status not in _LIVE or ex.sigterm_ns or w.killed or w.exec is not ex:
+        if ex.status not in _LIVE or ex.sigterm_ns or w is None or w.killed or w.exec is not ex:
             return
         if self._not_begun_yet(ex, self._sigterm):
             return
-        ex.sigterm_ns = time.monotonic_ns()  # stamped before the call: the timeline stays monotonic
+        ex.sigterm_ns = now = time.monotonic_ns()  # stamped before the call: the timeline stays monotonic
         self.flags.mark_signalled(ex.slot, ex.armed)  # before the signal: the worker checks it
         try:
             signal.pidfd_send_signal(w.pidfd, signal.SIGTERM)
         except ProcessLookupError:
             pass  # it exited on its own just now; reaping settles the execution
-        self._event("sigterm", ex, w, ex.sigterm_ns, late_ms=(ex.sigterm_ns - ex.sigterm_deadline_ns) / 1e6)
+        self._event("sigterm", ex, w, now, late_ms=(now - (ex.sigterm_deadline_ns or now)) / 1e6)
         w.state = "stopping"
-        ex.sigkill_deadline_ns = ex.sigterm_ns + int(ex.term_grace * 1e9)
+        ex.sigkill_deadline_ns = now + int(ex.term_grace * 1e9)
         w.kill_timer = self._at(ex.term_grace, self._sigkill, w)  # bound to the worker: fires even if it answers
 
     def _sigkill(self, w: _Worker) -> None:
@@ -1695,6 +1724,7 @@ class Supervisor:
             if len(recent) > _WARM_AGENTS:
                 recent.popitem(last=False)
         spare = self.spare
+        assert spare is not None  # (both callers checked: there is a spare)
         self._send_worker(spare, P.Warm([[spec, self._blob_for(spare, spec)] for spec in specs]))
 
     def _replace_early(self) -> None:
@@ -1815,9 +1845,10 @@ class Supervisor:
             self.free_slots.append(ex.slot)
             ckpt = self._settled_checkpoint(ex, w)
             if ex.memory_used:
+                limit = ex.memory_limit or 0  # (set: it is what was exceeded)
                 error = ["MemoryLimitExceeded", f"execution {ex.id!r} used {ex.memory_used / 2**20:.1f} MiB of memory "
                          f"(its worker and the processes it started), over its memory_limit of "
-                         f"{ex.memory_limit / 2**20:.1f} MiB; its worker (pid {w.pid}) was killed and replaced", None]
+                         f"{limit / 2**20:.1f} MiB; its worker (pid {w.pid}) was killed and replaced", None]
                 self._end(ex, ExecutionStatus.CRASHED, error=error, exit_code=exit_code, signo=signo, checkpoint=ckpt)
             elif w.killed:
                 self._end(ex, ExecutionStatus.INTERRUPTED, stage=Stage.SIGKILL, exit_code=exit_code, signo=signo,
@@ -1861,7 +1892,7 @@ class Supervisor:
         w.inflight.clear()
         for ex in reversed(pending):
             self.free_slots.append(ex.slot)
-            ex.slot = ex.armed = None
+            ex.slot = ex.armed = None  # type: ignore[assignment]  # (no slot now)
             ex.worker = None
             ex.started_ns = ex.wall_started_ns = None
             ex.pending_signal = None
@@ -1873,6 +1904,7 @@ class Supervisor:
                 for k in sorted(ex.item_stops):
                     self._stop_unsent_item(ex, k, *ex.item_stops[k])
                 ex.item_stops = None
+                assert ex.skip is not None and ex.items is not None  # (a chunk: its stopped items are skipped)
                 if len(ex.skip) == len(ex.items) and not ex.mode:
                     self._drop_chunk(ex)
                     continue
@@ -1975,7 +2007,7 @@ class Supervisor:
         self._use_agent(ex, -1)
         ex.worker = ex.client = None
         ex.waiters = []
-        ex.payload = None  # a cancelled one may wait in the deque until it reaches the head
+        ex.payload = b""  # released: a cancelled one may wait in the deque until it reaches the head
         self._remember(ex.id, info, value)
 
     # -- chunks: several items of a map in one slot, each with its own id and end -------------
@@ -1985,11 +2017,12 @@ class Supervisor:
         queued. Sent: the worker is told not to start it (the slot's limit); if it runs now, its
         flag is set too, with the chunk's escalation. Either way only the worker's report ends
         it (it may have finished first); the items after it are requeued as a new chunk."""
+        assert ex.items is not None  # (a chunk)
         k = ex.items.index(item_id)
         now = time.monotonic_ns()
         if ex.status is ExecutionStatus.QUEUED and ex.worker is None:
             self._stop_unsent_item(ex, k, mode, reason, source, message, now)
-            if len(ex.skip) == len(ex.items):
+            if len(ex.skip or ()) == len(ex.items):
                 self.n_queued -= 1
                 self._drop_chunk(ex)
             return True
@@ -2024,6 +2057,7 @@ class Supervisor:
 
     def _drop_chunk(self, ex: _Exec) -> None:
         """Forget a chunk whose items have all ended (it has no Ended of its own: its items had theirs)."""
+        assert ex.items is not None  # (a chunk)
         for t in ex.timers:
             self._cancel(t)
         ex.timers = []
@@ -2038,12 +2072,13 @@ class Supervisor:
             if self.item_chunk.get(i) is ex:  # an item reported twice is impossible; a requeued tail owns its own
                 del self.item_chunk[i]
         ex.worker = ex.client = None
-        ex.payload = None
+        ex.payload = b""  # released
 
     def _on_item_timeout(self, ex: _Exec) -> None:
         """``timeout`` counts for each item of a chunk from the moment it began (the slot's item_ns)."""
         if ex.status not in _LIVE:
             return
+        assert ex.items is not None and ex.timeout is not None  # (a chunk with a timeout set this timer)
         k, began = self.flags.item(ex.slot) if self._begun(ex) else (-1, 0)
         due = began + int(ex.timeout * 1e9)
         now = time.monotonic_ns()
@@ -2082,6 +2117,7 @@ class Supervisor:
 
     def _end_item(self, ex: _Exec, k: int, status: int, value, error, stage, observed_ns: int, w,
                   stop: tuple | None, exit_code: int | None = None, signo: int | None = None) -> None:  # fmt: skip
+        assert ex.items is not None  # (a chunk)
         item_id = ex.items[k]
         info = {"id": item_id, "status": status, "error": error, "worker_id": w.id if w else None,
                 "pid": w.pid if w else None, "started_ns": ex.wall_started_ns if w else None,
@@ -2114,6 +2150,7 @@ class Supervisor:
         unreported (killed, or stuck unwinding after SIGTERM) ends with the chunk's status if
         a stop was meant for it, else runs again; items after it never began: they are
         requeued, or end at stage queued if a stop was meant for them (or for the chunk)."""
+        assert ex.items is not None  # (a chunk)
         w = ex.worker
         begun = self.flags.item(ex.slot)[0] if w is not None and ex.slot is not None and self._begun(ex) else -1
         cut = None  # the item it was in, unreported
@@ -2129,7 +2166,7 @@ class Supervisor:
             stop = (ex.item_stops.get(k) if ex.item_stops else None) or whole
             if w is None and status is not ExecutionStatus.INTERRUPTED:  # refused before it ran (no worker)
                 self._end_item(ex, k, status.code, None, error, None, 0, None, None)
-            elif cut is not None and k < cut:  # it ran, and its report died with the worker
+            elif cut is not None and k < cut and w is not None:  # it ran, and its report died with the worker
                 self._end_item(ex, k, ExecutionStatus.CRASHED.code, None, [
                     "WorkerCrashed", f"execution {ex.items[k]!r} ran in a chunk whose worker (pid {w.pid}) died "
                     "before it could report this item's result", None], None, 0, w, None)  # fmt: skip
@@ -2151,6 +2188,7 @@ class Supervisor:
     def _requeue_items(self, ex: _Exec, ks: list[int]) -> None:
         """Items of ``ex`` that never began (or must run again), as a new chunk at the head of the
         queue: the same input bytes, the items from the first of them on, the others skipped."""
+        assert ex.items is not None  # (a chunk)
         lo = min(ks)
         keep = set(ks)
         items = ex.items[lo:]
@@ -2199,7 +2237,7 @@ class Supervisor:
             self._close_output(ex, ex.worker)
         self.unsent_started.pop(ex.id, None)
         ex.status = ExecutionStatus.QUEUED
-        ex.worker = ex.slot = ex.armed = None
+        ex.worker = ex.slot = ex.armed = None  # type: ignore[assignment]  # (no slot now)
         ex.started_ns = ex.wall_started_ns = None
         ex.mode, ex.reason, ex.source, ex.message = 0, 0, 0, None
         ex.requested_ns = ex.observed_ns = None
@@ -2221,8 +2259,9 @@ class Supervisor:
                 self.queue.append(ex)
             return
         self.queue.appendleft(ex)
-        self._send(ex.client, P.Requeued(ex.id, len(ex.preemptions)))
-        self._event("requeued", ex, None, message=f"preempted {len(ex.preemptions)} time(s); waiting to resume")
+        preempted = len(ex.preemptions or ())
+        self._send(ex.client, P.Requeued(ex.id, preempted))
+        self._event("requeued", ex, None, message=f"preempted {preempted} time(s); waiting to resume")
 
     def _back_in_queue(self, ex: _Exec) -> None:
         if self.execs.get(ex.id) is ex and ex.status is ExecutionStatus.QUEUED and ex.worker is None:
@@ -2316,6 +2355,7 @@ def run_supervisor(sock: socket.socket) -> int:
         if lock is not None:
             if sup.listener is not None:
                 sup.listener.close()
+            assert cfg.name is not None  # (the lock is the name's)
             _naming.release(cfg.name, lock[1], lock[0])
         # The owner reads everything it is sent; other clients may not: they get a second.
         if sup.owner is not None:
