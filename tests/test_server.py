@@ -259,8 +259,11 @@ def test_worker_replacements_release_their_memory_in_the_supervisor(tmp_path):
         pool.submit(agents.identity, 0).result(timeout=10)
         rss_before = psutil.Process(pool.supervisor_pid).memory_info().rss
         for i in range(200):
-            ex = pool.submit(agents.sleeper, 30)
-            ex.wait_started(timeout=10)
+            marker = tmp_path / f"running-{i}"
+            ex = pool.submit(agents.write_pid_and_sleep, str(marker))
+            # Its worker runs it: the kill SIGKILLs that worker (a kill that comes before the worker
+            # took its execution only sets the flag, so it never runs and no worker is replaced).
+            wait_for_file(marker)
             ex.cancel(mode="kill")
             assert ex.outcome(timeout=10).interrupt.stage is Stage.SIGKILL
         pool.submit(agents.identity, 0).result(timeout=10)
