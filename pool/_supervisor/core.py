@@ -1445,12 +1445,9 @@ class Supervisor:
     def _dispatch(self) -> None:
         queue = self.queue
         while self.free_slots:
-            ex = queue.head()
+            ex = queue.waiting_head()
             if ex is None:
                 return
-            if ex.status is not ExecutionStatus.QUEUED or ex.worker is not None:
-                queue.drop_head()  # cancelled while queued
-                continue
             w = self._pick_worker(ex)
             if w is None:
                 for hook in self.hooks["blocked"]:
@@ -1459,7 +1456,7 @@ class Supervisor:
             queue.drop_head()
             self.n_queued -= 1
             if self.run_ema_ns < _MERGE_BELOW_NS and self.n_queued >= 4 * self.cfg.workers and self._mergeable(ex):
-                ex = self._merge(ex, w)
+                ex = self._merge(ex)
             slot = self.free_slots.pop()
             ex.slot, ex.armed = slot, self.flags.arm(slot)  # arm before the task leaves: no stale flag
             ex.worker = w
@@ -1486,7 +1483,7 @@ class Supervisor:
         return (ex.plain and ex.items is None and ex.hook is None and not ex.resume and ex.memory_limit is None
                 and not ex.retries and not ex.mode)  # fmt: skip
 
-    def _merge(self, head: _Exec, w: _Worker) -> _Exec:
+    def _merge(self, head: _Exec) -> _Exec:
         """Many short executions queued (``map`` without a chunksize, ``Executor.submit`` in a
         loop): ``head`` and the like executions right behind it leave as one chunk, so they
         share one Run, one slot and one Result (measured: per-task cost about halved). Each
@@ -1497,12 +1494,9 @@ class Supervisor:
         queue = self.queue
         key = (head.agent, head.call, head.client, head.timeout, head.grace, head.term_grace, head.rank)
         while len(members) < limit:
-            nxt = queue.head()
+            nxt = queue.waiting_head()
             if nxt is None:
                 break
-            if nxt.status is not ExecutionStatus.QUEUED or nxt.worker is not None:
-                queue.drop_head()  # cancelled while queued
-                continue
             if (nxt.agent, nxt.call, nxt.client, nxt.timeout, nxt.grace, nxt.term_grace, nxt.rank) != key \
                     or not self._mergeable(nxt):  # fmt: skip
                 break

@@ -16,6 +16,8 @@ import bisect
 from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
+from ..shared import ExecutionStatus
+
 if TYPE_CHECKING:
     from .core import _Exec
 
@@ -52,6 +54,15 @@ class RunQueue:
                 return d[0]
             del self._by_rank[ranks.pop()]
         return None
+
+    def waiting_head(self) -> _Exec | None:
+        """The next execution still waiting; those stopped while queued (or taken by a worker
+        another way) are dropped on the way."""
+        while True:
+            ex = self.head()
+            if ex is None or (ex.status is ExecutionStatus.QUEUED and ex.worker is None):
+                return ex
+            self.drop_head()
 
     def popleft(self) -> _Exec | None:
         ex = self.head()
