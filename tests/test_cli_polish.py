@@ -477,7 +477,10 @@ def test_json_output_stays_strict_for_nan_and_infinity(env, tmp_path):
 def test_a_worker_start_line_reads_well(env, tmp_path):
     """With --events, a replacement worker shows as 'worker N started (pid P)', its name said once."""
     marker = tmp_path / "victim"
-    items = [{"id": "victim", "marker": str(marker), "wait": 60}, {"id": "after", "value": 1}]
+    # The spare takes the killed worker's place at once; its own replacement is forked 100 ms later,
+    # and the start lines of the first workers may come before the CLI subscribes: 'after' runs
+    # for a second, so that a worker starts while the run is sure to be listening.
+    items = [{"id": "victim", "marker": str(marker), "wait": 60}, {"id": "after", "value": 1, "wait": 1.0}]
     run = start(env, "run", AGENT, "--inputs", write_inputs(tmp_path / "in.jsonl", items), "--workers", "1",
                 "--events", "--no-progress", "--name", "lines")  # fmt: skip
     wait_for_file(marker)
