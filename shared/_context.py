@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # types only: this package never imports the rest of interrup
 
 __all__ = ("Context", "InterruptRequest", "current")
 
+_STOPPED = (1,)  # what Context._flag becomes once a stop's details have arrived (see _read_locked)
 _current: "Context | None" = None  # the execution this worker runs now; written only by the worker's loop
 
 
@@ -119,7 +120,7 @@ class Context:
         self._ctl = control_index
         # A one-word view of the slot's pending word (0 until a stop is requested): the
         # fast path then costs one attribute load and one constant-index read.
-        self._flag = words[control_index + PENDING : control_index + PENDING + 1]
+        self._flag: memoryview | tuple[int] = words[control_index + PENDING : control_index + PENDING + 1]
         self._armed = armed
         self._chan = chan
         self.execution_id = execution_id
@@ -387,6 +388,10 @@ class Context:
                     "message": msg.message,
                     "requested_ns": msg.requested_ns,
                 }
+                # The supervisor sends the details just before it writes the flag: a thread woken by
+                # them may return and reach a check() before that store is visible. From here on
+                # the check reads this stand-in instead, so it raises all the same.
+                self._flag = _STOPPED
                 if self._wake:
                     os.write(self._wake[1], b"!")  # every sleeping thread wakes
             else:
