@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
+import weakref
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -64,9 +65,13 @@ class _Future(cf.Future):
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
-            self._cancel_asked = True
         ex = self._execution
-        if ex is not None and not ex.done():
+        if ex is not None and ex.done():  # it ended before this call (its future is being settled): that stands
+            self._settle(ex)
+            return self.cancelled()
+        with self._condition:
+            self._cancel_asked = True
+        if ex is not None:
             ex._pool.cancel(ex.id, self._executor.cancel_mode, InterruptReason.USER_CANCELLED,
                             "future.cancel() was called")  # fmt: skip
         return self._mark_cancelled()
@@ -81,8 +86,8 @@ class _Future(cf.Future):
                 return True
             self._state = CANCELLED
             self._condition.notify_all()
+            self.set_running_or_notify_cancel()  # under the (re-entrant) lock: no _started() in between
         self._executor._futures.discard(self)
-        self.set_running_or_notify_cancel()
         self._invoke_callbacks()
         return True
 
@@ -97,13 +102,9 @@ class _Future(cf.Future):
             _invoke_callbacks(self)
 
     def _started(self) -> None:
-        with self._condition:
-            if self._state != PENDING:
-                return
-        try:
-            self.set_running_or_notify_cancel()
-        except RuntimeError:
-            pass  # raced with its end or a cancel: either says it all
+        with self._condition:  # re-entrant: the state cannot change between the test and the call
+            if self._state == PENDING:
+                self.set_running_or_notify_cancel()
 
     def _settle(self, ex) -> None:
         """Called by the pool's reader thread once the execution has ended."""
@@ -174,6 +175,7 @@ class Executor(cf.Executor):
             self._pool = pool
             self._own = False
         self._futures: set[_Future] = set()
+        self._map_items: weakref.WeakSet = weakref.WeakSet()  # executions of map(chunksize > 1) calls
         self._shutdown = False
 
     @property
@@ -208,30 +210,28 @@ class Executor(cf.Executor):
             raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
         if chunksize == 1 and buffersize is None:
             return super().map(fn, *iterables, timeout=timeout)
+        if buffersize is not None and (isinstance(buffersize, bool) or not isinstance(buffersize, int)
+                                       or buffersize < 1):  # fmt: skip
+            raise ValueError(f"buffersize must be None or >= 1, got {buffersize!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        pool = self._pool
-        execs = pool._submit_batch(fn, [(None, (args, {})) for args in zip(*iterables)], self._timeout,
-                                   chunksize=chunksize, call=1)  # fmt: skip
 
-        def results() -> Iterator[Any]:
+        def value(ex) -> Any:
             try:
-                for ex in execs:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    try:
-                        ex._wait(left)
-                    except TimeoutError:
-                        raise cf.TimeoutError() from None
-                    if ex._status is ExecutionStatus.COMPLETED:
-                        yield ex._value
-                    else:
-                        raise _exception(ex)
-            finally:
-                for ex in execs:
-                    if not ex.done():
-                        pool.cancel(ex.id, self.cancel_mode, InterruptReason.PARENT_CANCELLED,
-                                    "another call of the same Executor.map() failed or was abandoned")  # fmt: skip
+                ex._wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise cf.TimeoutError() from None
+            if ex._status is ExecutionStatus.COMPLETED:
+                return ex._value
+            raise _exception(ex)
 
-        return results()
+        # Lazily, at most ``buffersize`` (or enough for every worker) in flight; the items are the
+        # executor's to wait for and cancel at shutdown, as its futures are.
+        pool = self._pool
+        window = buffersize or max(256, 4 * chunksize * pool._workers)
+        if pool._max_queued is not None:
+            window = min(window, pool._max_queued)
+        return pool._imap(fn, ((args, {}) for args in zip(*iterables)), self._timeout, window, chunksize, 1, value,
+                          self._map_items)  # fmt: skip
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures`` cancels the ones not yet running (as
@@ -243,7 +243,11 @@ class Executor(cf.Executor):
                 ex = fut._execution
                 if ex is not None and ex._status is ExecutionStatus.QUEUED:
                     fut.cancel()
+            queued = [ex.id for ex in list(self._map_items) if ex._status is ExecutionStatus.QUEUED]
+            self._pool._cancel_many(queued, self.cancel_mode, InterruptReason.SHUTDOWN, "the executor shut down")
         if wait:
             cf.wait(list(self._futures))
+            for ex in list(self._map_items):
+                ex._wait(None)
         if self._own:
             self._pool.shutdown(wait=wait)

@@ -185,6 +185,8 @@ class Execution:
                     if cancel_on_cancel and self._ended is None:
                         self.cancel(InterruptMode.GRACEFUL, message="the asyncio task awaiting it was cancelled")
                     raise
+                finally:
+                    self._unwatch(ended)
         return self.outcome(0)
 
     def add_done_callback(self, fn: Callable[["Execution"], Any]) -> None:
@@ -192,6 +194,12 @@ class Execution:
         right here if it already has). ``fn`` may call any method of the pool."""
         if not self._when_ended("_callbacks", fn):
             fn(self)
+
+    def _unwatch(self, fn) -> None:
+        """Take back a watcher that is no longer wanted (a wait that timed out or was cancelled)."""
+        with self._pool._changed:
+            if self._watchers and fn in self._watchers:
+                self._watchers.remove(fn)
 
     def _when_ended(self, attr: str, item) -> bool:
         """Append ``item`` to the list in ``attr`` for the reader thread to act on at the end;
@@ -685,7 +693,8 @@ class Pool:
         _whole("window", window, 1)
         return self._imap(fn, inputs, timeout, window, chunksize, 0, lambda ex: ex.result())
 
-    def _imap(self, fn, inputs, timeout, window: int, chunksize: int, call: int, value: Callable[[Execution], Any]):
+    def _imap(self, fn, inputs, timeout, window: int, chunksize: int, call: int, value: Callable[[Execution], Any],
+              track=None):  # fmt: skip
         if self._max_queued is not None:
             window = min(window, self._max_queued)
         it = iter(inputs)
@@ -694,8 +703,10 @@ class Pool:
         def refill() -> None:
             batch = list(itertools.islice(it, window - len(pending)))
             if batch:
-                pending.extend(self._submit_batch(fn, [(None, x) for x in batch], timeout, chunksize=chunksize,
-                                                  call=call))  # fmt: skip
+                execs = self._submit_batch(fn, [(None, x) for x in batch], timeout, chunksize=chunksize, call=call)
+                pending.extend(execs)
+                if track is not None:
+                    track.update(execs)
 
         try:
             refill()
@@ -705,10 +716,8 @@ class Pool:
                     refill()
                 yield result
         except BaseException:
-            for ex in pending:
-                if not ex.done():
-                    self.cancel(ex.id, InterruptMode.GRACEFUL, reason=InterruptReason.PARENT_CANCELLED,
-                                message="another execution of the same map() failed")  # fmt: skip
+            self._cancel_many([ex.id for ex in pending if not ex.done()], InterruptMode.GRACEFUL,
+                              InterruptReason.PARENT_CANCELLED, "another execution of the same map() failed")
             raise
 
     def map(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None,
@@ -773,11 +782,17 @@ class Pool:
             if not ex._when_ended("_watchers", put):
                 ended.put_nowait(ex)
         deadline = None if timeout is None else loop.time() + timeout
-        for left in range(len(pending), 0, -1):
-            try:
-                yield await asyncio.wait_for(ended.get(), None if deadline is None else max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"{left} executions still live after {timeout} s") from None
+        try:
+            for left in range(len(pending), 0, -1):
+                try:
+                    yield await asyncio.wait_for(ended.get(),
+                                                 None if deadline is None else max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"{left} executions still live after {timeout} s") from None
+        finally:
+            for ex in pending:
+                if ex._ended is None:
+                    ex._unwatch(put)
 
     async def aevents(self) -> AsyncIterator[Event]:
         """``async for ev in pool.aevents()``: :meth:`events` for asyncio, from this call on, until
@@ -821,6 +836,16 @@ class Pool:
             return bool(self._call(lambda req: P.Cancel(req, id, *codes, message)))
         except PoolClosed:
             return False
+
+    def _cancel_many(self, ids: list[str], mode, reason, message: str | None) -> int:
+        """Stop many executions with one request (what an abandoned map leaves); how many were live."""
+        if not ids or self._broken or self._reader_done:
+            return 0
+        codes = _request_codes(mode, reason, InterruptSource.USER)
+        try:
+            return int(self._call(lambda req: P.CancelMany(req, ids, *codes, message)))
+        except (PoolClosed, PoolBroken):
+            return 0
 
     def cancel_worker(self, worker_id: int, mode: InterruptMode | str = InterruptMode.GRACEFUL,
                       reason: InterruptReason | str = InterruptReason.USER_CANCELLED, message: str | None = None, *,

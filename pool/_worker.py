@@ -338,7 +338,10 @@ def _wait_for_exit(pids: list[int], deadline: float) -> None:
             pass  # exited (and reaped) since it was listed
     try:
         if fds:
-            select.select(fds, [], [], max(0.0, min(0.05, deadline - time.monotonic())))
+            poller = select.poll()  # (select.select cannot take a descriptor numbered 1024 or more)
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            poller.poll(max(0.0, min(0.05, deadline - time.monotonic())) * 1000)
     finally:
         for fd in fds:
             os.close(fd)
@@ -432,7 +435,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
                         blobs[spec] = blob
                 try:
                     resolve(spec, cache, blobs)
-                except Exception:
+                except BaseException:  # SystemExit at import too: the spare must live on
                     pass  # the execution that needs it reports why it cannot load
             continue
         if type(msg) is not P.Run:
@@ -673,8 +676,11 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
             if capture:
                 _end_of_output()  # the previous item's output ends here
                 S.chunk_marks = k
-            if not armed.is_set() and len(results) > S.chunk_sent:
-                armed.set()
+            if len(results) > S.chunk_sent:
+                if merged:  # separate calls the pool batched: each one's end is reported before the next
+                    _flush_items()  # begins, so a crash of the next never takes its neighbours' results
+                elif not armed.is_set():
+                    armed.set()
         if k in skip:
             results.append(None)
             continue

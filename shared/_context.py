@@ -334,7 +334,9 @@ class Context:
         last write may be lost to a power cut, never to a crash of this process).
         Raises ``CheckpointError`` naming the path of a value that cannot be saved."""
         if self._ckpt is None:
-            raise RuntimeError("this pool has checkpoints disabled (checkpoint_dir=None)")
+            raise RuntimeError(f"execution {self.execution_id!r} has no checkpoints: its pool was made with "
+                               "checkpoint_dir=None, or it runs as an item of a chunk (map with a chunksize); "
+                               "give the pool a checkpoint_dir, or map with chunksize=1")
         with self._critical():  # never a half-written file: a SIGTERM waits for the end of the write
             info = self._ckpt.save(state, durable)
         self.heartbeat()

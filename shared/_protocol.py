@@ -35,7 +35,7 @@ __all__ = (
     "Query", "Wait", "Subscribe", "Shutdown", "Started", "Cancelling", "Ended", "Reply", "Event",
     "Gone", "Run", "Interrupt", "Exit", "WorkerReady", "Result", "Observed", "CheckpointAnnounce", "Resumed",
     "DefineGroup", "CancelGroup", "VetoAsk", "VetoAnswer", "Requeued", "Spend", "SubmitChild", "Waiting",
-    "CancelChild", "ChildEnded", "Allowance", "ItemsDone", "InitFailed", "Warm",
+    "CancelChild", "ChildEnded", "Allowance", "ItemsDone", "InitFailed", "Warm", "CancelMany",
 )  # fmt: skip
 
 PROTOCOL_VERSION = 3
@@ -432,6 +432,19 @@ class Event(NamedTuple):
 @message(36)
 class Gone(NamedTuple):
     """S→C: a clean exit; nothing more will come."""
+
+
+@message(23)
+class CancelMany(NamedTuple):
+    """C→S: stop these executions (ids of executions or of items of chunks) with one request; a
+    chunk whose every live item is named stops as a whole. Reply: how many were live."""
+
+    req: int
+    ids: list[str]
+    mode: int
+    reason: int
+    source: int
+    message: str | None = None
 
 
 @message(20)

@@ -39,9 +39,9 @@ def test_the_initializer_runs_once_in_each_worker_before_its_executions(tmp_path
         seen = pool.map(fa.model_and_pid, range(40))
     assert {name for name, _ in seen} == {"gpt-test"}
     runs = log.read_text().split()
-    # two workers and the spare (ready to take a stopped worker's place), once each, however many
-    # executions they ran
-    assert len(runs) == len(set(runs)) == 3
+    # at most once in each process, however many executions it ran (the workers, and the spare, that
+    # got through their initializer before the pool shut down: a worker still starting then is killed)
+    assert runs and len(runs) == len(set(runs)) <= 3
     assert {p for _, p in seen} <= {int(p) for p in runs}
 
 

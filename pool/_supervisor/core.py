@@ -96,6 +96,7 @@ _MAX_CHUNK = 10_000  # items in one chunk
 _MAX_RETRIES = 100
 _MERGE_BELOW_NS = 1_000_000  # executions this short on average may be merged into chunks at dispatch
 _MERGE_MAX = 64  # executions in one merged chunk
+_MERGE_AFTER = 16  # an agent's executions are merged once this many of them ran alone and used only checks and sleeps
 _CGROUP_KILL_DELAY_S = 0.02  # after a worker's reaping: what is still in its cgroup is killed then
 _SPARE_DELAY_S = 0.1
 _WARM_AGENTS = 8  # agents a new spare imports ahead (the most recently dispatched)  # a new spare is forked this long after the last one took a worker's place
@@ -138,7 +139,7 @@ class _Exec:
         "announced", "reported", "waiters", "pending_signal", "out", "memory_limit", "memory_used",
         "resumed_from", "budget", "stall_timeout", "group", "priority", "preemptible", "parent", "children",
         "child_ids", "cost", "run_spent", "tree_cost", "progress_ns", "preemptions", "preempting", "shield_ns",
-        "limited", "rank", "saved", "plain", "child_seq", "call", "items", "first", "skip", "item_stops", "whole",
+        "limited", "rank", "saved", "plain", "child_seq", "call", "items", "first", "skip", "item_stops", "whole", "index",
         "next_item", "retries", "retry_on", "backoff", "attempts", "inputs",
     )  # fmt: skip
 
@@ -207,7 +208,10 @@ class _Exec:
         self.first = 0  # index in the pickled input list of items[0]
         self.skip: set[int] | None = None  # indexes of items ended before the chunk was sent: not run
         self.item_stops: dict[int, tuple] | None = None  # index -> (mode, reason, source, message, requested_ns)
-        self.whole = False  # a stop of the chunk itself (shutdown, cancel_all, ...): every item not done ends
+        # A stop of the chunk itself (shutdown, cancel_all, ...): (mode, reason, source, message, requested_ns);
+        # every item not done ends with it.
+        self.whole: tuple | None = None
+        self.index: dict[str, int] | None = None  # item id -> its index, made at the first stop of one item
         self.next_item = 0  # items before this index have been reported (or skipped)
         self.inputs: list[bytes] | None = None  # a merged chunk: its items' own pickled inputs (see _merge)
         self.retries, self.retry_on, self.backoff = task.retries, task.retry_on, task.backoff  # runs left, on what
@@ -313,10 +317,14 @@ class Supervisor:
         # Empty cgroups of reaped workers, given to new ones: creating and removing a cgroup each wait on
         # the kernel's cgroup lock (about 10 ms here) just when a replacement is due. Removed at exit.
         self.free_cgroups: list[str] = []
+        self.cgroup_kills: set[str] = set()  # dead workers' cgroups with a cgroup.kill still to come
         self.fork_failures = 0
         self.init_failures = 0  # initializer failures in a row (reset by a worker that got through it)
         self.init_error: list | None = None  # the last one's [type, message, traceback]
         self.merges = 0  # chunks merged at dispatch so far (their ids: merged:<n>)
+        # Per agent: its executions that ran alone and sent nothing but their Result (-1: one sent a
+        # checkpoint, a child, a spend... and its executions are never merged: an item has none of those).
+        self.plain_runs: dict[str, int] = {}
         self.spare: _Worker | None = None  # forked and ready, runs nothing: takes a stopped worker's place
         self.want_spare = cfg.spare  # fork a (new) spare once this loop turn's messages are out
         self.spare_made = False  # the first spare is forked with the workers; later ones after _SPARE_DELAY_S
@@ -333,7 +341,7 @@ class Supervisor:
         self.lent = 0  # workers whose execution waits on its children (tree)
         self.standins = False  # stand-in workers were started for them: retire the idle extras
         # VetoAsk req -> (execution id, request, then, timer)
-        self.vetoes: dict[int, tuple[_Exec, tuple[int, int, int, str | None], Any, _Timer]] = {}
+        self.vetoes: dict[int, tuple[str, tuple[int, int, int, str | None], Any, _Timer]] = {}
         self.next_veto = 1
         budgets, stalls, tree, priority = SOURCES
         self.budgets, self.stalls, self.tree, self.priority = budgets(self), stalls(self), tree(self), priority(self)
@@ -798,31 +806,42 @@ class Supervisor:
         ex = self.execs.get(msg.id)
         if not self._request_ok(c, msg):
             return
-        if ex is None:
-            chunk = self.item_chunk.get(msg.id)
-            ok = chunk is not None and self._stop_item(chunk, msg.id, msg.mode, msg.reason, msg.source, msg.message)
-            return self._reply(c, msg.req, ok)
-        self._request_stop(ex, msg.mode, msg.reason, msg.source, msg.message, lambda ok: self._reply(c, msg.req, ok))
+        if ex is None and msg.id not in self.item_chunk:
+            return self._reply(c, msg.req, False)
+        self._request_stop_id(msg.id, msg.mode, msg.reason, msg.source, msg.message,
+                              lambda ok: self._reply(c, msg.req, ok))  # fmt: skip
+
+    def _stop_id(self, id: str, mode: int, reason: int, source: int, message: str | None) -> bool:
+        """Stop execution ``id``, whether it is an execution of its own or an item of a chunk."""
+        ex = self.execs.get(id)
+        if ex is not None:
+            return self._escalate(ex, mode, reason, source, message)
+        chunk = self.item_chunk.get(id)
+        return chunk is not None and self._stop_item(chunk, id, mode, reason, source, message)
 
     def _request_stop(self, ex: _Exec, mode: int, reason: int, source: int, message: str | None, then=None) -> bool:
+        return self._request_stop_id(ex.id, mode, reason, source, message, then)
+
+    def _request_stop_id(self, id: str, mode: int, reason: int, source: int, message: str | None,
+                         then=None) -> bool:  # fmt: skip
         """A stop a client asked for: through the owner's ``before_interrupt`` when it has one
         and the request is one it may veto (graceful or immediate, from a user or a program);
         ``then(ok)`` is called with the outcome. True if the execution is live."""
-        if ex.id not in self.execs:
+        if id not in self.execs and id not in self.item_chunk:
             if then:
                 then(False)
             return False
         if not (self.cfg.veto and self.owner is not None and mode != InterruptMode.KILL.code
                 and source in _VETOABLE_SOURCES and reason not in _UNVETOABLE_REASONS):  # fmt: skip
-            ok = self._escalate(ex, mode, reason, source, message)
+            ok = self._stop_id(id, mode, reason, source, message)
             if then:
                 then(ok)
             return ok
         req = self.next_veto
         self.next_veto += 1
         timer = self._at(VETO_WAIT_S, self._veto_answered, req, True, "no answer from before_interrupt in time")
-        self.vetoes[req] = (ex, (mode, reason, source, message), then, timer)
-        self._send(self.owner, P.VetoAsk(req, ex.id, mode, reason, source, message))
+        self.vetoes[req] = (id, (mode, reason, source, message), then, timer)
+        self._send(self.owner, P.VetoAsk(req, id, mode, reason, source, message))
         return True
 
     def _on_veto_answer(self, c: Client, msg: P.VetoAnswer) -> None:
@@ -834,16 +853,20 @@ class Supervisor:
         entry = self.vetoes.pop(req, None)
         if entry is None:
             return  # answered late, after the wait ran out
-        ex, (mode, reason, source, message), then, timer = entry
+        id, (mode, reason, source, message), then, timer = entry
         self._cancel(timer)
         ok = False
-        if self.execs.get(ex.id) is ex:  # still live (not a later execution that reuses its id)
+        # Still live: an execution of its own, or an item of a chunk (it may have been merged into
+        # one, or requeued as another, while the owner was asked). A later execution that reuses
+        # the id after this one ended is a risk the id's owner takes, as with any cancel by id.
+        if id in self.execs or id in self.item_chunk:
             if allow:
                 if why:
-                    log(f"the stop of execution {ex.id!r} goes ahead: {why} ({VETO_WAIT_S:g} s)")
-                ok = self._escalate(ex, mode, reason, source, message)
+                    log(f"the stop of execution {id!r} goes ahead: {why} ({VETO_WAIT_S:g} s)")
+                ok = self._stop_id(id, mode, reason, source, message)
             else:
-                self._event("vetoed", ex, ex.worker, mode=mode, reason=reason, message=message)
+                ex = self.execs.get(id) or self.item_chunk[id]
+                self._event("vetoed", _ItemOut(id), ex.worker, mode=mode, reason=reason, message=message)
         if then:
             then(ok)
 
@@ -885,8 +908,37 @@ class Supervisor:
                 self._reply(c, req, tally[1])
 
         for ex in execs:
-            self._request_stop(ex, mode, reason, source, message, one)
+            if isinstance(ex, str):
+                self._request_stop_id(ex, mode, reason, source, message, one)
+            else:
+                self._request_stop(ex, mode, reason, source, message, one)
         one(False)
+
+    def _on_cancel_many(self, c: Client, msg: P.CancelMany) -> None:
+        """Stop many ids at once (an abandoned map): a chunk whose every live item is named stops
+        as a whole (one stop, no split into tails); the other ids one by one."""
+        if not self._request_ok(c, msg):
+            return
+        if not isinstance(msg.ids, list) or not all(isinstance(i, str) for i in msg.ids):
+            return self._reply(c, msg.req, error="ids must be a list of execution ids (strings)")
+        wanted = set(msg.ids)
+        targets: list = []
+        whole: set[str] = set()
+        for id in wanted:
+            ex = self.execs.get(id)
+            if ex is not None:
+                targets.append(ex)
+                continue
+            chunk = self.item_chunk.get(id)
+            if chunk is None or chunk.id in whole:
+                continue
+            live = [i for i in chunk.items or () if self.item_chunk.get(i) is chunk]
+            if all(i in wanted for i in live):
+                whole.add(chunk.id)
+                targets.append(chunk)
+            else:
+                targets.append(id)
+        self._stop_many(c, msg.req, targets, msg.mode, msg.reason, msg.source, msg.message)
 
     def _on_query(self, c: Client, msg: P.Query) -> None:
         what = msg.what
@@ -934,6 +986,7 @@ class Supervisor:
         P.Submit: _on_submit, P.DefineAgent: _on_define_agent, P.Cancel: _on_cancel,
         P.CancelWorker: _on_cancel_worker, P.CancelAll: _on_cancel_all, P.Query: _on_query, P.Wait: _on_wait,
         P.Subscribe: _on_subscribe, P.Shutdown: _on_shutdown, P.VetoAnswer: _on_veto_answer,
+        P.CancelMany: _on_cancel_many,
     }  # fmt: skip
 
     def _live_rows(self) -> list[list]:
@@ -1035,6 +1088,9 @@ class Supervisor:
             if self.spare is not None and self.spare.state == "spare":
                 self.idle.append(self.spare)
                 self.spare = None
+            for w in list(self.workers.values()):
+                if w.state == "starting" and not w.killed:  # still in its initializer: it may never finish
+                    self._kill_worker(w)
             for w in self.idle:
                 w.state = "stopping"
                 self._send_worker(w, P.Exit())
@@ -1129,12 +1185,14 @@ class Supervisor:
         log(f"cannot fork a worker ({exc}); trying again in {delay:g} s")
         self._at(delay, self._replace_missing)
         if not self.workers and self.fork_failures >= 8:
-            for ex in list(self.queue):
-                if ex.status is ExecutionStatus.QUEUED and ex.worker is None:
-                    self._end(ex, ExecutionStatus.CRASHED, error=["WorkerCrashed", f"no worker could be started for "
-                              f"execution {ex.id!r}: {exc}", None])  # fmt: skip
-            self.queue.clear()
-            self.n_queued = 0
+            waiting = []
+            while (ex := self.queue.waiting_head()) is not None:
+                self.queue.drop_head()
+                waiting.append(ex)
+            for ex in waiting:
+                self.n_queued -= 1
+                self._end(ex, ExecutionStatus.CRASHED, error=["WorkerCrashed", f"no worker could be started for "
+                          f"execution {ex.id!r}: {exc}", None], retry=False)  # fmt: skip
 
     def _on_init_failed(self, w: _Worker, msg: P.InitFailed) -> None:
         w.init_failed = True
@@ -1148,7 +1206,9 @@ class Supervisor:
         """A worker's initializer raised and it exited. Replaced after a backoff (0.5 s, doubling
         to 30 s; never a tight loop); while no worker got through its initializer, the queued
         executions cannot run: they end as failed with the initializer's error."""
-        if not any(x.state in ("idle", "busy") for x in self.workers.values()):
+        if self.spare is not None and self.spare.state == "spare" and not self.stopping:
+            self._replacement()  # the ready spare got through its initializer: it takes the place
+        if not any(x.state != "stopping" for x in self.workers.values()):  # none left that may yet run them
             assert self.init_error is not None  # (set by the failure that called this)
             etype, text, tb = self.init_error
             for ex in list(self.execs.values()):
@@ -1350,6 +1410,10 @@ class Supervisor:
             else:
                 self.free_slots.append(ex.slot)
             w.runs += 1
+            if ex.items is None and msg.status == ExecutionStatus.COMPLETED.code:
+                n = self.plain_runs.get(ex.agent, 0)
+                if n >= 0:
+                    self.plain_runs[ex.agent] = n + 1
             limit = self.cfg.max_tasks_per_child
             if limit and w.runs >= limit and not w.inflight and w.state != "stopping":
                 w.state = "stopping"  # recycled (max_tasks_per_child): its replacement starts below
@@ -1377,6 +1441,7 @@ class Supervisor:
                 ex.resumed_from = msg.checkpoint
         elif kind is P.CheckpointAnnounce:
             ex = w.exec
+            self._uses_features(w)
             if ex is not None and ex.id == msg.id:
                 ex.announced = ex.announced[-1:] + [[msg.seq, msg.path, msg.size, msg.time]]
         elif kind is P.WorkerReady:
@@ -1389,6 +1454,8 @@ class Supervisor:
         else:
             handler = self._worker_handlers.get(kind)
             if handler is not None:
+                if kind is not P.ItemsDone and kind is not P.InitFailed:
+                    self._uses_features(w)  # a spend, a child, waiting on one: never merged again
                 handler(w, msg)
 
     def _settled_checkpoint(self, ex: _Exec, w: _Worker) -> list | None:
@@ -1477,11 +1544,19 @@ class Supervisor:
             if ex.agent not in self.spare_warm and self.spare is not None:
                 self._warm_spare([ex.agent])
 
+    def _uses_features(self, w: _Worker) -> None:
+        ex = w.exec
+        if ex is not None:
+            self.plain_runs[ex.agent] = -1
+            if len(self.plain_runs) > 10_000:  # bounded: a client inventing agents cannot grow it forever
+                self.plain_runs.clear()
+
     def _mergeable(self, ex: _Exec) -> bool:
         """Whether ``ex`` may run in a chunk with its neighbours: a plain, short execution that
         needs nothing of its own from the supervisor (no hook, resume, memory limit, retries)."""
         return (ex.plain and ex.items is None and ex.hook is None and not ex.resume and ex.memory_limit is None
-                and not ex.retries and not ex.mode)  # fmt: skip
+                and not ex.retries and not ex.mode and not ex.attempts and not self.cfg.veto
+                and self.plain_runs.get(ex.agent, 0) >= _MERGE_AFTER)  # fmt: skip
 
     def _merge(self, head: _Exec) -> _Exec:
         """Many short executions queued (``map`` without a chunksize, ``Executor.submit`` in a
@@ -1543,7 +1618,12 @@ class Supervisor:
             ex.reported = True
             if ex.client is not None:  # sent at the next flush, unless it has ended by then (Ended says it all)
                 self.unsent_started[ex.id] = ex
-            self._event("started", ex, w, ex.started_ns, pid=w.pid)
+            if ex.items is None:
+                self._event("started", ex, w, ex.started_ns, pid=w.pid)
+            elif self.subscribers:  # events name the items, as their clients know them
+                for i in ex.items:
+                    if self.item_chunk.get(i) is ex:
+                        self._event("started", _ItemOut(i), w, ex.started_ns, pid=w.pid)
         if ex.timeout:
             ex.timers.append(self._at(ex.timeout, self._on_timeout if ex.items is None else self._on_item_timeout, ex))
         if ex.memory_limit and not self.memory_watch:
@@ -1567,8 +1647,10 @@ class Supervisor:
         execution was live. Requests are idempotent and only move forward. ``now`` is when
         the stop became due, if that was earlier (a budget crossed, a stall deadline)."""
         now = now or time.monotonic_ns()
-        if ex.items is not None and not item:
-            ex.whole = True  # a stop of the chunk itself, not of one of its items
+        if ex.items is not None and not item:  # a stop of the chunk itself, not of one of its items
+            if ex.whole is None or mode > ex.whole[0]:
+                first = ex.whole or (mode, reason, source, message, now)  # the first one's reason, the strongest mode
+                ex.whole = (mode, *first[1:])
         if ex.status is ExecutionStatus.QUEUED and ex.worker is None:  # still in our queue
             self.n_queued -= 1  # it stays in the deque until it reaches the head; it no longer counts
             ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns = mode, reason, source, message, now
@@ -1588,7 +1670,7 @@ class Supervisor:
             ex.reason, ex.source, ex.message, ex.requested_ns = reason, source, message, now
             ex.status = ExecutionStatus.CANCELLING
             self._send_started(ex)  # in order: its client hears it started before it hears it is cancelling
-            if not ex.preempting:  # a preempted one goes back to the queue: its client sees it requeued
+            if not ex.preempting and not item:  # a preempted one is requeued; an item's stop said so itself
                 self._send(ex.client, P.Cancelling(ex.id))
             self._event("requested", ex, w, now, mode=mode, reason=reason, message=message)
         else:
@@ -1824,6 +1906,7 @@ class Supervisor:
             # on the kernel's cgroup lock (about 10 ms), so only if something is left, and a moment
             # later (what killpg just hit is gone by then; orphans re-parented to us die below).
             if cgroup_populated(w.cgroup):
+                self.cgroup_kills.add(w.cgroup)  # not given to a new worker before this kill has run
                 self._at(_CGROUP_KILL_DELAY_S, self._kill_cgroup, w.cgroup)
             self.dead_cgroups.append(w.cgroup)
         os.waitpid(w.pid, 0)
@@ -1862,13 +1945,14 @@ class Supervisor:
                 self._after_init_failure()
         elif w.init_failed:
             self._after_init_failure()
-        elif (not self.stopping or self.n_queued) and self._active_workers() < self.cfg.workers + self.lent:
+        elif (not self.stopping or self.queue.waiting_head() is not None) \
+                and self._active_workers() < self.cfg.workers + self.lent:  # fmt: skip
             self._replacement()  # (while draining, only for queued work); a retired stand-in has none
         self._sweep_orphans()
 
-    @staticmethod
-    def _kill_cgroup(path: str) -> None:
-        if cgroup_populated(path):
+    def _kill_cgroup(self, path: str) -> None:
+        self.cgroup_kills.discard(path)
+        if path in self.dead_cgroups and cgroup_populated(path):
             cgroup_kill(path)
 
     def _running_unlent(self) -> int:
@@ -1920,7 +2004,7 @@ class Supervisor:
                 kill_pids((pid,))
         if self.dead_cgroups:
             for cg in self.dead_cgroups:
-                if not cgroup_populated(cg):
+                if cg not in self.cgroup_kills and not cgroup_populated(cg):
                     self.free_cgroups.append(cg)
             self.dead_cgroups = [cg for cg in self.dead_cgroups if cg not in self.free_cgroups]
             while len(self.free_cgroups) > self.cfg.workers + 2:  # more than replacements need: let go
@@ -1930,12 +2014,12 @@ class Supervisor:
 
     def _end(self, ex: _Exec, status: ExecutionStatus, *, value=None, error=None, stage=None,
              exit_code=None, signo=None, checkpoint=None, resumed_from=None, own=None,
-             items_done: int | None = None) -> None:  # fmt: skip
+             items_done: int | None = None, retry: bool = True) -> None:  # fmt: skip
         """Send the one Ended frame of ``ex``, keep it in the bounded history, forget it (unless a
         source takes it back: a preempted execution goes back to the queue)."""
         if ex.items is not None:
             return self._chunk_ended(ex, status, stage, items_done, error, exit_code, signo)
-        if ex.retries and self._retryable(ex, status):
+        if retry and ex.retries and self._retryable(ex, status):
             return self._retry(ex, status, error, exit_code, signo)
         if not ex.plain:
             for hook in self.hooks["intercept"]:
@@ -2012,7 +2096,9 @@ class Supervisor:
         flag is set too, with the chunk's escalation. Either way only the worker's report ends
         it (it may have finished first); the items after it are requeued as a new chunk."""
         assert ex.items is not None  # (a chunk)
-        k = ex.items.index(item_id)
+        if ex.index is None:
+            ex.index = {i: n for n, i in enumerate(ex.items)}
+        k = ex.index[item_id]
         now = time.monotonic_ns()
         if ex.status is ExecutionStatus.QUEUED and ex.worker is None:
             self._stop_unsent_item(ex, k, mode, reason, source, message, now)
@@ -2031,10 +2117,14 @@ class Supervisor:
             return True
         stops[k] = (mode, reason, source, message, stops[k][4] if k in stops else now)
         self._send(ex.client, P.Cancelling(item_id))
-        self._event("requested", ex, ex.worker, now, mode=mode, reason=reason, message=message, item=item_id)
+        self._event("requested", _ItemOut(item_id), ex.worker, now, mode=mode, reason=reason, message=message)
         if k > current:
-            self.flags.limit(ex.slot, k)  # not begun: the worker stops before it (or reports it, if it raced ahead)
-            return True
+            self.flags.limit(ex.slot, k)  # not begun: the worker stops before it...
+            # ...unless it moved into it between our read and that write (it writes the item, then reads
+            # the limit): read again, and if so it is the running one.
+            current = self.flags.item(ex.slot)[0] if self._begun(ex) else -1
+            if k > current:
+                return True
         self.flags.limit(ex.slot, k + 1)
         self._escalate(ex, mode, reason, source, message, now, item=True)
         return True
@@ -2095,14 +2185,14 @@ class Supervisor:
             status, value, error, stage, observed_ns, own = r
             stop = ex.item_stops.get(k) if ex.item_stops else None
             if status == ExecutionStatus.INTERRUPTED.code and own is None and stop is None:
-                if not ex.whole:  # hit by a stop meant for the item before it (it had just finished): run it again
+                if ex.whole is None:  # hit by a stop meant for the item before it (it had just finished): run it again
                     self._requeue_items(ex, [k])
                     continue
-                stop = (ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns)
+                stop = ex.whole
             elif own is not None:
                 stop = (InterruptMode.GRACEFUL.code, InterruptReason.CUSTOM.code, InterruptSource.AGENT.code, own, None)
             self._end_item(ex, k, status, value, error, stage, observed_ns, w, stop)
-        if ex.item_stops and ex.mode and not ex.whole and not any(
+        if ex.item_stops and ex.mode and ex.whole is None and not any(
                 k >= ex.next_item and k in ex.item_stops for k in ex.item_stops):  # fmt: skip
             # the item its flag was for has ended: no SIGTERM for the next one (it stops at the boundary)
             for t in ex.timers:
@@ -2130,7 +2220,7 @@ class Supervisor:
             del self.item_chunk[item_id]
         if self.subscribers:
             i = info.get("interrupt") or {}
-            self._event("ended", ex, w, None, item=item_id, status=status, stage=i.get("stage"), mode=i.get("mode"),
+            self._event("ended", _ItemOut(item_id), w, None, status=status, stage=i.get("stage"), mode=i.get("mode"),
                         reason=i.get("reason"), message=error[1] if error else None)  # fmt: skip
         self._send(ex.client, P.Ended(item_id, info, value))
         for c, req in self.item_waiters.pop(item_id, ()):
@@ -2152,7 +2242,7 @@ class Supervisor:
             cut = begun
         elif w is not None and items_done is not None and begun == items_done and stage is not None:
             cut = begun  # its Result came from the watchdog: that item was still unwinding
-        whole = (ex.mode, ex.reason, ex.source, ex.message, ex.requested_ns) if ex.whole else None
+        whole = ex.whole
         redo = []
         for k in range(ex.next_item, len(ex.items)):
             if ex.skip and k in ex.skip:
@@ -2186,10 +2276,13 @@ class Supervisor:
         lo = min(ks)
         keep = set(ks)
         items = ex.items[lo:]
-        task = P.Task(f"{ex.id}#{lo}", ex.agent, ex.payload or b"", ex.timeout, ex.grace, ex.term_grace,
+        tail = f"{ex.id}#{lo}"
+        while tail in self.execs or tail in self.item_chunk:  # a client's own id may look like one
+            tail += "#"
+        task = P.Task(tail, ex.agent, ex.payload or b"", ex.timeout, ex.grace, ex.term_grace,
                       priority=ex.priority, call=ex.call, items=items)  # fmt: skip
         nx = _Exec(task, ex.grace, ex.term_grace, ex.client)
-        nx.inputs = ex.inputs
+        nx.inputs, nx.memory_limit = ex.inputs, ex.memory_limit
         nx.first = ex.first + lo
         nx.skip = {j for j in range(len(items)) if lo + j not in keep}
         for k in ks:
@@ -2204,6 +2297,8 @@ class Supervisor:
     def _retryable(self, ex: _Exec, status: ExecutionStatus) -> bool:
         if self.stopping or ex.mode and ex.reason not in _RETRIED_REASONS:
             return False  # a stop someone asked for (or the pool's end) is never undone by a retry
+        if ex.child_ids or ex.preempting:
+            return False  # its children and a preemption under way end with this run: no retry
         on = ex.retry_on or ("crashed",)
         return status.value in on
 
