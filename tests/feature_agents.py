@@ -78,3 +78,25 @@ async def awaits_children(ctx, n):
 def ignores_flag(ctx, seconds):
     time.sleep(seconds)
     return seconds
+
+
+def crash_on(ctx, x):
+    """Returns x, but kills its own worker for the input 'crash'."""
+    if x == "crash":
+        os._exit(3)
+    return x
+
+
+def hangs_forever() -> None:
+    """An initializer that never returns."""
+    time.sleep(3600)
+
+
+def fails_in_the_first_worker(flag: str) -> None:
+    """An initializer that raises in the first process to run it, and works in every other."""
+    try:
+        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError("the first worker could not reach its model")
