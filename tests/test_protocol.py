@@ -38,7 +38,7 @@ LEN = struct.Struct("<I")
 FUZZ_SEED = int(os.environ.get("POOL_FUZZ_SEED", "20261121"))  # POOL_FUZZ_SEED=N reproduces another run
 FUZZ_SECONDS = float(os.environ.get("POOL_FUZZ_SECONDS", "8"))
 CLIENT_KINDS = (P.Hello, P.DefineAgent, P.Submit, P.Cancel, P.CancelWorker, P.CancelAll, P.Query, P.Wait,
-                P.Subscribe, P.Shutdown, P.DefineGroup, P.CancelGroup, P.VetoAnswer)  # fmt: skip
+                P.Subscribe, P.Shutdown, P.DefineGroup, P.CancelGroup, P.VetoAnswer, P.CancelMany)  # fmt: skip
 OWNER_ONLY = (P.Shutdown, P.VetoAnswer)  # a connected client that sends one is closed
 
 
