@@ -685,8 +685,10 @@ class Pool:
 
     def imap(self, fn: Callable | str, inputs: Iterable[Any], *, timeout: float | None = None,
              window: int | None = None, chunksize: int = 1) -> Iterator[Any]:  # fmt: skip
-        """Like :meth:`map`, as an iterator: inputs are read and submitted lazily, at most
-        ``window`` executions in flight (default: enough to keep every worker busy)."""
+        """Like :meth:`map`, as an iterator: the first ``window`` inputs are submitted at the call
+        (a bad one raises here), the rest as values are consumed; at most ``window`` executions
+        in flight (default: enough to keep every worker busy). Leaving the iterator stops the
+        executions still in flight."""
         _whole("chunksize", chunksize, 1)
         if window is None:
             window = max(256, 16 * self._workers, 4 * chunksize * self._workers)
@@ -694,7 +696,10 @@ class Pool:
         return self._imap(fn, inputs, timeout, window, chunksize, 0, lambda ex: ex.result())
 
     def _imap(self, fn, inputs, timeout, window: int, chunksize: int, call: int, value: Callable[[Execution], Any],
-              track=None):  # fmt: skip
+              track=None) -> Iterator[Any]:  # fmt: skip
+        """Submit the first ``window`` inputs now (as ``concurrent.futures`` map does: a bad
+        input raises here, and the work starts before the first ``next``); then yield ``value``
+        of each execution in input order, topping the window up as they are consumed."""
         if self._max_queued is not None:
             window = min(window, self._max_queued)
         it = iter(inputs)
@@ -708,14 +713,18 @@ class Pool:
                 if track is not None:
                     track.update(execs)
 
+        refill()
+        return self._drain(pending, refill, window, value)
+
+    def _drain(self, pending: deque, refill: Callable[[], None], window: int,
+               value: Callable[[Execution], Any]) -> Iterator[Any]:  # fmt: skip
         try:
-            refill()
             while pending:
                 result = value(pending.popleft())
                 if len(pending) <= window // 2:
                     refill()
                 yield result
-        except BaseException:
+        except BaseException:  # an execution failed, or the caller left (GeneratorExit): the rest stop
             self._cancel_many([ex.id for ex in pending if not ex.done()], InterruptMode.GRACEFUL,
                               InterruptReason.PARENT_CANCELLED, "another execution of the same map() failed")
             raise
