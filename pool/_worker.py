@@ -59,6 +59,7 @@ from ._proc import (
 )
 from .shared import Context, ExecutionStatus, Interrupted, Stage
 from .shared import _protocol as P
+from .shared._checkpoint import CheckpointInfo
 from .shared._context import ExecutionCheckpoints
 from .shared import _context
 from .shared._flags import BEGUN, ITEM, ITEM_NS, LIMIT, PENDING, SIGNALLED
@@ -124,6 +125,8 @@ class _State:
     chunk_results: list = []
     chunk_sent = 0
     chunk_marks = 0  # items of the chunk whose end of output is marked
+    checkpoint_dir: str | None = None  # the pool's (for the executions of a batched chunk)
+    keep_checkpoints = 3
     flush_lock = threading.Lock()  # the chunk's results: sent by the main thread or the flusher
     flusher: "_Flusher | None" = None
 
@@ -399,6 +402,7 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
     os.environ["INTERRUPT_POOL_SUPERVISOR"] = f"{supervisor_pid}:{start_ticks(supervisor_pid)}"
     S.pid = os.getpid()
     S.capture = capture
+    S.checkpoint_dir, S.keep_checkpoints = checkpoint_dir, keep_checkpoints
     chan = _Chan(chan.sock, max_frame)
     S.words, S.chan, S.max_value = words, chan, max_frame - 64 * 1024  # room for the rest of the Result
     signal.set_wakeup_fd(-1)
@@ -612,6 +616,31 @@ def _exception_value(exc: BaseException) -> bytes | None:
         return None
 
 
+class _ItemCheckpoints(ExecutionCheckpoints):
+    """The checkpoints of one execution the pool batched into a chunk, set up on first use (most
+    never checkpoint; one that does keeps its agent out of batching from then on)."""
+
+    __slots__ = ("_args",)
+
+    def __init__(self, root: str, keep: int, execution_id: str, chan: P.Channel) -> None:  # (no super: lazy)
+        self._args: tuple | None = (root, keep, execution_id, chan)
+        self.resume, self.floor, self.latest, self.restored_from = False, None, None, None
+
+    def _ready(self) -> None:
+        if self._args is not None:
+            root, keep, execution_id, chan = self._args
+            self._args = None
+            ExecutionCheckpoints.__init__(self, root, keep, execution_id, False, chan)
+
+    def save(self, state: Any, durable: bool) -> CheckpointInfo:
+        self._ready()
+        return super().save(state, durable)
+
+    def newest(self) -> Any:
+        self._ready()
+        return super().newest()
+
+
 _FLUSH_NS = 2_000_000  # a chunk reports its items' ends at least this often (a kill loses at most these)
 
 
@@ -693,6 +722,8 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
             stopped = Stage.SIGTERM if S.term_seen else Stage.FLAG
             break
         ctx.execution_id, ctx.state = items[k], None
+        if merged and S.checkpoint_dir is not None:  # separate executions: each keeps its checkpoints
+            ctx._ckpt = _ItemCheckpoints(S.checkpoint_dir, S.keep_checkpoints, items[k], S.chan)
         inp: Any = inputs[first + k]
         if merged:
             try:

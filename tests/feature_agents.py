@@ -100,3 +100,14 @@ def fails_in_the_first_worker(flag: str) -> None:
         return
     os.close(fd)
     raise RuntimeError("the first worker could not reach its model")
+
+
+def saves_when_told(ctx, arg):
+    """Returns its input; with 'save', checkpoints it first (an agent that needs checkpoints only sometimes)."""
+    if arg == "save":
+        ctx.checkpoint({"saved": ctx.execution_id})
+    return arg
+
+
+def restores(ctx, _):
+    return ctx.restore()

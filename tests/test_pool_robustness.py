@@ -82,3 +82,19 @@ def test_an_async_wait_that_times_out_leaves_no_watcher_behind():
 
     with _pool(workers=1, escalation=Escalation(grace=0.2, term_grace=0.5)) as pool:
         asyncio.run(main(pool))
+
+
+def test_an_execution_the_pool_batched_can_still_checkpoint(tmp_path):
+    """An agent that ran plain often enough to be batched, then checkpoints in some executions: they
+    complete and their checkpoints are on disk under their own ids (batching changes nothing)."""
+    with Pool(workers=2, log_dir=None, checkpoint_dir=tmp_path / "ck") as pool:
+        for _ in range(3):
+            pool.map(fa.saves_when_told, ["x"] * 40)  # plain runs: its executions become batchable
+        inputs = ["x"] * 300
+        inputs[150] = inputs[250] = "save"
+        execs = [pool.submit(fa.saves_when_told, x) for x in inputs]
+        outs = [ex.outcome(timeout=60) for ex in execs]
+        assert [o.status for o in outs] == [ExecutionStatus.COMPLETED] * 300, [o.error for o in outs if o.error][:2]
+        for i in (150, 250):
+            assert pool.submit(fa.restores, None, id=execs[i].id, resume=True).result(timeout=30) == {
+                "saved": execs[i].id}
