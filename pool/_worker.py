@@ -126,6 +126,8 @@ class _State:
     chunk_sent = 0
     chunk_marks = 0  # items of the chunk whose end of output is marked
     checkpoint_dir: str | None = None  # the pool's (for the executions of a batched chunk)
+    slate: "_Slate | None" = None
+    keep_tools = False
     keep_checkpoints = 3
     flush_lock = threading.Lock()  # the chunk's results: sent by the main thread or the flusher
     flusher: "_Flusher | None" = None
@@ -411,7 +413,8 @@ def worker_main(chan: P.Channel, words, worker_id: int, supervisor_pid: int, che
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except (AttributeError, ValueError):
         pass
-    slate = _Slate()
+    slate = S.slate = _Slate()
+    S.keep_tools = keep_tools
     slate.restore(everything=True)
     signal.signal = _recording_signal
     cache: dict[str, object] = {}  # spec -> function
@@ -698,10 +701,14 @@ def _run_chunk(ctx: Context, cache: dict, blobs: dict, msg: P.Run):
         results.extend(None if k in skip else [failed, None, err, None, 0, None] for k in range(n))
         return ExecutionStatus.COMPLETED, None, None, None, None
     call, first, merged = msg.call, msg.first, msg.inputs is not None
-    capture = S.capture
+    capture, slate = S.capture, S.slate
+    assert slate is not None  # (made when the worker started)
     stopped = None
     for k in range(n):
         if k:
+            if merged:  # separate executions, as if run one by one: the last one's tools stopped, a clean slate
+                _stop_tools(S.keep_tools)
+                slate.restore()
             if capture:
                 _end_of_output()  # the previous item's output ends here
                 S.chunk_marks = k

@@ -111,3 +111,17 @@ def saves_when_told(ctx, arg):
 
 def restores(ctx, _):
     return ctx.restore()
+
+
+def leaves_a_tool(ctx, arg):
+    """Returns its input; 'slow' takes two seconds; a pid file: starts a long tool (a process) first and
+    leaves it running."""
+    if arg == "slow":
+        time.sleep(2)
+    elif arg != "x":
+        import subprocess
+
+        tool = subprocess.Popen(["sleep", "1000"])
+        with open(arg, "w") as f:
+            f.write(str(tool.pid))
+    return arg

@@ -98,3 +98,22 @@ def test_an_execution_the_pool_batched_can_still_checkpoint(tmp_path):
         for i in (150, 250):
             assert pool.submit(fa.restores, None, id=execs[i].id, resume=True).result(timeout=30) == {
                 "saved": execs[i].id}
+
+
+def test_a_batched_execution_s_tools_are_stopped_before_the_next_one_begins(tmp_path):
+    """An execution the pool batched with others leaves a tool running: it is stopped when that
+    execution ends, as for one run alone, not when the whole batch ends."""
+    from .procs import alive
+
+    pidfile = tmp_path / "tool"
+    with _pool(workers=1) as pool:
+        for _ in range(3):
+            pool.map(fa.leaves_a_tool, ["x"] * 40)  # plain runs: its executions become batchable
+        inputs = ["x"] * 200
+        inputs[100], inputs[102] = str(pidfile), "slow"
+        execs = [pool.submit(fa.leaves_a_tool, x) for x in inputs]
+        execs[101].outcome(timeout=60)  # the next execution has ended (the batch goes on, 102 is slow)
+        assert not execs[102].done()
+        tool = int(pidfile.read_text())
+        assert not alive(tool)
+        assert all(ex.outcome(timeout=60).status is ExecutionStatus.COMPLETED for ex in execs)
