@@ -57,7 +57,7 @@ from ._proc import (
     set_pdeathsig,
     start_ticks,
 )
-from .shared import Context, ExecutionStatus, Interrupted, Stage
+from .shared import Context, ExecutionStatus, Interrupted, InterruptMode, Stage
 from .shared import _protocol as P
 from .shared._checkpoint import CheckpointInfo
 from .shared._context import ExecutionCheckpoints
@@ -811,6 +811,8 @@ def _run_async(ctx: Context, coro):
             if ctx._shield_depth:
                 ctx._held = True  # inside ctx.shield(): the shield's end raises it
                 return
+            if ctx._details is not None and ctx._details.get("mode") == InterruptMode.IMMEDIATE.code:
+                return  # its SIGTERM follows at once and cancels the task at stage sigterm (below)
             if (ctx.interrupted or ctx._details is not None) and not task.done():
                 ctx._observe()
                 task.cancel("stop requested")
