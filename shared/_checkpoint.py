@@ -163,6 +163,11 @@ def _find_unsaveable(obj, path: str, depth: int = 0) -> str | None:
             if found:
                 return found
         return None
+    if isinstance(obj, (tuple, set, frozenset)) and type(obj) not in (tuple, set, frozenset):
+        kind = "a NamedTuple" if hasattr(obj, "_fields") else f"a subclass of {type(obj).__mro__[1].__name__}"
+        fix = "obj._asdict()" if hasattr(obj, "_fields") else "a plain tuple, set or list"
+        return (f"{path}: object of type {type(obj).__name__} ({kind}) cannot be saved; save {fix} "
+                "or a pydantic model instead")
     if isinstance(obj, (list, tuple, set, frozenset)):
         for i, v in enumerate(obj):
             found = _find_unsaveable(v, f"{path}[{i}]", depth + 1)

@@ -10,6 +10,7 @@ import struct
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from pydantic import BaseModel
@@ -200,6 +201,25 @@ def test_rich_types_round_trip_and_bad_values_are_named_by_path(ckdir):
     assert bad.error.message == "state['messages'][1]['tool']: object of type Tool cannot be saved"
     with pytest.raises(CheckpointError, match=r"state\['k'\]\[0\]: object of type object cannot be saved"):
         encode({"k": [object()]})
+
+
+class _Point(NamedTuple):
+    x: int
+    y: int
+
+
+class _Pair(tuple):
+    pass
+
+
+def test_a_namedtuple_or_tuple_subclass_deep_in_the_state_is_named_by_its_path():
+    """A NamedTuple nested in the state: the error names its path and the fix, not just its type."""
+    with pytest.raises(CheckpointError) as caught:
+        encode({"a": {"b": _Point(1, 2)}})
+    assert str(caught.value).startswith("state['a']['b']: object of type _Point (a NamedTuple) cannot be saved")
+    assert "_asdict()" in str(caught.value)
+    with pytest.raises(CheckpointError, match=r"state\[0\]\['p'\]: object of type _Pair \(a subclass of tuple\)"):
+        encode([{"p": _Pair((1,))}])
 
 
 def test_no_checkpoint_directory_is_created_for_executions_that_do_not_checkpoint(ckdir):
