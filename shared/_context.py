@@ -333,6 +333,14 @@ class Context:
         request: a natural stopping point. ``durable=False`` skips the fsyncs (the
         last write may be lost to a power cut, never to a crash of this process).
         Raises ``CheckpointError`` naming the path of a value that cannot be saved."""
+        info = self._save(state, durable)
+        if not self._in_hook:
+            self.check()
+        return info
+
+    def _save(self, state: Any, durable: bool) -> CheckpointInfo:
+        """:meth:`checkpoint` without its check: for library code that saves from a thread
+        where a raised stop would land in someone else's machinery (LangGraph's savers)."""
         if self._ckpt is None:
             raise RuntimeError(f"execution {self.execution_id!r} has no checkpoints: its pool was made with "
                                "checkpoint_dir=None, or it runs as an item of a chunk (map with a chunksize); "
@@ -340,8 +348,6 @@ class Context:
         with self._critical():  # never a half-written file: a SIGTERM waits for the end of the write
             info = self._ckpt.save(state, durable)
         self.heartbeat()
-        if not self._in_hook:
-            self.check()
         return info
 
     def restore(self) -> Any:

@@ -1,0 +1,237 @@
+"""The LangGraph adapter (interrupt_pool.langgraph) with real LangGraph graphs and a scripted
+chat model: batch results, every stop mode at every point of a graph (between steps, in a
+sleeping tool, in a hung subprocess tool, in a CPU tool), nothing left running, and resumes
+that end exactly where an uninterrupted run ends.
+
+Timing: stops are asked while a marker file says the slow part has begun; tolerances are about
+ordering (a graceful stop that ends at the flag ends long before its 30 s grace), never speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+if os.environ.get("POOL_REQUIRE_EXTRAS") and not __import__("importlib.util").util.find_spec("langgraph"):
+    pytest.fail("CI installs the langgraph extra: these tests must run, not skip", pytrace=False)
+pytest.importorskip("langgraph")
+
+from interrupt_pool import Escalation, ExecutionStatus, Pool, Stage  # noqa: E402
+from interrupt_pool.langgraph import FORMAT  # noqa: E402
+from tests import lg_agents as A  # noqa: E402
+from tests.test_core import wait_for_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG = Escalation(grace=30, term_grace=10)  # a graceful stop that waits this long has failed the test's point
+
+
+def _no_ids(value):
+    """The final state without LangGraph's random message ids (ToolNode's messages get uuid4s)."""
+    if isinstance(value, dict):
+        return {k: _no_ids(v) for k, v in value.items() if k != "id" or not isinstance(v, str)}
+    if isinstance(value, list):
+        return [_no_ids(v) for v in value]
+    return value
+
+
+def _calls(log: Path) -> list[list]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _pool(tmp_path, **kw) -> Pool:
+    kw.setdefault("escalation", LONG)
+    return Pool(workers=kw.pop("workers", 1), checkpoint_dir=tmp_path / "ck", log_dir=None, **kw)
+
+
+def test_a_batch_of_graph_runs_returns_what_the_graph_returns_in_process_as_plain_data(tmp_path):
+    """20 executions of a model+ToolNode graph: each result equals graph.invoke's in this process, as JSON-ready data."""
+    tasks = [{"question": f"q{i}", "script": [[["search", {"query": f"x{i}"}]], "answer"]} for i in range(20)]
+    with _pool(tmp_path, workers=2) as pool:
+        results = pool.map(A.research, tasks)
+    for task, got in zip(tasks, results, strict=True):
+        assert _no_ids(got) == _no_ids(A.plain_reference(task))
+        json.dumps(got)  # plain data: no message objects, no reprs
+    assert got["messages"][-1] == {"type": "ai", "data": got["messages"][-1]["data"]}
+    assert got["messages"][-1]["data"]["content"] == "answer | result for x19"
+
+
+def _stop_and_resume(tmp_path, task: dict, marker_text: str | None, mode: str, stage: set[str], *,
+                     first: dict | None = None, **pool_kw):  # fmt: skip
+    """Run ``task`` (slowed by ``first``: ``slow``, ``pause``); when its marker says ``marker_text``
+    began, stop it with ``mode``; check the stage; resume it (not slowed); check it ends as an
+    uninterrupted run does; return (first outcome, resumed outcome, tool-call log)."""
+    log, mark = tmp_path / "log", tmp_path / "mark"
+    with _pool(tmp_path, **pool_kw) as pool:
+        ex = pool.submit(A.research, {**task, **(first or {}), "log": str(log), "mark": str(mark)}, id="run")
+        if marker_text is not None:
+            deadline = time.monotonic() + 20
+            while not (mark.exists() and mark.read_text() == marker_text):
+                assert time.monotonic() < deadline, f"the graph never reached {marker_text!r}"
+                time.sleep(0.005)
+        ex.cancel(mode=mode)
+        first_out = ex.outcome(timeout=30)
+        assert first_out.status is ExecutionStatus.INTERRUPTED, first_out
+        assert first_out.interrupt.stage.value in stage, first_out.interrupt
+        second = pool.submit(A.research, {**task, "log": str(log)}, id="run", resume=True).outcome(timeout=30)
+    assert second.status is ExecutionStatus.COMPLETED, second.error
+    assert _no_ids(second.value) == _no_ids(A.plain_reference(task)), "the resumed run must end where an uninterrupted one ends"
+    return first_out, second, _calls(log)
+
+
+PAUSED_MODEL = {"question": "q", "script": A.RESEARCH}
+
+
+def test_a_graceful_stop_between_steps_ends_at_the_flag_and_the_finished_step_is_not_run_again(tmp_path):
+    """A graceful stop while the model thinks (no check inside) lands after its step, at the flag; resume continues after it."""
+    first, _, calls = _stop_and_resume(tmp_path, PAUSED_MODEL, "model 1", "graceful", {"flag"}, first={"pause": {"1": 1.0}})
+    assert first.interrupt.stop_latency < LONG.grace / 2, "it stopped between steps, not after the grace"
+    assert calls.count(["model", 1]) == 1, f"the model's turn 1 ran again after the resume: {calls}"
+    assert calls.count(["search", "pools"]) == 1, calls
+    assert first.checkpoint is not None
+
+
+def test_with_graph_invoke_nothing_checks_between_steps_so_a_graceful_stop_waits_out_the_grace(tmp_path):
+    """The observation that motivated the adapter: graph.invoke runs on past a graceful stop until SIGTERM."""
+    mark = tmp_path / "mark"
+    task = {"question": "q", "script": A.RESEARCH, "pause": {"1": 0.5, "2": 0.5}, "mark": str(mark)}
+    with _pool(tmp_path, escalation=Escalation(grace=3, term_grace=5)) as pool:
+        ex = pool.submit(A.invoke_agent, task)
+        wait_for_file(mark)
+        ex.cancel()
+        out = ex.outcome(timeout=30)
+    assert out.status in (ExecutionStatus.COMPLETED, ExecutionStatus.INTERRUPTED)
+    if out.status is ExecutionStatus.INTERRUPTED:
+        assert out.interrupt.stage is not Stage.FLAG, "nothing in graph.invoke looks at the flag"
+
+
+def test_a_graceful_stop_inside_a_sleeping_tool_ends_at_the_flag_and_its_finished_sibling_is_not_run_again(tmp_path):
+    """Two tool calls in one step; a stop wakes the one in ctx.sleep; on resume only that one runs again."""
+    task = {"question": "q", "script": [[["search", {"query": "fast"}], ["slow_search", {"query": "slow"}]], "answer"],
+            "sends": True}  # fmt: skip
+    first, _, calls = _stop_and_resume(tmp_path, task, "slow_search", "graceful", {"flag"}, first={"slow": 60})
+    assert first.interrupt.stop_latency < LONG.grace / 2
+    assert calls.count(["search", "fast"]) == 1, f"the finished tool call ran again: {calls}"
+    assert calls.count(["slow_search", "slow"]) == 2, calls
+    assert calls.count(["model", 0]) == 1
+
+
+def test_a_graceful_stop_inside_a_cpu_tool_is_seen_by_its_check_through_current(tmp_path):
+    """A CPU tool that calls interrupt_pool.current().check() stops at the flag, long before the grace."""
+    task = {"question": "q", "script": [[["crunch", {"n": 1000}]], "answer"]}
+    first, _, calls = _stop_and_resume(tmp_path, task, "crunch", "graceful", {"flag"}, first={"slow": 1})
+    assert first.interrupt.stop_latency < LONG.grace / 2
+    assert calls.count(["crunch", 1000]) == 2, "cut off in its step, the tool call runs again on resume"
+
+
+def test_a_stop_inside_a_hung_subprocess_tool_escalates_and_leaves_no_process(tmp_path):
+    """The tool's thread is stuck in Popen.wait: the stop escalates to SIGTERM/SIGKILL and the subprocess is gone."""
+    pid_file = tmp_path / "pid"
+    task = {"question": "q", "script": [[["search", {"query": "a"}], ["run_code", {"pid_file": str(pid_file)}]],
+                                        "answer"], "sends": True}  # fmt: skip
+    log, mark = tmp_path / "log", tmp_path / "mark"
+    with _pool(tmp_path, escalation=Escalation(grace=0.5, term_grace=2)) as pool:
+        ex = pool.submit(A.research, {**task, "log": str(log), "mark": str(mark), "slow": 1}, id="run")
+        pid = int(wait_for_file(pid_file))
+        ex.cancel()
+        first = ex.outcome(timeout=30)
+        assert first.interrupt.stage in (Stage.SIGTERM, Stage.SIGKILL), first.interrupt
+        assert not _alive(pid), "the tool's subprocess outlived its execution"
+        second = pool.submit(A.research, {**task, "log": str(log)}, id="run", resume=True).outcome(timeout=30)
+    assert second.status is ExecutionStatus.COMPLETED, second.error
+    assert _no_ids(second.value) == _no_ids(A.plain_reference(task))
+    assert _calls(log).count(["search", "a"]) == 1, "the finished sibling's writes were saved before the stop"
+
+
+@pytest.mark.parametrize("mode,stages", [("immediate", {"sigterm"}), ("kill", {"sigkill"})])
+def test_an_immediate_or_kill_stop_at_any_point_resumes_to_the_uninterrupted_result(tmp_path, mode, stages):
+    """SIGTERM or SIGKILL in the middle of a step (a tool in time.sleep): the resumed run still ends as an uninterrupted one."""
+    task = {"question": "q", "script": [[["search", {"query": "a"}]],
+                                        [["search", {"query": "b"}], ["stuck_search", {"query": "c"}]],
+                                        "answer"]}  # fmt: skip
+    first, _, calls = _stop_and_resume(tmp_path, task, "stuck_search", mode, stages, first={"slow": 30})
+    assert calls.count(["search", "a"]) == 1, "steps saved before the stop are not run again"
+    assert calls.count(["model", 0]) == 1 and calls.count(["model", 1]) == 1, calls
+
+
+def test_resuming_a_finished_graph_returns_its_final_state_at_once_without_running_anything(tmp_path):
+    """A completed run resumed again: the same values, and neither the model nor any tool is called."""
+    log = tmp_path / "log"
+    task = {"question": "q", "log": str(log)}
+    with _pool(tmp_path) as pool:
+        done = pool.submit(A.research, task, id="run").result(timeout=30)
+        n = len(_calls(log))
+        again = pool.submit(A.research, task, id="run", resume=True).result(timeout=30)
+    assert again == done
+    assert len(_calls(log)) == n, "nothing ran on the second resume"
+
+
+def test_an_async_graph_stopped_gracefully_ends_at_the_flag_and_its_subprocess_is_gone_before_the_next_run(tmp_path):
+    """arun_graph with an async tool awaiting a subprocess: a graceful stop cancels it; the subprocess does not outlive it."""
+    pid_file = tmp_path / "pid"
+    task = {"question": "q", "script": [[["arun_code", {"pid_file": str(pid_file)}]], "answer"], "async": True}
+    with _pool(tmp_path) as pool:
+        ex = pool.submit(A.aresearch, {**task, "slow": 1}, id="run")
+        pid = int(wait_for_file(pid_file))
+        ex.cancel()
+        first = ex.outcome(timeout=30)
+        assert first.status is ExecutionStatus.INTERRUPTED and first.interrupt.stage is Stage.FLAG, first
+        assert not _alive(pid), "the async tool's subprocess was left running in the worker's group"
+        second = pool.submit(A.aresearch, task, id="run", resume=True).outcome(timeout=30)
+    assert second.status is ExecutionStatus.COMPLETED, second.error
+    assert _no_ids(second.value) == _no_ids(A.plain_reference(task))
+
+
+def test_the_checkpoint_stays_the_size_of_the_state_not_of_the_history(tmp_path):
+    """40 supersteps: the last checkpoint is within a small factor of the state's own size, and only keep_checkpoints files remain."""
+    script = [[["search", {"query": f"q{i}"}]] for i in range(20)] + ["answer"]
+    with _pool(tmp_path, keep_checkpoints=2) as pool:
+        out = pool.submit(A.research, {"question": "q", "script": script}, id="long").outcome(timeout=60)
+    assert out.status is ExecutionStatus.COMPLETED, out.error
+    state_size = len(json.dumps(out.value).encode())
+    assert out.checkpoint.size < 3 * state_size, (out.checkpoint.size, state_size)  # InMemorySaver's history: ~20x
+    assert len(list(Path(out.checkpoint.path).parent.glob("ckpt-*"))) == 2
+
+
+def test_bad_inputs_to_run_graph_say_what_to_change(tmp_path):
+    """Not a compiled graph, a managed config key, or a checkpoint another writer left: each a clear error."""
+    with _pool(tmp_path) as pool:
+        bad = pool.submit(A.bad_graph, "not compiled").outcome(timeout=30)
+        ns = pool.submit(A.bad_graph, "checkpoint_ns").outcome(timeout=30)
+        other = pool.submit(A.bad_graph, "foreign checkpoint", id="foreign").outcome(timeout=30)
+        resumed = pool.submit(A.research, {"question": "q"}, id="foreign", resume=True).outcome(timeout=30)
+    assert bad.error.type == "TypeError" and "compiled LangGraph graph" in bad.error.message
+    assert ns.error.type == "ValueError" and "checkpoint_ns" in ns.error.message
+    assert other.status is ExecutionStatus.COMPLETED
+    assert resumed.error.type == "ValueError" and FORMAT in resumed.error.message
+    assert "'foreign'" in resumed.error.message
+
+
+def test_pool_run_writes_graph_results_as_json_and_resumes_a_stopped_batch(tmp_path):
+    """The README's CLI example: pool run of a LangGraph agent writes plain JSON lines (no reprs)."""
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"id": f"r{i}", "question": f"q{i}"}) + "\n" for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    r = subprocess.run([sys.executable, "-m", "interrupt_pool", "run", "tests.lg_agents:research", "--inputs",
+                        str(inputs), "--out", str(out), "--workers", "2", "--no-progress",
+                        "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "logs")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == ["r0", "r1", "r2"]
+    assert all(line["status"] == "completed" for line in lines)
+    assert "AIMessage(" not in out.read_text()
+    assert lines[0]["value"]["messages"][-1]["type"] == "ai"
