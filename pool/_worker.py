@@ -788,6 +788,7 @@ def _unwinding_stuck(ctx: Context) -> None:
     if S.ctx is not ctx:
         return  # it unwound in time
     error = _on_interrupt(ctx, S.hook)
+    _stop_tools(S.keep_tools)  # before the Result: when its end is known, its processes are gone
     if _send_result(ctx, ExecutionStatus.INTERRUPTED, None, error, Stage.SIGTERM.code, None):
         _exit(0)
 
