@@ -114,6 +114,7 @@ def run_code(pid_file: str) -> str:
     with open(pid_file + ".tmp", "w") as f:
         f.write(str(proc.pid))
     os.replace(pid_file + ".tmp", pid_file)
+    _mark("run_code")
     proc.wait()
     return "done"
 

@@ -69,41 +69,6 @@ def test_a_batch_of_graph_runs_returns_what_the_graph_returns_in_process_as_plai
     assert got["messages"][-1]["data"]["content"] == "answer | result for x19"
 
 
-def _stop_and_resume(tmp_path, task: dict, marker_text: str | None, mode: str, stage: set[str], *,
-                     first: dict | None = None, **pool_kw):  # fmt: skip
-    """Run ``task`` (slowed by ``first``: ``slow``, ``pause``); when its marker says ``marker_text``
-    began, stop it with ``mode``; check the stage; resume it (not slowed); check it ends as an
-    uninterrupted run does; return (first outcome, resumed outcome, tool-call log)."""
-    log, mark = tmp_path / "log", tmp_path / "mark"
-    with _pool(tmp_path, **pool_kw) as pool:
-        ex = pool.submit(A.research, {**task, **(first or {}), "log": str(log), "mark": str(mark)}, id="run")
-        if marker_text is not None:
-            deadline = time.monotonic() + 20
-            while not (mark.exists() and mark.read_text() == marker_text):
-                assert time.monotonic() < deadline, f"the graph never reached {marker_text!r}"
-                time.sleep(0.005)
-        ex.cancel(mode=mode)
-        first_out = ex.outcome(timeout=30)
-        assert first_out.status is ExecutionStatus.INTERRUPTED, first_out
-        assert first_out.interrupt.stage.value in stage, first_out.interrupt
-        second = pool.submit(A.research, {**task, "log": str(log)}, id="run", resume=True).outcome(timeout=30)
-    assert second.status is ExecutionStatus.COMPLETED, second.error
-    assert _no_ids(second.value) == _no_ids(A.plain_reference(task)), "the resumed run must end where an uninterrupted one ends"
-    return first_out, second, _calls(log)
-
-
-PAUSED_MODEL = {"question": "q", "script": A.RESEARCH}
-
-
-def test_a_graceful_stop_between_steps_ends_at_the_flag_and_the_finished_step_is_not_run_again(tmp_path):
-    """A graceful stop while the model thinks (no check inside) lands after its step, at the flag; resume continues after it."""
-    first, _, calls = _stop_and_resume(tmp_path, PAUSED_MODEL, "model 1", "graceful", {"flag"}, first={"pause": {"1": 1.0}})
-    assert first.interrupt.stop_latency < LONG.grace / 2, "it stopped between steps, not after the grace"
-    assert calls.count(["model", 1]) == 1, f"the model's turn 1 ran again after the resume: {calls}"
-    assert calls.count(["search", "pools"]) == 1, calls
-    assert first.checkpoint is not None
-
-
 def test_with_graph_invoke_nothing_checks_between_steps_so_a_graceful_stop_waits_out_the_grace(tmp_path):
     """The observation that motivated the adapter: graph.invoke runs on past a graceful stop until SIGTERM."""
     mark = tmp_path / "mark"
@@ -118,53 +83,77 @@ def test_with_graph_invoke_nothing_checks_between_steps_so_a_graceful_stop_waits
         assert out.interrupt.stage is not Stage.FLAG, "nothing in graph.invoke looks at the flag"
 
 
-def test_a_graceful_stop_inside_a_sleeping_tool_ends_at_the_flag_and_its_finished_sibling_is_not_run_again(tmp_path):
-    """Two tool calls in one step; a stop wakes the one in ctx.sleep; on resume only that one runs again."""
-    task = {"question": "q", "script": [[["search", {"query": "fast"}], ["slow_search", {"query": "slow"}]], "answer"],
-            "sends": True}  # fmt: skip
-    first, _, calls = _stop_and_resume(tmp_path, task, "slow_search", "graceful", {"flag"}, first={"slow": 60})
-    assert first.interrupt.stop_latency < LONG.grace / 2
-    assert calls.count(["search", "fast"]) == 1, f"the finished tool call ran again: {calls}"
-    assert calls.count(["slow_search", "slow"]) == 2, calls
-    assert calls.count(["model", 0]) == 1
-
-
-def test_a_graceful_stop_inside_a_cpu_tool_is_seen_by_its_check_through_current(tmp_path):
-    """A CPU tool that calls interrupt_pool.current().check() stops at the flag, long before the grace."""
-    task = {"question": "q", "script": [[["crunch", {"n": 1000}]], "answer"]}
-    first, _, calls = _stop_and_resume(tmp_path, task, "crunch", "graceful", {"flag"}, first={"slow": 1})
-    assert first.interrupt.stop_latency < LONG.grace / 2
-    assert calls.count(["crunch", 1000]) == 2, "cut off in its step, the tool call runs again on resume"
-
-
-def test_a_stop_inside_a_hung_subprocess_tool_escalates_and_leaves_no_process(tmp_path):
-    """The tool's thread is stuck in Popen.wait: the stop escalates to SIGTERM/SIGKILL and the subprocess is gone."""
-    pid_file = tmp_path / "pid"
-    task = {"question": "q", "script": [[["search", {"query": "a"}], ["run_code", {"pid_file": str(pid_file)}]],
+def _step_with(call: list) -> dict:
+    """A graph whose second step runs ``call`` beside an instant search, each call a task of its own."""
+    return {"question": "q", "script": [[["search", {"query": "first"}]], [["search", {"query": "sibling"}], call],
                                         "answer"], "sends": True}  # fmt: skip
+
+
+# Where the stop lands: (task, the marker text that says it is there, what slows the first run).
+POINTS = {
+    "between steps": ({"question": "q", "script": A.RESEARCH}, "model 1", {"pause": {"1": 1.5}}),
+    "sleeping tool": (_step_with(["slow_search", {"query": "s"}]), "slow_search", {"slow": 60}),
+    "hung subprocess tool": (_step_with(["run_code", {"pid_file": "PID"}]), "run_code", {"slow": 1}),
+    "cpu tool": (_step_with(["crunch", {"n": 1000}]), "crunch", {"slow": 1}),
+}
+# The stage each mode ends at, per point. A graceful stop of a hung subprocess tool needs SIGTERM
+# (nothing checks); an immediate one may end at the flag where a tool thread that checks or
+# sleeps sees the flag before the main thread handles the SIGTERM sent with it.
+STAGES = {
+    "graceful": {"between steps": {"flag"}, "sleeping tool": {"flag"}, "hung subprocess tool": {"sigterm"},
+                 "cpu tool": {"flag"}},
+    "immediate": {"between steps": {"sigterm"}, "sleeping tool": {"sigterm", "flag"},
+                  "hung subprocess tool": {"sigterm"}, "cpu tool": {"sigterm", "flag"}},
+    "kill": dict.fromkeys(POINTS, {"sigkill"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+@pytest.mark.parametrize("mode", list(STAGES))
+def test_every_stop_mode_at_every_point_ends_at_its_stage_leaves_nothing_running_and_resumes_exactly(
+        tmp_path, mode, point):  # fmt: skip
+    """Stopped between steps or inside a sleeping, hung-subprocess or CPU tool, by each mode: the expected
+    stage, no process left, finished steps and finished sibling calls not run again, and the resumed run
+    ends exactly as an uninterrupted one."""
+    task, marker, slow = POINTS[point]
+    pid_file = tmp_path / "pid"
+    task = json.loads(json.dumps(task).replace('"PID"', json.dumps(str(pid_file))))
     log, mark = tmp_path / "log", tmp_path / "mark"
-    with _pool(tmp_path, escalation=Escalation(grace=0.5, term_grace=2)) as pool:
-        ex = pool.submit(A.research, {**task, "log": str(log), "mark": str(mark), "slow": 1}, id="run")
-        pid = int(wait_for_file(pid_file))
-        ex.cancel()
+    escalation = Escalation(grace=0.3 if point == "hung subprocess tool" else 30, term_grace=5)
+    with _pool(tmp_path, escalation=escalation) as pool:
+        ex = pool.submit(A.research, {**task, **slow, "log": str(log), "mark": str(mark)}, id="run")
+        deadline = time.monotonic() + 20
+        while not (mark.exists() and mark.read_text() == marker):
+            assert time.monotonic() < deadline, f"the graph never reached {marker!r}"
+            time.sleep(0.005)
+        ex.cancel(mode=mode)
         first = ex.outcome(timeout=30)
-        assert first.interrupt.stage in (Stage.SIGTERM, Stage.SIGKILL), first.interrupt
-        assert not _alive(pid), "the tool's subprocess outlived its execution"
+        assert first.status is ExecutionStatus.INTERRUPTED, first
+        assert first.interrupt.stage.value in STAGES[mode][point], first.interrupt
+        if pid_file.exists():
+            assert not _alive(int(pid_file.read_text())), "the tool's subprocess outlived its execution"
         second = pool.submit(A.research, {**task, "log": str(log)}, id="run", resume=True).outcome(timeout=30)
     assert second.status is ExecutionStatus.COMPLETED, second.error
-    assert _no_ids(second.value) == _no_ids(A.plain_reference(task))
-    assert _calls(log).count(["search", "a"]) == 1, "the finished sibling's writes were saved before the stop"
+    assert _no_ids(second.value) == _no_ids(A.plain_reference(task)), "the resume must end where an uninterrupted run ends"
+    calls = _calls(log)
+    assert calls.count(["model", 0]) == 1, f"the first step ran again: {calls}"
+    assert calls.count(["search", "first"]) == 1 or point == "between steps", calls
+    if point == "between steps":
+        assert calls.count(["model", 1]) == (1 if mode == "graceful" else 2), calls  # a signal cuts the step off
+    elif mode == "graceful" and point != "hung subprocess tool":
+        # The sibling's writes were saved when it finished; a graceful stop waits for nothing else.
+        assert calls.count(["search", "sibling"]) == 1, f"the finished sibling call ran again: {calls}"
 
 
-@pytest.mark.parametrize("mode,stages", [("immediate", {"sigterm"}), ("kill", {"sigkill"})])
-def test_an_immediate_or_kill_stop_at_any_point_resumes_to_the_uninterrupted_result(tmp_path, mode, stages):
-    """SIGTERM or SIGKILL in the middle of a step (a tool in time.sleep): the resumed run still ends as an uninterrupted one."""
-    task = {"question": "q", "script": [[["search", {"query": "a"}]],
-                                        [["search", {"query": "b"}], ["stuck_search", {"query": "c"}]],
-                                        "answer"]}  # fmt: skip
-    first, _, calls = _stop_and_resume(tmp_path, task, "stuck_search", mode, stages, first={"slow": 30})
-    assert calls.count(["search", "a"]) == 1, "steps saved before the stop are not run again"
-    assert calls.count(["model", 0]) == 1 and calls.count(["model", 1]) == 1, calls
+def test_a_graceful_stop_lands_long_before_the_grace(tmp_path):
+    """Between steps and in a checking tool, a graceful stop ends within a fraction of its 30 s grace."""
+    mark = tmp_path / "mark"
+    with _pool(tmp_path) as pool:
+        ex = pool.submit(A.research, {**_step_with(["crunch", {"n": 1000}]), "slow": 1, "mark": str(mark)})
+        wait_for_file(mark)
+        ex.cancel()
+        out = ex.outcome(timeout=30)
+    assert out.interrupt.stage is Stage.FLAG and out.interrupt.stop_latency < LONG.grace / 2, out.interrupt
 
 
 def test_resuming_a_finished_graph_returns_its_final_state_at_once_without_running_anything(tmp_path):
