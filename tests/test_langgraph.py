@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ pytest.importorskip("langgraph")
 
 from interrupt_pool import Escalation, ExecutionStatus, Pool, Stage  # noqa: E402
 from interrupt_pool.langgraph import FORMAT  # noqa: E402
+from interrupt_pool.shared._checkpoint import id_to_dirname  # noqa: E402
 from tests import lg_agents as A  # noqa: E402
 from tests.test_core import wait_for_file  # noqa: E402
 
@@ -209,18 +212,50 @@ def test_bad_inputs_to_run_graph_say_what_to_change(tmp_path):
     assert "'foreign'" in resumed.error.message
 
 
-def test_pool_run_writes_graph_results_as_json_and_resumes_a_stopped_batch(tmp_path):
-    """The README's CLI example: pool run of a LangGraph agent writes plain JSON lines (no reprs)."""
-    inputs = tmp_path / "in.jsonl"
-    inputs.write_text("".join(json.dumps({"id": f"r{i}", "question": f"q{i}"}) + "\n" for i in range(3)))
-    out = tmp_path / "out.jsonl"
-    r = subprocess.run([sys.executable, "-m", "interrupt_pool", "run", "tests.lg_agents:research", "--inputs",
-                        str(inputs), "--out", str(out), "--workers", "2", "--no-progress",
-                        "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "logs")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(line["id"] for line in lines) == ["r0", "r1", "r2"]
-    assert all(line["status"] == "completed" for line in lines)
-    assert "AIMessage(" not in out.read_text()
-    assert lines[0]["value"]["messages"][-1]["type"] == "ai"
+def _readme(pattern: str) -> str:
+    found = re.search(pattern, (ROOT / "README.md").read_text(), re.S)
+    assert found, f"README has no {pattern!r}"
+    return found.group(1)
+
+
+def test_the_readme_langgraph_example_runs_a_batch_stops_one_and_resumes_it_as_written(tmp_path):
+    """README's research_agent.py with its pool run / pool cancel / pool run --resume commands: plain JSON lines, q1
+    interrupted at the flag with its graph saved, then resumed to the same answer as the others got theirs."""
+    (tmp_path / "research_agent.py").write_text(_readme(r"Save as `research_agent.py`.*?```python\n(.*?)```"))
+    commands = [line for line in _readme(r"resume what was stopped:\n\n```bash\n(.*?)```").splitlines() if line]
+    printf, run, cancel, resume = (c.split("#")[0].strip() for c in commands[:4])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), POOL_SOCKET_DIR=str(tmp_path / "s"))
+
+    def pool_cmd(cmd: str, **kw):
+        args = shlex.split(cmd.replace("pool ", f"{shlex.quote(sys.executable)} -m interrupt_pool ", 1))
+        return subprocess.Popen(args + ["--no-progress"] * ("run" in args), cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+    subprocess.run(printf, shell=True, cwd=tmp_path, check=True)
+    batch = pool_cmd(run)
+    saved = tmp_path / ".pool" / "checkpoints" / id_to_dirname("q1")
+    deadline = time.monotonic() + 30
+    while not list(saved.glob("ckpt-*")):  # q1 (among the first two) has saved its graph's first step
+        assert time.monotonic() < deadline and batch.poll() is None, batch.stderr.read() if batch.poll() else "no save"
+        time.sleep(0.01)
+    while True:  # as soon as the pool answers
+        stop = pool_cmd(cancel)
+        out, err = stop.communicate(timeout=30)
+        if stop.returncode == 0:
+            break
+        assert time.monotonic() < deadline, err
+        time.sleep(0.05)
+    out, err = batch.communicate(timeout=60)
+    assert batch.returncode == 1, err  # one execution did not complete
+    lines = {d["id"]: d for d in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())}
+    assert lines["q1"]["status"] == "interrupted", lines["q1"]
+    assert lines["q2"]["value"] == "answer to 'pidfds' from 3 searches"
+    again = pool_cmd(resume)
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert lines["q1"]["checkpoint"] is not None, json.dumps(lines["q1"])
+    assert "resuming: 2 completed (skipped), 1 resumes from a checkpoint, 0 start fresh" in err, err
+    last = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][-1]
+    assert last["id"] == "q1" and last["status"] == "completed"
+    assert last["value"] == "answer to 'cgroups' from 3 searches"
+    assert "AIMessage(" not in (tmp_path / "results.jsonl").read_text()
