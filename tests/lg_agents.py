@@ -199,9 +199,24 @@ def _input(task: dict) -> dict:
 
 
 def _graph(task: dict):
-    """``pause``: {turn: seconds} the model thinks (in time.sleep) at that turn."""
-    return build(task.get("script", RESEARCH), {int(k): v for k, v in task.get("pause", {}).items()},
-                 task.get("sends", False))
+    """``pause``: {turn: seconds} the model thinks (in time.sleep) at that turn; ``nested``: the
+    agent graph runs as a subgraph node of an outer graph (its checkpoints get a namespace)."""
+    inner = build(task.get("script", RESEARCH), {int(k): v for k, v in task.get("pause", {}).items()},
+                  task.get("sends", False))
+    if not task.get("nested"):
+        return inner
+
+    def intake(state: MessagesState) -> dict:
+        _log("intake", len(state["messages"]))
+        return {"messages": [AIMessage("on it", id="intake")]}
+
+    outer = StateGraph(MessagesState)
+    outer.add_node("intake", intake)
+    outer.add_node("agent", inner)
+    outer.add_edge(START, "intake")
+    outer.add_edge("intake", "agent")
+    outer.add_edge("agent", END)
+    return outer.compile()
 
 
 def research(ctx, task: dict):

@@ -259,3 +259,23 @@ def test_the_readme_langgraph_example_runs_a_batch_stops_one_and_resumes_it_as_w
     assert last["id"] == "q1" and last["status"] == "completed"
     assert last["value"] == "answer to 'cgroups' from 3 searches"
     assert "AIMessage(" not in (tmp_path / "results.jsonl").read_text()
+
+
+def test_a_stop_inside_a_subgraph_resumes_the_subgraph_from_its_own_checkpoint(tmp_path):
+    """A graph nested as a node: stopped in its sleeping tool, the resume keeps the outer and inner steps that had finished."""
+    task = {**_step_with(["slow_search", {"query": "s"}]), "nested": True}
+    log, mark = tmp_path / "log", tmp_path / "mark"
+    with _pool(tmp_path) as pool:
+        ex = pool.submit(A.research, {**task, "slow": 60, "log": str(log), "mark": str(mark)}, id="run")
+        wait_for_file(mark)
+        ex.cancel()
+        first = ex.outcome(timeout=30)
+        assert first.interrupt.stage is Stage.FLAG, first
+        second = pool.submit(A.research, {**task, "log": str(log)}, id="run", resume=True).outcome(timeout=30)
+    assert second.status is ExecutionStatus.COMPLETED, second.error
+    assert _no_ids(second.value) == _no_ids(A.plain_reference(task))
+    calls = _calls(log)
+    # (the intake's message counts as the model's turn 0: the script starts at its second step)
+    assert calls.count(["intake", 1]) == 1, calls
+    assert calls.count(["model", 1]) == 1, f"the subgraph started over: {calls}"
+    assert calls.count(["search", "sibling"]) == 1 and calls.count(["slow_search", "s"]) == 2, calls
