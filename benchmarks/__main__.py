@@ -24,6 +24,7 @@ SECTIONS = {
     "checkpoint": ("bench_checkpoint", "checkpoint_cost"),
     "sources": ("bench_sources", "sources"),
     "ecosystem": ("bench_ecosystem", "ecosystem"),
+    "langgraph": ("bench_langgraph", "langgraph"),
 }
 
 
