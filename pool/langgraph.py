@@ -61,12 +61,13 @@ PRELOAD = ("langgraph.graph", "langgraph.prebuilt", "langgraph.checkpoint.memory
 
 class _PoolSaver(InMemorySaver):
     """``InMemorySaver`` that keeps only the newest checkpoint per namespace and hands every
-    change to ``on_change`` (which writes the execution's checkpoint) before it returns.
+    change to ``on_change(state, step_end)`` (which writes the execution's checkpoint) before it
+    returns; ``step_end`` is True for a step's checkpoint, False for a task's writes.
 
     Threads: LangGraph calls ``put``/``put_writes`` from its background threads, and may call
     them for several tasks at once; one lock makes each change and its export atomic."""
 
-    def __init__(self, thread_id: str, on_change: Callable[[dict], None]) -> None:
+    def __init__(self, thread_id: str, on_change: Callable[[dict, bool], None]) -> None:
         super().__init__()
         self._thread = thread_id
         self._on_change = on_change
@@ -85,13 +86,15 @@ class _PoolSaver(InMemorySaver):
             if ns == "":  # a root step ended: the subgraphs that ran in it have ended too
                 for other in [n for n in self._versions if n != ""]:
                     self._forget(other)
-            self._export()
+            self._export(durable=True)
             return out
 
     def put_writes(self, config, writes, task_id, task_path=""):
         with self._lock:
             super().put_writes(config, writes, task_id, task_path)
-            self._export()
+            # Without fsync: a crash of the process loses nothing; a power cut may lose a finished
+            # task's writes, and then that task runs again. Halves the fsyncs per step.
+            self._export(durable=False)
 
     # -- pruning ------------------------------------------------------------------------------
 
@@ -116,7 +119,7 @@ class _PoolSaver(InMemorySaver):
 
     # -- export and import --------------------------------------------------------------------
 
-    def _export(self) -> None:
+    def _export(self, durable: bool) -> None:
         thread = self._thread
         namespaces = {}
         for ns, saved in self.storage[thread].items():
@@ -134,7 +137,7 @@ class _PoolSaver(InMemorySaver):
                                in self.writes.get((thread, ns, checkpoint_id), {}).items()],
                 }  # fmt: skip
         self.saves += 1
-        self._on_change({"format": FORMAT, "namespaces": namespaces})
+        self._on_change({"format": FORMAT, "namespaces": namespaces}, durable)
 
     def load(self, state: dict, execution_id: str) -> None:
         """Put back what :meth:`_export` saved (under this run's thread id)."""
@@ -179,8 +182,8 @@ def _prepare(ctx: Context, graph: Any, config: Mapping[str, Any] | None, durable
     thread_id = str(configurable.setdefault("thread_id", ctx.execution_id))
     config["configurable"] = configurable
 
-    def save(state: dict) -> None:
-        ctx._save(state, durable)
+    def save(state: dict, step_end: bool) -> None:
+        ctx._save(state, durable and step_end)
 
     saver = _PoolSaver(thread_id, save)
     resumed = False
@@ -205,8 +208,9 @@ def run_graph(ctx: Context | None, graph: Any, input: Any, config: Mapping[str, 
     - ``config`` is passed on (``recursion_limit``, ``configurable``, callbacks...); its
       ``thread_id`` defaults to the execution id. ``on_chunk`` sees every chunk of
       ``stream_mode`` (as ``graph.stream`` yields it) before the check.
-    - ``durable=False`` skips the fsyncs of each save (a crash of the process still loses
-      nothing; a power cut may lose the last step).
+    - ``durable=False`` skips the fsyncs of each step's save (a crash of the process still loses
+      nothing; a power cut may lose the last step). A finished task's writes are saved without
+      fsync either way (a power cut would only make that task run again).
     - ``ctx`` may be None: then :func:`interrupt_pool.current` is used (for functions run by
       ``Executor.submit``)."""
     ctx = ctx if ctx is not None else current()
