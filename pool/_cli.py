@@ -522,7 +522,7 @@ def cmd_run(args) -> int:
     printer = EventPrinter(console, t0, show_output=True, show_events=args.events)
     try:
         with Pool(workers=args.workers, escalation=escalation, name=name, on_event=printer,
-                  checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir) as pool:  # fmt: skip
+                  checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, preload=_preload(args)) as pool:  # fmt: skip
             # Kept until the pool has drained (after the with block): a Ctrl+C while draining escalates too.
             ladder = pool.handle_signals(announce=_announcer(console)).__enter__()
             done: queue.SimpleQueue = queue.SimpleQueue()
@@ -810,7 +810,7 @@ def cmd_serve(args) -> int:
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ServeSignals.SIGNALS)
     try:
         pool = Pool(workers=args.workers, escalation=escalation, name=args.name, on_event=printer,
-                    checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir)  # fmt: skip
+                    checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, preload=_preload(args))  # fmt: skip
         signals = _ServeSignals(pool, console)
         try:
             console.print(f"serving pool {args.name!r} (supervisor pid {pool.supervisor_pid}, "
@@ -825,6 +825,11 @@ def cmd_serve(args) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     console.print(f"pool {args.name!r} drained; exiting")
     return EXIT_INTERRUPTED if signals.interrupts else EXIT_OK  # a drain is the normal end of 'pool serve'
+
+
+def _preload(args) -> list[str]:
+    """--preload's module names (repeated, or comma-separated)."""
+    return [name.strip() for arg in args.preload for name in arg.split(",") if name.strip()]
 
 
 def _read_input(arg: str):
@@ -1112,6 +1117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds from SIGTERM to SIGKILL")  # fmt: skip
         sp.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
                         help="worker processes; the default is the number of CPUs here")  # fmt: skip
+        sp.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                        help="import MODULE once, before the workers are forked, so no worker imports it again "
+                             "(repeat it, or separate names with commas; e.g. interrupt_pool.langgraph)")  # fmt: skip
 
     agent_help = "the agent: function FUNC(ctx, input) of module MODULE (the current directory is on the path)"
 

@@ -257,6 +257,20 @@ def check_workers_fit(workers: int) -> None:
                          f"memory is kept for the agents: at most {fit} workers fit")  # fmt: skip
 
 
+def _preload_names(preload: Any) -> list[str]:
+    """``preload`` as a list of module names, or TypeError/ValueError saying how to write it."""
+    if isinstance(preload, (str, bytes)):
+        raise TypeError(f"preload takes a list of module names, e.g. preload=[{preload!r}], not a string")
+    try:
+        names = list(preload)
+    except TypeError:
+        raise TypeError(f"preload takes a list of module names, e.g. preload=['langgraph'], got {preload!r}") from None
+    for name in names:
+        if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"preload: {name!r} is not a module name (dotted identifiers, e.g. 'langgraph.graph')")
+    return names
+
+
 def _launch(start: P.Start) -> tuple[socket.socket, subprocess.Popen, P.Welcome, P.Channel]:
     """Start a supervisor as a fresh interpreter handed one socket; return its Welcome."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -309,6 +323,11 @@ class Pool:
     ``spare_worker`` keeps one more worker forked and idle, outside ``workers``: when a
     worker is stopped by a signal or recycled, the spare takes its place at once and a new
     spare is forked in the background (one more process, a few MiB).
+    ``preload`` names modules the supervisor imports once, before it forks any worker, so
+    every worker (and every replacement) starts with them imported: a framework's import is
+    paid once per pool, not once per worker. A module that starts a thread as it is imported
+    is refused (the supervisor forks, so it stays single-threaded): import it in
+    ``initializer`` instead.
     """
 
     _proc: subprocess.Popen[bytes] | None  # the supervisor, if this client created it
@@ -324,7 +343,8 @@ class Pool:
                  before_interrupt: Callable[[StopRequest], Any] | None = None,
                  after_interrupt: Callable[[ExecutionResult], Any] | None = None,
                  initializer: Callable[..., Any] | str | None = None, initargs: tuple = (),
-                 max_tasks_per_child: int | None = None, spare_worker: bool = True):  # fmt: skip
+                 max_tasks_per_child: int | None = None, spare_worker: bool = True,
+                 preload: Iterable[str] = ()):  # fmt: skip
         if workers is None:
             workers = os.cpu_count() or 1
         _whole("workers", workers, 1)
@@ -353,6 +373,7 @@ class Pool:
             _whole("memory_limit", memory_limit, 1 << 20)
         if max_tasks_per_child is not None:
             _whole("max_tasks_per_child", max_tasks_per_child, 1)
+        preload = _preload_names(preload)
         init: tuple[str | None, bytes | None, bytes | None] = (None, None, None)
         if initializer is not None:
             from ._agents import agent_spec
@@ -373,7 +394,8 @@ class Pool:
         start = P.Start(os.getpid(), workers, capacity, escalation.grace, escalation.term_grace, checkpoint_dir,
                         keep_checkpoints, name, [p for p in sys.path if isinstance(p, str)], max_frame, history,
                         max_queued, bool(keep_tools), log_dir, max_log_bytes, memory_limit,
-                        before_interrupt is not None, *init, max_tasks_per_child, bool(spare_worker))  # fmt: skip
+                        before_interrupt is not None, *init, max_tasks_per_child, bool(spare_worker),
+                        preload or None)  # fmt: skip
         sock, self._proc, welcome, chan = _launch(start)
         self._supervisor_ticks = start_ticks(self._proc.pid)
         self.escalation = escalation

@@ -272,6 +272,7 @@ class Start(NamedTuple):
     initargs: bytes | None = None  # pickled tuple of its arguments
     max_tasks_per_child: int | None = None  # a worker is replaced after running this many executions
     spare: bool = False  # keep one extra worker forked and ready, to take a stopped worker's place at once
+    preload: list | None = None  # module names the supervisor imports before its first fork (warm workers)
 
 
 # -- client → supervisor -------------------------------------------------------------------

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import gc
 import heapq
+import importlib
 import math
 import os
 import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -1119,7 +1121,8 @@ class Supervisor:
         out_r = out_w = -1
         if self.cfg.log_dir:
             out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        gc.freeze()  # the worker's collector never touches our objects: no copy-on-write of our heap per worker
+        if not self.cfg.preload:  # (with preload, the preloaded objects stay frozen for good; the child freezes)
+            gc.freeze()  # the worker's collector never touches our objects: no copy-on-write of our heap per worker
         # Until the child has its own handlers it shares our wake-up pipe: a SIGTERM sent to it then
         # would read as one sent to us. Held back around the fork; the child takes it when it is ready.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_HELD)
@@ -1127,7 +1130,8 @@ class Supervisor:
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_HELD)
-            gc.unfreeze()
+            if not self.cfg.preload:
+                gc.unfreeze()
             ours.close()
             theirs.close()
             if out_r >= 0:
@@ -1139,6 +1143,7 @@ class Supervisor:
             return
         if pid == 0:  # the worker
             code = 70
+            gc.freeze()  # (a no-op list move when the parent froze already)
             try:
                 signal.set_wakeup_fd(-1)
                 for sig in _FORK_HELD:
@@ -1161,7 +1166,8 @@ class Supervisor:
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_HELD)
-        gc.unfreeze()  # ours again: cyclic garbage among them stays collectable
+        if not self.cfg.preload:
+            gc.unfreeze()  # ours again: cyclic garbage among them stays collectable
         theirs.close()
         if out_w >= 0:
             os.close(out_w)
@@ -2396,6 +2402,28 @@ def _read_start(sock: socket.socket) -> P.Start:
     return msg
 
 
+def _preload(cfg: P.Start) -> str | None:
+    """Import the modules the pool preloads, before the first fork (warm workers): every worker
+    starts with them imported. Returns why not, if one fails to import or starts a thread (a
+    forking process must stay single-threaded). Their objects are then frozen (``gc.freeze``):
+    our collector never walks them again (a full collection over a framework's ~100k objects
+    would stall the loop for tens of ms) and forked workers share their pages."""
+    sys.path[:] = [p for p in cfg.sys_path if isinstance(p, str)]  # as the creator (and the workers) import
+    for name in cfg.preload or ():
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # anything a module's import raises, SystemExit included
+            return (f"preload: importing {name!r} in the supervisor failed ({type(exc).__name__}: {exc}); "
+                    "check the name, and that it imports from this process's sys.path and current directory")
+        if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
+            return (f"preload: importing {name!r} started a thread, and the supervisor forks its workers, so it "
+                    "must stay single-threaded; import it in initializer= instead (it runs in each worker, "
+                    "after the fork), or preload only the modules it imports that start no thread")
+    gc.collect()
+    gc.freeze()
+    return None
+
+
 def run_supervisor(sock: socket.socket) -> int:
     """Run a supervisor on the creator's socket; returns the process exit code."""
     # Our own session (the launcher asked for it): no terminal signals reach us or our workers;
@@ -2413,11 +2441,17 @@ def run_supervisor(sock: socket.socket) -> int:
     try:
         if cfg.name is not None:
             lock = _naming.claim(cfg.name)
+        refused = _preload(cfg) if cfg.preload else None
+        if refused:
+            raise ValueError(refused)
     except (_naming.NameError_, ValueError, OSError) as exc:
         try:
             sock.sendall(P.encode(P.Refused(str(exc))))
         except OSError:
             pass
+        if lock is not None:
+            assert cfg.name is not None
+            _naming.release(cfg.name, lock[1], lock[0])
         return 2
     sup = Supervisor(sock, cfg, lock)
     signal.set_wakeup_fd(sup.wake_w, warn_on_full_buffer=False)
