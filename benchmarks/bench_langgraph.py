@@ -348,6 +348,60 @@ def stops(pool, quick: bool, tmp: Path) -> dict:
     return res
 
 
+# -- warm workers --------------------------------------------------------------------------------------
+
+
+def warm_workers(quick: bool, tmp: Path) -> dict:
+    """Pool(preload=interrupt_pool.langgraph.PRELOAD) against no preload, each on fresh pools of 1 worker:
+
+    - *first result*: from ``Pool(...)`` to the first run_graph execution's result (the pool's
+      start included: with preload the import happens there, once for every worker to come);
+    - *replacement*: an execution that never checks is killed (``mode="kill"``) and the next
+      run_graph execution runs on the worker that replaces it: from the cancel to its result.
+      With ``spare_worker=True`` (the default) a forked spare takes the place.
+
+    Without preload every new worker imports LangGraph (~0.7 s) before it can run the graph."""
+    from interrupt_pool import Pool
+    from interrupt_pool.langgraph import PRELOAD
+
+    from . import lg_bench_agents as L
+
+    reps = 1 if quick else 5
+    spares = (False,) if quick else (False, True)
+    rows = []
+    for spare in spares:
+        for preload in ((), PRELOAD):
+            first, replace = [], []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                with Pool(workers=1, preload=preload, spare_worker=spare, log_dir=None,
+                          checkpoint_dir=tmp / "warm") as pool:  # fmt: skip
+                    _check(pool.submit(L.adapter, {"turns": 1}).result(timeout=60), 1)
+                    first.append(time.perf_counter() - t0)
+                    stuck = pool.submit(L.deaf, {})
+                    stuck.wait_started(timeout=30)
+                    t1 = time.perf_counter()
+                    stuck.cancel(mode="kill")
+                    _check(pool.submit(L.adapter, {"turns": 1}).result(timeout=60), 1)
+                    replace.append(time.perf_counter() - t1)
+            rows.append({"preload": bool(preload), "spare_worker": spare, "first_ms": summary([x * 1e3 for x in first]),
+                         "replacement_ms": summary([x * 1e3 for x in replace])})  # fmt: skip
+    lines = ["### Warm workers: LangGraph imported once per pool (`preload=interrupt_pool.langgraph.PRELOAD`)", "",
+             f"ms, median of {reps} fresh pools of 1 worker each; replacement = kill a deaf execution → the next "
+             "run_graph execution's result on the worker that replaced it.", "",
+             "| spare_worker | preload | pool start → first result | replacement | replacement vs no preload |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    base = {}
+    for r in rows:
+        med = r["replacement_ms"]["median"]
+        if not r["preload"]:
+            base[r["spare_worker"]] = med
+        ratio = f"{base[r['spare_worker']] / med:.1f}× faster" if r["preload"] else "1.0×"
+        lines.append(f"| {r['spare_worker']} | {'PRELOAD' if r['preload'] else 'none'} | "
+                     f"{r['first_ms']['median']:.0f} | {med:.0f} | {ratio} |")  # fmt: skip
+    return {"rows": rows, "markdown": "\n".join(lines)}
+
+
 # -- the section ------------------------------------------------------------------------------------
 
 
@@ -375,5 +429,6 @@ def langgraph(quick: bool) -> dict:
         res["overhead"] = overhead(pool, ppe, quick)
         res["checkpoints"] = growth(pool, quick)
         res["stops"] = stops(pool, quick, tmp)  # last: a stop of graph.invoke replaces its worker
-    res["markdown"] = "\n\n".join(res[k].pop("markdown") for k in ("overhead", "checkpoints", "stops"))
+        res["warm_workers"] = warm_workers(quick, tmp)
+    res["markdown"] = "\n\n".join(res[k].pop("markdown") for k in ("overhead", "checkpoints", "stops", "warm_workers"))
     return res

@@ -214,3 +214,8 @@ def naive(ctx, task: dict) -> dict:
         ctx.checkpoint(pickle.dumps(_plain_tables(saver)), durable=task.get("durable", True))
     value = to_plain(g.get_state(config).values)
     return _report(value, t0, steps)
+
+
+def deaf(ctx, task: dict) -> None:
+    """Sleeps, never checking: stopped only by a signal (the warm-workers rows kill it)."""
+    time.sleep(60)
