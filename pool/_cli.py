@@ -81,6 +81,11 @@ def _finite(obj):
         return {(repr(k) if isinstance(k, float) and not math.isfinite(k) else k): _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
+    if hasattr(type(obj), "model_dump") and not isinstance(obj, type):  # a pydantic model (LangChain's
+        try:                                                           # messages are): its JSON form
+            return _finite(obj.model_dump(mode="json"))
+        except Exception:
+            return obj  # (the caller's repr fallback)
     return obj
 
 
@@ -90,8 +95,8 @@ def dumps(obj, **kw) -> str:
 
 
 def result_line(out) -> dict:
-    """An ExecutionResult as one JSON-ready dict (a value JSON cannot carry becomes its repr;
-    NaN and +/-Infinity become null)."""
+    """An ExecutionResult as one JSON-ready dict (pydantic models in the value become their JSON
+    form; a value JSON still cannot carry becomes its repr; NaN and +/-Infinity become null)."""
     d = _finite(out.model_dump(mode="json", exclude={"value"}))
     try:
         value = _finite(out.value)

@@ -258,3 +258,14 @@ def bad_graph(ctx, what: str):
         ctx.checkpoint({"step": 3})  # the agent's own checkpoint, under the id run_graph will resume
         return "saved"
     raise ValueError(what)
+
+
+def raw_research(ctx, task: dict):
+    """run_graph(..., plain=False): the final state with LangChain's message objects."""
+    _input(task)
+    return run_graph(ctx, _graph(task), _input(task), plain=False)
+
+
+def message_object(ctx, _):
+    """An agent that returns a LangChain message object itself (not through run_graph)."""
+    return {"reply": AIMessage("hi", id="m1")}

@@ -279,3 +279,25 @@ def test_a_stop_inside_a_subgraph_resumes_the_subgraph_from_its_own_checkpoint(t
     assert calls.count(["intake", 1]) == 1, calls
     assert calls.count(["model", 1]) == 1, f"the subgraph started over: {calls}"
     assert calls.count(["search", "sibling"]) == 1 and calls.count(["slow_search", "s"]) == 2, calls
+
+
+def test_plain_false_returns_langchain_message_objects(tmp_path):
+    """run_graph(plain=False): the final state keeps its message objects (pickled back to the caller)."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    with _pool(tmp_path) as pool:
+        state = pool.submit(A.raw_research, {"question": "q"}).result(timeout=30)
+    assert isinstance(state["messages"][0], HumanMessage) and isinstance(state["messages"][-1], AIMessage)
+    assert state["messages"][-1].content.startswith("answer | ")
+
+
+def test_pool_run_writes_a_returned_message_object_as_json_not_its_repr(tmp_path):
+    """A pydantic object in a value (a LangChain message) becomes its JSON form in pool run's result line."""
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"id": "m"}\n')
+    r = subprocess.run([sys.executable, "-m", "interrupt_pool", "run", "tests.lg_agents:message_object", "--inputs",
+                        str(inputs), "--workers", "1", "--no-progress", "--log-dir", str(tmp_path / "logs")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    value = json.loads(r.stdout.splitlines()[0])["value"]
+    assert value["reply"]["content"] == "hi" and value["reply"]["type"] == "ai", value
