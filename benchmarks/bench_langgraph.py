@@ -389,14 +389,14 @@ def warm_workers(quick: bool, tmp: Path) -> dict:
     lines = ["### Warm workers: LangGraph imported once per pool (`preload=interrupt_pool.langgraph.PRELOAD`)", "",
              f"ms, median of {reps} fresh pools of 1 worker each; replacement = kill a deaf execution → the next "
              "run_graph execution's result on the worker that replaced it.", "",
-             "| spare_worker | preload | pool start → first result | replacement | replacement vs no preload |",
+             "| spare_worker | preload | pool start → first result | replacement | no preload / this |",
              "|---|---|---|---|---|"]  # fmt: skip
     base = {}
     for r in rows:
         med = r["replacement_ms"]["median"]
         if not r["preload"]:
             base[r["spare_worker"]] = med
-        ratio = f"{base[r['spare_worker']] / med:.1f}× faster" if r["preload"] else "1.0×"
+        ratio = f"{base[r['spare_worker']] / med:.1f}×" if r["preload"] else "1.0×"
         lines.append(f"| {r['spare_worker']} | {'PRELOAD' if r['preload'] else 'none'} | "
                      f"{r['first_ms']['median']:.0f} | {med:.0f} | {ratio} |")  # fmt: skip
     return {"rows": rows, "markdown": "\n".join(lines)}
