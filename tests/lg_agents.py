@@ -121,20 +121,21 @@ def run_code(pid_file: str) -> str:
 
 @tool
 def crunch(n: int) -> int:
-    """A CPU loop of n steps (10**12 while IP_LG_SLOW is set) that checks the flag through
-    interrupt_pool.current()."""
+    """Sum of squares below n; while IP_LG_SLOW is set, first a CPU loop of that many seconds
+    that checks the flag through interrupt_pool.current() every 1000 iterations."""
     _log("crunch", n)
-    if not os.environ.get(SLOW):
-        return sum(i * i for i in range(n))  # (quick runs also run in the test's own process, outside any pool)
-    n = 10**12
-    _mark("crunch")
-    ctx = interrupt_pool.current()
-    total = 0
-    for i in range(n):
-        if i % 1000 == 0:
-            ctx.check()
-        total += i * i
-    return total
+    if os.environ.get(SLOW):  # (quick runs also run in the test's own process, outside any pool)
+        _mark("crunch")
+        ctx = interrupt_pool.current()
+        deadline = time.monotonic() + float(os.environ[SLOW])
+        i = 0
+        while True:
+            i += 1
+            if i % 1000 == 0:
+                ctx.check()
+                if time.monotonic() > deadline:
+                    break
+    return sum(i * i for i in range(n))
 
 
 @tool

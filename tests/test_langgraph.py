@@ -97,7 +97,7 @@ POINTS = {
     "between steps": ({"question": "q", "script": A.RESEARCH}, "model 1", {"pause": {"1": 1.5}}),
     "sleeping tool": (_step_with(["slow_search", {"query": "s"}]), "slow_search", {"slow": 60}),
     "hung subprocess tool": (_step_with(["run_code", {"pid_file": "PID"}]), "run_code", {"slow": 1}),
-    "cpu tool": (_step_with(["crunch", {"n": 1000}]), "crunch", {"slow": 1}),
+    "cpu tool": (_step_with(["crunch", {"n": 1000}]), "crunch", {"slow": 60}),
 }
 # The stage each mode ends at, per point. A graceful stop of a hung subprocess tool needs SIGTERM
 # (nothing checks); an immediate one may end at the flag where a tool thread that checks or
@@ -152,7 +152,7 @@ def test_a_graceful_stop_lands_long_before_the_grace(tmp_path):
     """Between steps and in a checking tool, a graceful stop ends within a fraction of its 30 s grace."""
     mark = tmp_path / "mark"
     with _pool(tmp_path) as pool:
-        ex = pool.submit(A.research, {**_step_with(["crunch", {"n": 1000}]), "slow": 1, "mark": str(mark)})
+        ex = pool.submit(A.research, {**_step_with(["crunch", {"n": 1000}]), "slow": 60, "mark": str(mark)})
         wait_for_file(mark)
         ex.cancel()
         out = ex.outcome(timeout=30)

@@ -1,4 +1,4 @@
-"""The nine chaos scenarios. Each takes a :class:`Scenario` (seed, size, tally) and drives
+"""The ten chaos scenarios. Each takes a :class:`Scenario` (seed, size, tally) and drives
 pools through the public API only; the harness checks the invariants afterwards.
 
 Sizes: ``scen.short`` picks the small size (each at most about 10 s on a 2-core
@@ -845,6 +845,80 @@ def threaded_hosts(scen: Scenario) -> None:
                         log_records=records)  # fmt: skip
 
 
+# -- 10. langgraph ---------------------------------------------------------------------------------------
+
+
+def langgraph(scen: Scenario) -> None:
+    """LangGraph agents (tests/lg_agents.py: a scripted model, Send-dispatched tools, some slow in
+    ``ctx.sleep``, ``time.sleep`` or a CPU loop) stopped at random moments in random modes, then
+    resumed (and stopped again, up to three times each); every one must end completed, with the
+    final state an uninterrupted run gives (message ids aside), whatever the stops cut."""
+    try:
+        from tests import lg_agents as LG
+    except ImportError as exc:  # the langgraph extra is not installed: nothing to run
+        scen.figures["skipped"] = f"LangGraph is not installed ({exc})"
+        return
+    n = 16 if scen.short else 200
+    esc = Escalation(grace=0.2, term_grace=0.5)
+    rng = scen.rng
+    slow_tools = ["slow_search", "stuck_search", "crunch"]
+    tasks, refs = [], {}
+    for i in range(n):
+        turns = []
+        for t in range(rng.randint(1, 3)):
+            slow = rng.choice(slow_tools)
+            turns.append([["search", {"query": f"{i}-{t}"}],
+                          [slow, {"n": 1000 + t} if slow == "crunch" else {"query": f"{i}-{t}-slow"}]])  # fmt: skip
+        task = {"question": f"q{i}", "script": [*turns, "answer"], "sends": True}
+        tasks.append(task)
+        refs[i] = _lg_plain(LG.plain_reference(task))
+    modes = ["graceful", "immediate", "kill"]
+    stops, resumes = Counter(), 0
+    # Workers forked with LangGraph imported (preload): a replaced worker takes its next execution
+    # at once, instead of after a 0.7 s import a kill would have to wait out.
+    with Pool(workers=2, escalation=esc, keep_checkpoints=2, preload=["tests.lg_agents"], **pool_dirs(scen)) as pool:
+        live = {i: pool.submit(LG.research, {**tasks[i], "slow": 0.3}, id=f"g{i}") for i in range(n)}
+        scen.submitted += n
+        rounds = {i: 0 for i in range(n)}
+        while live:
+            i, ex = next(iter(live.items()))
+            if rounds[i] < 3 and rng.random() < 0.7:
+                time.sleep(rng.uniform(0, 0.25))
+                mode = rng.choice(modes)
+                if ex.cancel(mode=mode):
+                    stops[mode] += 1
+            try:
+                out = ex.outcome(timeout=60)
+            except TimeoutError:
+                scen.lost(ex.id, "still live 60 s after its stop")
+                del live[i]
+                continue
+            if out.status is ExecutionStatus.INTERRUPTED and rounds[i] < 3:
+                scen.record(out, esc.grace, esc.term_grace)
+                rounds[i] += 1
+                resumes += 1
+                slow = {"slow": 0.3} if rounds[i] < 3 else {}  # the last round runs quick, unstopped
+                live[i] = pool.submit(LG.research, {**tasks[i], **slow}, id=f"g{i}", resume=True)
+                scen.submitted += 1
+                live[i] = live.pop(i)  # to the back of the line
+                continue
+            del live[i]
+            scen.record(out, esc.grace, esc.term_grace,
+                        lambda o, i=i: None if o.status is ExecutionStatus.COMPLETED and _lg_plain(o.value) == refs[i]
+                        else f"did not end as an uninterrupted run: {o.status.value} {o.error or ''}")  # fmt: skip
+    scen.figures["stops"] = dict(stops)
+    scen.figures["resumes"] = resumes
+
+
+def _lg_plain(value):
+    """A final state without LangGraph's random message ids."""
+    if isinstance(value, dict):
+        return {k: _lg_plain(v) for k, v in value.items() if k != "id" or not isinstance(v, str)}
+    if isinstance(value, list):
+        return [_lg_plain(v) for v in value]
+    return value
+
+
 SCENARIOS = {
     "soak": soak,
     "supervisor-kill": supervisor_kill,
@@ -855,4 +929,5 @@ SCENARIOS = {
     "many-workers": many_workers,
     "queued-100k": queued,
     "threaded-hosts": threaded_hosts,
+    "langgraph": langgraph,
 }
