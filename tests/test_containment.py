@@ -156,13 +156,16 @@ def test_a_sigterm_while_the_agents_module_loads_ends_at_stage_sigterm(tmp_path,
     probe = tmp_path / "importing"
     monkeypatch.setenv("POOL_IMPORT_PROBE", str(probe))
     monkeypatch.setenv("POOL_IMPORT_PROBE_DELAY", "5")
-    with Pool(workers=1, escalation=Escalation(grace=0, term_grace=30)) as pool:
+    # No spare worker: it imports recently submitted agents while it waits, and its import would
+    # write the probe too (then the stop could reach the execution before its own import began).
+    with Pool(workers=1, escalation=Escalation(grace=0, term_grace=30), spare_worker=False) as pool:
         ex = pool.submit("tests.import_probe:agent", 1)
         wait_for_file(probe)
         ex.cancel(mode="immediate")
         out = ex.outcome(timeout=10)
     assert out.status is ExecutionStatus.INTERRUPTED and out.interrupt.stage is Stage.SIGTERM
     assert out.interrupt.stop_latency < 5, "it did not wait for term_grace (30 s)"
+    assert probe.read_text().split() == [str(out.pid)], "only the execution's worker imported the module"
 
 
 def test_sigterm_never_cuts_a_checkpoint_write_even_with_agent_threads(tmp_path):
