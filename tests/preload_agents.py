@@ -13,8 +13,10 @@ def where(ctx, modules):
     return preload_probe.IMPORTED_IN, os.getpid(), os.getppid(), seen
 
 
-def park(ctx, _):
-    """Sleep, deaf to the flag, until killed."""
+def park(ctx, marker):
+    """Write ``marker`` (it runs), then sleep, deaf to the flag, until killed."""
     import time
 
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(60)

@@ -100,13 +100,15 @@ POINTS = {
     "cpu tool": (_step_with(["crunch", {"n": 1000}]), "crunch", {"slow": 60}),
 }
 # The stage each mode ends at, per point. A graceful stop of a hung subprocess tool needs SIGTERM
-# (nothing checks); an immediate one may end at the flag where a tool thread that checks or
-# sleeps sees the flag before the main thread handles the SIGTERM sent with it.
+# (nothing checks). An immediate stop writes the flag and sends SIGTERM together: inside a tool
+# step it may end at the flag, where the tool (ctx.sleep, a check) or run_graph's check after the
+# sibling call's chunk sees the flag before the main thread handles the signal. Between steps
+# nothing runs that could look, so it ends at SIGTERM.
 STAGES = {
     "graceful": {"between steps": {"flag"}, "sleeping tool": {"flag"}, "hung subprocess tool": {"sigterm"},
                  "cpu tool": {"flag"}},
     "immediate": {"between steps": {"sigterm"}, "sleeping tool": {"sigterm", "flag"},
-                  "hung subprocess tool": {"sigterm"}, "cpu tool": {"sigterm", "flag"}},
+                  "hung subprocess tool": {"sigterm", "flag"}, "cpu tool": {"sigterm", "flag"}},
     "kill": dict.fromkeys(POINTS, {"sigkill"}),
 }  # fmt: skip
 

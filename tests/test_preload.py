@@ -13,20 +13,21 @@ import pytest
 
 from interrupt_pool import Pool
 from tests import preload_agents as PA
+from tests.test_core import wait_for_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_preloaded_module_is_imported_by_the_supervisor_and_never_again_by_a_worker_or_its_replacement():
+def test_a_preloaded_module_is_imported_by_the_supervisor_and_never_again_by_a_worker_or_its_replacement(tmp_path):
     """The probe's import pid is the worker's parent (the supervisor), for the first worker and for one replaced after a kill."""
     with Pool(workers=1, preload=["tests.preload_probe", "json"], log_dir=None, checkpoint_dir=None) as pool:
         imported_in, pid, ppid, seen = pool.submit(PA.where, ["tests.preload_probe"]).result(timeout=30)
         assert seen == {"tests.preload_probe": True}, "the worker found it imported before the agent ran"
         assert imported_in == ppid != pid
-        stuck = pool.submit(PA.park, None)
-        stuck.wait_started(timeout=30)
+        stuck = pool.submit(PA.park, str(tmp_path / "running"))
+        wait_for_file(tmp_path / "running")  # it runs (a kill before it began would only skip it)
         stuck.cancel(mode="kill")
-        stuck.outcome(timeout=30)
+        assert stuck.outcome(timeout=30).interrupt.stage.value == "sigkill"
         again = pool.submit(PA.where, ["tests.preload_probe"]).result(timeout=30)
     assert again[1] != pid, "a new worker ran it"
     assert again[0] == imported_in == again[2], "the replacement got the module from the same supervisor"
