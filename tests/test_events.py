@@ -11,11 +11,21 @@ from tests.test_core import wait_for_file
 
 def test_on_event_sees_a_full_escalation_in_order(tmp_path):
     events: list[Event] = []
-    with Pool(workers=1, escalation=Escalation(grace=0.2, term_grace=0.2), on_event=events.append) as pool:
+    replaced = threading.Event()
+
+    def on_event(e: Event) -> None:
+        events.append(e)
+        if e.kind is EventKind.WORKER_STARTED:
+            replaced.set()
+
+    with Pool(workers=1, escalation=Escalation(grace=0.2, term_grace=0.2), on_event=on_event) as pool:
         ex = pool.submit(agents.ignore_term_sleep, str(tmp_path / "m"), id="stubborn")
         wait_for_file(tmp_path / "m")  # its SIGTERM handler is set: the agent really runs
         pool.cancel("stubborn")
         assert ex.outcome(timeout=10).interrupt.stage is Stage.SIGKILL
+        # The killed worker's place is taken (by the spare, which is replaced 100 ms later): a worker
+        # starts after the kill, but not necessarily before the outcome; wait for it, not a time.
+        assert replaced.wait(timeout=10), "no worker started after the kill"
     mine = [e for e in events if e.execution_id == "stubborn"]
     kinds = [e.kind for e in mine]
     assert kinds == [EventKind.SUBMITTED, EventKind.STARTED, EventKind.REQUESTED, EventKind.SIGTERM,
