@@ -295,10 +295,21 @@ def _launch(start: P.Start) -> tuple[socket.socket, subprocess.Popen, P.Welcome,
     if type(msg) is P.Welcome:
         return ours, proc, msg, chan
     ours.close()
-    code = proc.wait()
+    # Whatever went wrong, the supervisor does not outlive this call. It forks no worker before its
+    # Welcome, so killing it leaves nothing behind: at once when it did not answer in time (stuck,
+    # e.g. in a preloaded module's import); otherwise it is exiting (a refusal exits at once).
+    if isinstance(msg, TimeoutError):
+        proc.kill()
+    try:
+        code = proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
     if type(msg) is P.Refused:
         raise ValueError(msg.message)
-    raise PoolBroken(f"the supervisor (pid {proc.pid}) did not start: {msg or 'no answer'} (exit code {code}); "
+    hint = (f"; a module in preload={start.preload} may hang or take longer than {_START_TIMEOUT:g} s to import "
+            "there" if start.preload and isinstance(msg, TimeoutError) else "")  # fmt: skip
+    raise PoolBroken(f"the supervisor (pid {proc.pid}) did not start: {msg or 'no answer'} (exit code {code}){hint}; "
                      "its error, if any, is on stderr")  # fmt: skip
 
 

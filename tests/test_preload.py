@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from interrupt_pool import Pool
+import interrupt_pool._pool
+from interrupt_pool import Pool, PoolBroken
 from tests import preload_agents as PA
 from tests.test_core import wait_for_file
 
@@ -23,7 +25,7 @@ def test_a_preloaded_module_is_imported_by_the_supervisor_and_never_again_by_a_w
     with Pool(workers=1, preload=["tests.preload_probe", "json"], log_dir=None, checkpoint_dir=None) as pool:
         imported_in, pid, ppid, seen = pool.submit(PA.where, ["tests.preload_probe"]).result(timeout=30)
         assert seen == {"tests.preload_probe": True}, "the worker found it imported before the agent ran"
-        assert imported_in == ppid != pid
+        assert imported_in == ppid == pool.supervisor_pid != pid
         stuck = pool.submit(PA.park, str(tmp_path / "running"))
         wait_for_file(tmp_path / "running")  # it runs (a kill before it began would only skip it)
         stuck.cancel(mode="kill")
@@ -54,6 +56,26 @@ def test_a_module_that_starts_a_thread_at_import_is_refused_by_name():
     """The supervisor forks, so it stays single-threaded: the pool does not start, and the error says what to do."""
     with pytest.raises(ValueError, match=r"preload: importing 'tests.preload_thread' started a thread.*initializer="):
         Pool(workers=1, preload=["json", "tests.preload_thread"], log_dir=None, checkpoint_dir=None)
+
+
+def test_a_refused_module_s_non_daemon_thread_does_not_hold_the_pool_s_start():
+    """The refusal comes at once although the module's non-daemon thread lives 60 s, and the supervisor is gone."""
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"preload: importing 'tests.preload_nondaemon' started a thread"):
+        Pool(workers=1, preload=["tests.preload_nondaemon"], log_dir=None, checkpoint_dir=None)
+    # (before the fix the supervisor's exit waited for the thread: 60 s; 15 s leaves room for a loaded machine)
+    assert time.monotonic() - t0 < 15
+    # the conftest leak fixture checks that no supervisor (nor its thread) is left
+
+
+def test_a_module_whose_import_hangs_fails_the_start_and_the_stuck_supervisor_is_killed(monkeypatch):
+    """Past the start timeout Pool() raises PoolBroken naming preload as the likely cause; no supervisor is left."""
+    monkeypatch.setenv("IP_PRELOAD_HANG", "60")
+    monkeypatch.setattr(interrupt_pool._pool, "_START_TIMEOUT", 1.5)
+    t0 = time.monotonic()
+    with pytest.raises(PoolBroken, match=r"a module in preload=\['tests.preload_hang'\] may hang or take longer"):
+        Pool(workers=1, preload=["tests.preload_hang"], log_dir=None, checkpoint_dir=None)
+    assert time.monotonic() - t0 < 15, "killed, not waited for (its import sleeps 60 s)"
 
 
 @pytest.mark.parametrize("name,why", [("tests.preload_broken", r"RuntimeError: this module cannot be imported"),
@@ -92,3 +114,30 @@ def test_the_cli_preloads_with_repeated_or_comma_separated_names_and_refuses_a_b
     assert bad.returncode == 2
     assert bad.stderr.startswith("pool: error: preload: importing 'tests.preload_thread' started a thread")
     assert bad.stderr.count("\n") == 1
+
+
+def test_what_a_preloaded_module_prints_at_import_stays_out_of_pool_run_s_result_stream(tmp_path):
+    """print() and raw fd-1 writes during a preload import go to stderr; stdout holds only JSON result lines."""
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps(["tests.preload_noisy"]) + "\n")
+    r = subprocess.run([sys.executable, "-m", "interrupt_pool", "run", "tests.preload_agents:where", "--inputs",
+                        str(inputs), "--workers", "1", "--no-progress", "--log-dir", str(tmp_path / "logs"),
+                        "--preload", "tests.preload_noisy"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 1 and rows[0]["value"][3] == {"tests.preload_noisy": True}
+    assert "preload_noisy: hello from print" in r.stderr and "preload_noisy: hello from fd 1" in r.stderr
+
+
+def test_pool_serve_refuses_a_bad_preload_in_one_line_with_exit_2(tmp_path):
+    """pool serve --preload of a missing module: exit 2, one 'pool: error:' line naming it, nothing left serving."""
+    env = dict(__import__("os").environ, POOL_SOCKET_DIR=str(tmp_path / "sockets"))
+    r = subprocess.run([sys.executable, "-m", "interrupt_pool", "serve", "--name", "warm", "--workers", "1",
+                        "--preload", "tests.no_such_module"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.startswith("pool: error: preload: importing 'tests.no_such_module' in the supervisor failed "
+                               "(ModuleNotFoundError"), r.stderr  # fmt: skip
+    assert r.stderr.count("\n") == 1
+    assert not list((tmp_path / "sockets").glob("warm*")), "no socket or lock of the refused pool is left"

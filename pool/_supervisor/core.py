@@ -2409,16 +2409,29 @@ def _preload(cfg: P.Start) -> str | None:
     our collector never walks them again (a full collection over a framework's ~100k objects
     would stall the loop for tens of ms) and forked workers share their pages."""
     sys.path[:] = [p for p in cfg.sys_path if isinstance(p, str)]  # as the creator (and the workers) import
-    for name in cfg.preload or ():
+    # What a module prints as it is imported goes to stderr: our stdout is the creator's, and
+    # 'pool run' writes its JSON result lines there (fd level: C extensions print too).
+    sys.stdout.flush()
+    saved_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        for name in cfg.preload or ():
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:  # anything a module's import raises, SystemExit included
+                return (f"preload: importing {name!r} in the supervisor failed ({type(exc).__name__}: {exc}); "
+                        "check the name, and that it imports from this process's sys.path and current directory")
+            if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
+                return (f"preload: importing {name!r} started a thread, and the supervisor forks its workers, so "
+                        "it must stay single-threaded; import it in initializer= instead (it runs in each worker, "
+                        "after the fork), or preload only the modules it imports that start no thread")
+    finally:
         try:
-            importlib.import_module(name)
-        except BaseException as exc:  # anything a module's import raises, SystemExit included
-            return (f"preload: importing {name!r} in the supervisor failed ({type(exc).__name__}: {exc}); "
-                    "check the name, and that it imports from this process's sys.path and current directory")
-        if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
-            return (f"preload: importing {name!r} started a thread, and the supervisor forks its workers, so it "
-                    "must stay single-threaded; import it in initializer= instead (it runs in each worker, "
-                    "after the fork), or preload only the modules it imports that start no thread")
+            sys.stdout.flush()
+        except Exception:
+            pass  # (a module may have replaced or closed sys.stdout; fd 1 is restored all the same)
+        os.dup2(saved_stdout, 1)
+        os.close(saved_stdout)
     gc.collect()
     gc.freeze()
     return None
@@ -2438,6 +2451,7 @@ def run_supervisor(sock: socket.socket) -> int:
         log(f"no valid Start frame from the creator ({exc}); exiting")
         return 2
     lock = None
+    refused = None
     try:
         if cfg.name is not None:
             lock = _naming.claim(cfg.name)
@@ -2452,6 +2466,11 @@ def run_supervisor(sock: socket.socket) -> int:
         if lock is not None:
             assert cfg.name is not None
             _naming.release(cfg.name, lock[1], lock[0])
+        if refused:
+            # A refused module may have left threads behind (the one it started, or one from an import
+            # that then failed): a normal exit would wait for any non-daemon one, and the creator for us.
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     sup = Supervisor(sock, cfg, lock)
     signal.set_wakeup_fd(sup.wake_w, warn_on_full_buffer=False)
