@@ -85,3 +85,12 @@ def test_resume_repairs_a_result_line_cut_in_half(env, tmp_path):
     assert again.returncode == 0, again.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]  # every line parses
     assert [r["id"] for r in rows] == ["a", "b"] and rows[1]["value"] == 2
+
+
+def test_out_writes_pydantic_objects_in_a_value_as_their_json_form_not_their_repr(env, tmp_path):
+    """A pydantic model deep in a value (as LangChain messages are) is written as model_dump(mode='json') by --out."""
+    r = cli(env, "run", "tests.pydantic_agents:reply", "--inputs", write_inputs(tmp_path / "in.jsonl", [{"id": "m"}]),
+            "--workers", "1", "--no-progress", "--out", str(tmp_path / "out.jsonl"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    value = results((tmp_path / "out.jsonl").read_text())["m"]["value"]
+    assert value["messages"] == [{"role": "ai", "parts": [{"text": "{'id': 'm'}", "at": "2026-01-02"}]}], value
