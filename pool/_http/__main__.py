@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from ._auth import ENV_VAR, TokenError, default_token_file, is_loopback, parse_bind, resolve_token
@@ -90,7 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(link, token.value, cors=args.cors)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
                             timeout_graceful_shutdown=2, server_header=False, lifespan="on")  # fmt: skip
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def]
+            """SIGINT or SIGTERM: a graceful stop and exit code 0 (uvicorn's own re-raises the
+            signal after its shutdown, which would make every normal stop look like a crash)."""
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+
+    server = Server(config)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:

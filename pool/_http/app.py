@@ -63,7 +63,8 @@ ExecId = Annotated[str, Path(min_length=1, max_length=256, description="The exec
 
 
 def _err(description: str) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description}
+    # The content is spelt out (not model=): a text/plain route's errors are still JSON.
+    return {"description": description, "content": {"application/json": {"schema": ErrorBody.model_json_schema()}}}
 
 
 R401 = {401: _err("No token, or a wrong one: send Authorization: Bearer <token>")}
@@ -114,12 +115,25 @@ def _error(status: int, message: str, detail: Any = None, headers: dict[str, str
 class _BodyLimit:
     """Pure ASGI middleware: a body over ``limit`` bytes is refused with 413 before any route
     reads it (by its Content-Length, or while a chunked one is read). The ``receive`` it hands
-    on is the server's own after the body, so routes still see ``http.disconnect``."""
+    on is the server's own after the body, so routes still see ``http.disconnect``. A refused
+    body of up to ``DRAIN_FACTOR * limit`` bytes is read and dropped first, so the client,
+    still sending, reads the 413 instead of a reset connection; a larger one is cut off."""
+
+    DRAIN_FACTOR = 16
 
     def __init__(self, app: Callable, limit: int):
         self.app, self.limit = app, limit
 
-    async def _refuse(self, send: Callable, status: int, message: str) -> None:
+    async def _refuse(self, receive: Callable, send: Callable, status: int, message: str, drain: bool) -> None:
+        if drain:
+            size = 0
+            while size <= self.DRAIN_FACTOR * self.limit:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    return  # the client went away
+                size += len(msg.get("body", b""))
+                if not msg.get("more_body"):
+                    break
         body = JSONResponse({"error": message, "detail": None}).body
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -131,12 +145,14 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or ())
         length = headers.get(b"content-length")
-        too_big = f"the request body is larger than {self.limit} bytes; send a smaller input (or pass large data by reference, e.g. a path or URL)"
+        too_big = (f"the request body is larger than {self.limit} bytes; send a smaller input (or pass large data "
+                   "by reference, e.g. a path or a URL)")  # fmt: skip
         if length is not None:
             if not length.isdigit():
-                return await self._refuse(send, 400, "the Content-Length header is not a number")
+                return await self._refuse(receive, send, 400, "the Content-Length header is not a number", False)
             if int(length) > self.limit:
-                return await self._refuse(send, 413, too_big)
+                drain = int(length) <= self.DRAIN_FACTOR * self.limit
+                return await self._refuse(receive, send, 413, too_big, drain)
             return await self.app(scope, receive, send)
         if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
             return await self.app(scope, receive, send)
@@ -148,7 +164,7 @@ class _BodyLimit:
             chunks.append(msg.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                return await self._refuse(send, 413, too_big)
+                return await self._refuse(receive, send, 413, too_big, bool(msg.get("more_body")))
             if not msg.get("more_body"):
                 break
         replayed = False
