@@ -25,6 +25,7 @@ SECTIONS = {
     "sources": ("bench_sources", "sources"),
     "ecosystem": ("bench_ecosystem", "ecosystem"),
     "langgraph": ("bench_langgraph", "langgraph"),
+    "preload": ("bench_preload", "preload"),
 }
 
 

@@ -141,3 +141,18 @@ def test_pool_serve_refuses_a_bad_preload_in_one_line_with_exit_2(tmp_path):
                                "(ModuleNotFoundError"), r.stderr  # fmt: skip
     assert r.stderr.count("\n") == 1
     assert not list((tmp_path / "sockets").glob("warm*")), "no socket or lock of the refused pool is left"
+
+
+def test_the_quick_preload_benchmark_runs_and_reports_off_against_on(tmp_path):
+    """`python -m benchmarks --quick --only preload` exits 0 with its table (or its skip note without LangGraph)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "preload", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    (result,) = tmp_path.glob("quick-*.json")
+    section = json.loads(result.read_text())["preload"]
+    if "skipped" in section:
+        assert "pip install" in section["skipped"]
+        return
+    assert {(r["spare_worker"], bool(r["preload"])) for r in section["rows"]} == {
+        (s, p) for s in (False, True) for p in (False, True)}
+    assert "replacement off/on" in out.stdout
