@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
+        def capture_signals(self):
             """SIGINT or SIGTERM: a graceful stop and exit code 0 (uvicorn's own re-raises the
             signal after its shutdown, which would make every normal stop look like a crash)."""
             if threading.current_thread() is not threading.main_thread():

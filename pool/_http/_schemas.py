@@ -45,13 +45,13 @@ class SubmitRequest(_Model):
     which checks that its module can be found)."""
     input: Any = None
     """Any JSON value: the agent's ``input`` argument."""
-    id: str | None = Field(None, min_length=1, max_length=256, pattern=_NO_NUL)
+    id: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_NUL)
     """Your id for it (unique among live executions); generated if absent."""
-    timeout: float | None = Field(None, gt=0, le=MAX_S, allow_inf_nan=False)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_S, allow_inf_nan=False)
     """Seconds of running after which it is stopped (reason ``timeout``)."""
-    budget: float | None = Field(None, ge=0, le=1e15, allow_inf_nan=False)
+    budget: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
     """Cost units (``ctx.spend``) after which it is stopped (reason ``budget_exceeded``)."""
-    group: str | None = Field(None, min_length=1, max_length=256, pattern=_NO_NUL)
+    group: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_NUL)
     """A group to run it in (created, without a budget, if the pool does not have it)."""
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
     """Higher runs first."""
@@ -120,7 +120,7 @@ class CancelRequest(_Model):
     mode: InterruptMode = InterruptMode.GRACEFUL
     """graceful: flag, then SIGTERM after the pool's grace, then SIGKILL; immediate: flag and
     SIGTERM now; kill: SIGKILL now."""
-    reason: str | None = Field(None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=1000)
     """Free text kept as the stop's message (its reason is ``user_cancelled``)."""
 
 
@@ -136,12 +136,12 @@ class CancelResult(_Model):
 class CancelManyRequest(_Model):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    ids: list[str] | None = Field(None, max_length=10_000)
-    group: str | None = Field(None, min_length=1, max_length=256)
+    ids: list[str] | None = Field(default=None, max_length=10_000)
+    group: str | None = Field(default=None, min_length=1, max_length=256)
     status: list[Literal["queued", "running", "cancelling"]] | None = None
     """Only live executions in these statuses."""
     mode: InterruptMode = InterruptMode.GRACEFUL
-    reason: str | None = Field(None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=1000)
 
 
 class CancelManyResult(_Model):

@@ -26,7 +26,7 @@ import functools
 import sys
 import traceback
 from pathlib import Path as FsPath
-from typing import Annotated, Any, Callable, Literal, TypeVar
+from typing import Annotated, Any, Awaitable, Callable, Literal, Mapping, TypeVar
 
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
@@ -67,13 +67,14 @@ def _err(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ErrorBody.model_json_schema()}}}
 
 
-R401 = {401: _err("No token, or a wrong one: send Authorization: Bearer <token>")}
-R503 = {503: _err("The pool is not reachable (not running, or it stopped): start it with pool serve --name NAME")}
-R_BODY = {400: _err("The body is not valid JSON"), 413: _err("The body is larger than the gateway accepts (1 MiB)"),
+Responses = dict[int | str, dict[str, Any]]
+R401: Responses = {401: _err("No token, or a wrong one: send Authorization: Bearer <token>")}
+R503: Responses = {503: _err("The pool is not reachable (not running, or it stopped): start it with pool serve --name NAME")}
+R_BODY: Responses = {400: _err("The body is not valid JSON"), 413: _err("The body is larger than the gateway accepts (1 MiB)"),
           422: _err("A field is missing or invalid; the error names it")}  # fmt: skip
-R422 = {422: _err("A parameter is invalid; the error names it")}
-R404 = {404: _err("The pool has no such execution (it keeps a bounded history of ended ones)")}
-R409 = {409: _err("Conflict: the id is in use by a live execution, or the group's budget is used up")}
+R422: Responses = {422: _err("A parameter is invalid; the error names it")}
+R404: Responses = {404: _err("The pool has no such execution (it keeps a bounded history of ended ones)")}
+R409: Responses = {409: _err("Conflict: the id is in use by a live execution, or the group's budget is used up")}
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,14 +90,14 @@ def _outcome(out: ExecutionResult) -> ExecutionResult:
     return out.model_copy(update={"value": _jsonable(out.value)})
 
 
-def _timeline_from(steps: dict[str, int | None]) -> list[TimelineStep]:
+def _timeline_from(steps: Mapping[str, int | None]) -> list[TimelineStep]:
     requested = steps.get("requested")
     out = []
     for name in ("requested", "observed", "sigterm", "sigkill", "ended"):
         ns = steps.get(name)
         if ns:
             after = (ns - requested) / 1e9 if requested else None
-            out.append(TimelineStep(step=name, mono_ns=ns, after_s=after))  # type: ignore[arg-type]
+            out.append(TimelineStep(step=name, mono_ns=ns, after_s=after))
     return out
 
 
@@ -188,19 +189,19 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def _unless_disconnected(request: Request, work: asyncio.Future) -> tuple[bool, Any]:
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> tuple[bool, Any]:
     """(True, result) once ``work`` is done, or (False, None) if the client disconnected first
     (``work`` is then cancelled)."""
-    work = asyncio.ensure_future(work)
+    task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_until_disconnect(request))
     try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in (work, gone):
+        for t in (task, gone):
             if not t.done():
                 t.cancel()
-    if work.done() and not work.cancelled():
-        return True, work.result()
+    if task.done() and not task.cancelled():
+        return True, task.result()
     return False, None
 
 
@@ -544,7 +545,7 @@ def create_app(link: PoolLink, token: str, cors: list[str] | None = None, max_bo
                                                         "events": link.events_seen})  # fmt: skip
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.add_middleware(_BodyLimit, limit=max_body)  # type: ignore[arg-type]
+    app.add_middleware(_BodyLimit, limit=max_body)
     if cors:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])  # fmt: skip
