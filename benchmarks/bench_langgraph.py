@@ -378,8 +378,13 @@ def warm_workers(quick: bool, tmp: Path) -> dict:
                           checkpoint_dir=tmp / "warm") as pool:  # fmt: skip
                     _check(pool.submit(L.adapter, {"turns": 1}).result(timeout=60), 1)
                     first.append(time.perf_counter() - t0)
-                    stuck = pool.submit(L.deaf, {})
-                    stuck.wait_started(timeout=30)
+                    marker = tmp / f"deaf-{len(rows)}-{len(replace)}"
+                    stuck = pool.submit(L.deaf, {"marker": str(marker)})
+                    deadline = time.monotonic() + 30
+                    while not marker.exists():  # it runs (wait_started() returns before its worker began it)
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the deaf execution never began")
+                        time.sleep(0.001)
                     t1 = time.perf_counter()
                     stuck.cancel(mode="kill")
                     _check(pool.submit(L.adapter, {"turns": 1}).result(timeout=60), 1)

@@ -217,5 +217,8 @@ def naive(ctx, task: dict) -> dict:
 
 
 def deaf(ctx, task: dict) -> None:
-    """Sleeps, never checking: stopped only by a signal (the warm-workers rows kill it)."""
+    """Writes ``task["marker"]`` (it runs: a kill now hits its worker, not a skipped prefetch), then
+    sleeps, never checking: stopped only by a signal (the warm-workers rows kill it)."""
+    with open(task["marker"], "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(60)
