@@ -1,7 +1,8 @@
 """The HTTP gateway (extra ``http``): a separate process that is one more client of a named pool.
 
 Started as ``python -m interrupt_pool._http --name NAME [--bind 127.0.0.1:8700] [--token-file PATH]
-[--cors ORIGIN ...]`` (``pool serve --http`` starts exactly that as a child process). It speaks the
+[--cors ORIGIN ...]`` (``pool serve --http``, still to be wired, is to start exactly that as a child
+process). It speaks the
 supervisor's protocol through :meth:`interrupt_pool.Pool.connect`, so its crash never stops the
 pool, and a pool that is gone makes every route but ``/healthz`` answer 503 until it is back.
 
