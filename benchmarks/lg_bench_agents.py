@@ -185,9 +185,9 @@ def _plain_tables(saver: InMemorySaver) -> tuple:
     return storage, {k: dict(v) for k, v in saver.writes.items()}, dict(saver.blobs)
 
 
-def memory_saver(ctx, task: dict) -> dict:
-    """The graph with LangGraph's own ``InMemorySaver`` and ``durability="sync"`` (what run_graph
-    asks LangGraph for) and nothing exported: LangGraph's share of run_graph's cost."""
+def _with_memory_saver(ctx, task: dict, after_step) -> dict:
+    """The graph with LangGraph's own ``InMemorySaver`` and ``durability="sync"``; ``after_step(saver)``
+    runs after every chunk."""
     inp, saver = _begin(task), InMemorySaver()
     g = graph(task).copy(update={"checkpointer": saver})
     config = {**CONFIG, "configurable": {"thread_id": ctx.execution_id}}
@@ -195,25 +195,24 @@ def memory_saver(ctx, task: dict) -> dict:
     t0 = time.perf_counter()
     for _chunk in g.stream(inp, config, stream_mode="updates", durability="sync"):
         steps += 1
-        ctx.check()
+        after_step(saver)
     value = to_plain(g.get_state(config).values)
     return _report(value, t0, steps)
+
+
+def memory_saver(ctx, task: dict) -> dict:
+    """LangGraph's own saver with what run_graph asks of it, nothing exported: LangGraph's share
+    of run_graph's cost."""
+    return _with_memory_saver(ctx, task, lambda saver: ctx.check())
 
 
 def naive(ctx, task: dict) -> dict:
-    """What users wrote by hand before the adapter: LangGraph's InMemorySaver, and after every
-    step its whole content (``pickle.dumps`` of its storage, writes and blobs) saved as the
-    execution's checkpoint (durable), then the check that ``ctx.checkpoint`` makes."""
-    inp, saver = _begin(task), InMemorySaver()
-    g = graph(task).copy(update={"checkpointer": saver})
-    config = {**CONFIG, "configurable": {"thread_id": ctx.execution_id}}
-    steps = 0
-    t0 = time.perf_counter()
-    for _chunk in g.stream(inp, config, stream_mode="updates", durability="sync"):
-        steps += 1
-        ctx.checkpoint(pickle.dumps(_plain_tables(saver)), durable=task.get("durable", True))
-    value = to_plain(g.get_state(config).values)
-    return _report(value, t0, steps)
+    """What users wrote by hand before the adapter: after every step the saver's whole content
+    (``pickle.dumps`` of its storage, writes and blobs) saved as the execution's checkpoint
+    (durable), then the check that ``ctx.checkpoint`` makes."""
+    durable = task.get("durable", True)
+    return _with_memory_saver(ctx, task,
+                              lambda saver: ctx.checkpoint(pickle.dumps(_plain_tables(saver)), durable=durable))
 
 
 def deaf(ctx, task: dict) -> None:

@@ -73,7 +73,6 @@ class _PoolSaver(InMemorySaver):
         self._on_change = on_change
         self._lock = threading.RLock()
         self._versions: dict[str, Mapping[str, Any]] = {}  # namespace -> the newest checkpoint's channel versions
-        self.saves = 0  # how many times on_change ran
 
     # -- LangGraph's saver interface -------------------------------------------------
 
@@ -136,7 +135,6 @@ class _PoolSaver(InMemorySaver):
                                for (task_id, idx), (_, channel, value, path)
                                in self.writes.get((thread, ns, checkpoint_id), {}).items()],
                 }  # fmt: skip
-        self.saves += 1
         self._on_change({"format": FORMAT, "namespaces": namespaces}, durable)
 
     def load(self, state: dict, execution_id: str) -> None:
@@ -161,7 +159,7 @@ class _PoolSaver(InMemorySaver):
 
 
 def _prepare(ctx: Context, graph: Any, config: Mapping[str, Any] | None, durable: bool):
-    """(graph with our saver, config, saver, resumed) for one run."""
+    """(graph with our saver, config, resumed) for one run."""
     if not isinstance(graph, Pregel):
         raise TypeError(f"run_graph needs a compiled LangGraph graph (builder.compile()), got {type(graph).__name__}")
     from langgraph.channels.delta import DeltaChannel
@@ -191,7 +189,7 @@ def _prepare(ctx: Context, graph: Any, config: Mapping[str, Any] | None, durable
     if state is not None:
         saver.load(state, ctx.execution_id)
         resumed = True
-    return graph.copy(update={"checkpointer": saver}), config, saver, resumed
+    return graph.copy(update={"checkpointer": saver}), config, resumed
 
 
 def run_graph(ctx: Context | None, graph: Any, input: Any, config: Mapping[str, Any] | None = None, *,
@@ -214,7 +212,7 @@ def run_graph(ctx: Context | None, graph: Any, input: Any, config: Mapping[str, 
     - ``ctx`` may be None: then :func:`interrupt_pool.current` is used (for functions run by
       ``Executor.submit``)."""
     ctx = ctx if ctx is not None else current()
-    graph, config, saver, resumed = _prepare(ctx, graph, config, durable)
+    graph, config, resumed = _prepare(ctx, graph, config, durable)
     ctx.check()
     for chunk in graph.stream(None if resumed else input, config, stream_mode=stream_mode, durability="sync"):
         if on_chunk is not None:
@@ -231,7 +229,7 @@ async def arun_graph(ctx: Context | None, graph: Any, input: Any, config: Mappin
     cancels the agent's task at its current await (LangGraph cancels the step's tasks), or is
     seen by the check after each chunk."""
     ctx = ctx if ctx is not None else current()
-    graph, config, saver, resumed = _prepare(ctx, graph, config, durable)
+    graph, config, resumed = _prepare(ctx, graph, config, durable)
     ctx.check()
     async for chunk in graph.astream(None if resumed else input, config, stream_mode=stream_mode,
                                      durability="sync"):  # fmt: skip

@@ -35,15 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 LONG = Escalation(grace=30, term_grace=10)  # a graceful stop that waits this long has failed the test's point
 
 
-def _no_ids(value):
-    """The final state without LangGraph's random message ids (ToolNode's messages get uuid4s)."""
-    if isinstance(value, dict):
-        return {k: _no_ids(v) for k, v in value.items() if k != "id" or not isinstance(v, str)}
-    if isinstance(value, list):
-        return [_no_ids(v) for v in value]
-    return value
-
-
 def _calls(log: Path) -> list[list]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -66,7 +57,7 @@ def test_a_batch_of_graph_runs_returns_what_the_graph_returns_in_process_as_plai
     with _pool(tmp_path, workers=2) as pool:
         results = pool.map(A.research, tasks)
     for task, got in zip(tasks, results, strict=True):
-        assert _no_ids(got) == _no_ids(A.plain_reference(task))
+        assert A.without_ids(got) == A.without_ids(A.plain_reference(task))
         json.dumps(got)  # plain data: no message objects, no reprs
     assert got["messages"][-1] == {"type": "ai", "data": got["messages"][-1]["data"]}
     assert got["messages"][-1]["data"]["content"] == "answer | result for x19"
@@ -139,7 +130,7 @@ def test_every_stop_mode_at_every_point_ends_at_its_stage_leaves_nothing_running
             assert not _alive(int(pid_file.read_text())), "the tool's subprocess outlived its execution"
         second = pool.submit(A.research, {**task, "log": str(log)}, id="run", resume=True).outcome(timeout=30)
     assert second.status is ExecutionStatus.COMPLETED, second.error
-    assert _no_ids(second.value) == _no_ids(A.plain_reference(task)), "the resume must end where an uninterrupted run ends"
+    assert A.without_ids(second.value) == A.without_ids(A.plain_reference(task)), "the resume must end where an uninterrupted run ends"
     calls = _calls(log)
     assert calls.count(["model", 0]) == 1, f"the first step ran again: {calls}"
     assert calls.count(["search", "first"]) == 1 or point == "between steps", calls
@@ -186,7 +177,7 @@ def test_an_async_graph_stopped_gracefully_ends_at_the_flag_and_its_subprocess_i
         assert not _alive(pid), "the async tool's subprocess was left running in the worker's group"
         second = pool.submit(A.aresearch, task, id="run", resume=True).outcome(timeout=30)
     assert second.status is ExecutionStatus.COMPLETED, second.error
-    assert _no_ids(second.value) == _no_ids(A.plain_reference(task))
+    assert A.without_ids(second.value) == A.without_ids(A.plain_reference(task))
 
 
 def test_the_checkpoint_stays_the_size_of_the_state_not_of_the_history(tmp_path):
@@ -275,7 +266,7 @@ def test_a_stop_inside_a_subgraph_resumes_the_subgraph_from_its_own_checkpoint(t
         assert first.interrupt.stage is Stage.FLAG, first
         second = pool.submit(A.research, {**task, "log": str(log)}, id="run", resume=True).outcome(timeout=30)
     assert second.status is ExecutionStatus.COMPLETED, second.error
-    assert _no_ids(second.value) == _no_ids(A.plain_reference(task))
+    assert A.without_ids(second.value) == A.without_ids(A.plain_reference(task))
     calls = _calls(log)
     # (the intake's message counts as the model's turn 0: the script starts at its second step)
     assert calls.count(["intake", 1]) == 1, calls

@@ -871,7 +871,7 @@ def langgraph(scen: Scenario) -> None:
                           [slow, {"n": 1000 + t} if slow == "crunch" else {"query": f"{i}-{t}-slow"}]])  # fmt: skip
         task = {"question": f"q{i}", "script": [*turns, "answer"], "sends": True}
         tasks.append(task)
-        refs[i] = _lg_plain(LG.plain_reference(task))
+        refs[i] = LG.without_ids(LG.plain_reference(task))
     modes = ["graceful", "immediate", "kill"]
     stops, resumes = Counter(), 0
     # Workers forked with LangGraph imported (preload): a replaced worker takes its next execution
@@ -904,19 +904,10 @@ def langgraph(scen: Scenario) -> None:
                 continue
             del live[i]
             scen.record(out, esc.grace, esc.term_grace,
-                        lambda o, i=i: None if o.status is ExecutionStatus.COMPLETED and _lg_plain(o.value) == refs[i]
+                        lambda o, i=i: None if o.status is ExecutionStatus.COMPLETED and LG.without_ids(o.value) == refs[i]
                         else f"did not end as an uninterrupted run: {o.status.value} {o.error or ''}")  # fmt: skip
     scen.figures["stops"] = dict(stops)
     scen.figures["resumes"] = resumes
-
-
-def _lg_plain(value):
-    """A final state without LangGraph's random message ids."""
-    if isinstance(value, dict):
-        return {k: _lg_plain(v) for k, v in value.items() if k != "id" or not isinstance(v, str)}
-    if isinstance(value, list):
-        return [_lg_plain(v) for v in value]
-    return value
 
 
 SCENARIOS = {
